@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-_HEADER = "# Benchmark results\n\nEach section is written by the command it names; do not edit by hand.\n"
+_HEADER = (
+    "# Benchmark results\n\nEach section is written by the command it names; do not edit by hand.\n"
+)
 
 
 def machine_description() -> str:

@@ -1,0 +1,82 @@
+"""Quorum's error hierarchy. Each class carries the HTTP status and OpenAI error `type` it maps to;
+the ingress maps them once, at the edge. All of them pickle (they cross Ray actor boundaries)."""
+
+from __future__ import annotations
+
+
+class QuorumError(Exception):
+    """Base class. `message` says what was received, the limit, and the fix."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self):  # keep param/code across pickling
+        return (_rebuild, (type(self), self.message, self.param, self.code))
+
+    def to_openai(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def _rebuild(cls: type[QuorumError], message: str, param: str | None, code: str | None):
+    return cls(message, param=param, code=code)
+
+
+class RegistryError(QuorumError):
+    """The expert registry is invalid (raised at startup)."""
+
+    status = 500
+    type = "configuration_error"
+    code = "invalid_registry"
+
+
+class InvalidRequestError(QuorumError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(QuorumError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ExpertError(QuorumError):
+    """An expert failed to answer."""
+
+    status = 502
+    type = "expert_error"
+    code = "expert_failed"
+
+
+class ExpertTimeoutError(ExpertError):
+    status = 504
+    code = "expert_timeout"
+
+
+class ExpertUnavailableError(ExpertError):
+    status = 503
+    code = "expert_unavailable"

@@ -1,0 +1,195 @@
+"""Stage 2 of the pipeline: classify. Text → a probability per skill, and a confidence.
+
+`SkillClassifier.classify(texts) -> SkillScores`. The production classifier embeds the last user
+turn with all-MiniLM-L6-v2 and applies a small trained head; heads are chosen by name from
+`HEADS` and stored as JSON (no pickle) so a trained head is a reviewable, committed artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from router._embed import Encoder
+
+BUILTIN_HEAD = "skill_head.json"
+
+
+@dataclass(frozen=True)
+class SkillScores:
+    """`probs[n, s]` = P(skill s | text n); rows sum to 1. `confidence[n]` in [0, 1]:
+    1 - normalised entropy, so 1 means one skill for certain and 0 means uniform."""
+
+    skills: list[str]
+    probs: np.ndarray  # [N, S]
+
+    @property
+    def confidence(self) -> np.ndarray:  # [N]
+        p = np.clip(self.probs, 1e-12, 1.0)
+        entropy = -(p * np.log(p)).sum(axis=1)
+        return (
+            1.0 - entropy / math.log(len(self.skills)) if len(self.skills) > 1 else np.ones(len(p))
+        )
+
+    def top(self, n: int, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs[n], kind="stable")[:k]
+        return [(self.skills[i], float(self.probs[n, i])) for i in order]
+
+
+class SkillClassifier(ABC):
+    """Maps texts to skill probabilities."""
+
+    skills: list[str]
+
+    @abstractmethod
+    def classify(self, texts: Sequence[str]) -> SkillScores: ...
+
+
+class Head(ABC):
+    """A trained map from embeddings `[N, D]` to skill probabilities `[N, S]`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, skills: list[str]) -> None:
+        self.skills = list(skills)
+
+    @abstractmethod
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _params(self) -> dict[str, Any]: ...
+
+    @classmethod
+    @abstractmethod
+    def _from_params(cls, skills: list[str], params: dict[str, Any]) -> Head: ...
+
+    def to_json(self, **meta: Any) -> str:
+        return json.dumps(
+            {"kind": self.kind, "skills": self.skills, "meta": meta, "params": self._params()}
+        )
+
+    @staticmethod
+    def from_json(text: str) -> Head:
+        doc = json.loads(text)
+        kind = doc.get("kind")
+        if kind not in HEADS:
+            raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(HEADS)}")
+        head = HEADS[kind]._from_params(doc["skills"], doc["params"])
+        head.meta = doc.get("meta", {})
+        return head
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class CentroidHead(Head):
+    """Nearest centroid: softmax over cosine similarity to each skill's mean embedding, / T."""
+
+    kind = "centroid"
+
+    def __init__(self, skills: list[str], centroids: np.ndarray, temperature: float) -> None:
+        super().__init__(skills)
+        c = np.asarray(centroids, dtype=np.float32)  # [S, D]
+        self.centroids = c / np.linalg.norm(c, axis=1, keepdims=True)
+        self.temperature = float(temperature)
+
+    @classmethod
+    def fit(cls, skills: list[str], x: np.ndarray, y: np.ndarray) -> CentroidHead:
+        centroids = np.stack([x[y == s].mean(axis=0) for s in range(len(skills))])
+        head = cls(skills, centroids, 1.0)
+        sims = x @ head.centroids.T  # [N, S]
+        # Temperature by maximum likelihood on the training data (a 1-D grid is enough).
+        best = min(
+            np.geomspace(0.005, 1.0, 60),
+            key=lambda t: -np.log(_softmax(sims / t)[np.arange(len(y)), y] + 1e-12).mean(),
+        )
+        head.temperature = float(best)
+        return head
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        return _softmax(
+            np.asarray(embeddings, dtype=np.float32) @ self.centroids.T / self.temperature
+        )
+
+    def _params(self) -> dict[str, Any]:
+        return {"centroids": self.centroids.round(6).tolist(), "temperature": self.temperature}
+
+    @classmethod
+    def _from_params(cls, skills: list[str], params: dict[str, Any]) -> CentroidHead:
+        return cls(skills, np.asarray(params["centroids"]), params["temperature"])
+
+
+class LogRegHead(Head):
+    """Multinomial logistic regression on the embedding: `softmax(x W^T + b)`."""
+
+    kind = "logreg"
+
+    def __init__(self, skills: list[str], weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__(skills)
+        self.weight = np.asarray(weight, dtype=np.float32)  # [S, D]
+        self.bias = np.asarray(bias, dtype=np.float32)  # [S]
+
+    @classmethod
+    def fit(cls, skills: list[str], x: np.ndarray, y: np.ndarray, c: float = 10.0) -> LogRegHead:
+        try:
+            from sklearn.linear_model import LogisticRegression
+        except ImportError as exc:  # pragma: no cover
+            raise ImportError(
+                'training a logreg head needs scikit-learn: pip install "quorum[eval]"'
+            ) from exc
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit(x, y)
+        weight = np.zeros((len(skills), x.shape[1]), dtype=np.float32)
+        bias = np.full(len(skills), -30.0, dtype=np.float32)  # a skill absent from training: ~0
+        weight[model.classes_] = model.coef_
+        bias[model.classes_] = model.intercept_
+        return cls(skills, weight, bias)
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        return _softmax(np.asarray(embeddings, dtype=np.float32) @ self.weight.T + self.bias)
+
+    def _params(self) -> dict[str, Any]:
+        return {"weight": self.weight.round(6).tolist(), "bias": self.bias.round(6).tolist()}
+
+    @classmethod
+    def _from_params(cls, skills: list[str], params: dict[str, Any]) -> LogRegHead:
+        return cls(skills, np.asarray(params["weight"]), np.asarray(params["bias"]))
+
+
+HEADS: dict[str, type[Head]] = {"centroid": CentroidHead, "logreg": LogRegHead}
+
+
+def load_head(artifact: str, kind: str | None = None) -> Head:
+    """Load a head: `builtin` (shipped with Quorum, `router/data/skill_head.<kind>.json`) or a path."""
+    if artifact == "builtin":
+        name = f"skill_head.{kind or 'logreg'}.json"
+        text = resources.files("router").joinpath("data", name).read_text()
+    else:
+        text = Path(artifact).read_text()
+    head = Head.from_json(text)
+    if kind is not None and head.kind != kind:
+        raise ValueError(f"{artifact}: head kind is {head.kind!r}, the registry asks for {kind!r}")
+    return head
+
+
+class EmbeddingSkillClassifier(SkillClassifier):
+    """Encoder + head. The only classifier that needs a real model; tests pass a fake encoder."""
+
+    def __init__(self, encoder: Encoder, head: Head) -> None:
+        self.encoder = encoder
+        self.head = head
+        self.skills = head.skills
+
+    def classify(self, texts: Sequence[str]) -> SkillScores:
+        return SkillScores(self.skills, self.head.predict_proba(self.encoder.encode(texts)))

@@ -1,0 +1,121 @@
+"""Train the skill classifier's head on the bundled MMLU-Pro dev data and write it as JSON.
+
+    python -m router.train                      # both kinds → router/data/skill_head.<kind>.json
+    python -m router.train --kind centroid --out my_head.json --data my.jsonl
+
+Rows are split by a hash of their `id`: one in five is held out and never trained on; the
+held-out accuracy is printed and stored in the artifact's `meta`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from router._embed import Encoder, MiniLMEncoder, encode_cached
+from router.classify import HEADS, Head
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DATA = "mmlu_pro_dev.jsonl.gz"
+
+
+def is_held_out(row_id: str, folds: int = 5) -> bool:
+    """Deterministic split shared by training and benchmarks: 1 row in `folds` is held out."""
+    return int(hashlib.sha1(row_id.encode()).hexdigest(), 16) % folds == 0
+
+
+def read_rows(path: str | Path | None = None) -> list[dict]:
+    """Rows with at least `id`, `prompt`, `category` (plain or gzipped JSONL); default: bundled."""
+    if path is None:
+        opened = resources.files("skills").joinpath("data", BUNDLED_DATA).open("rb")
+        fh = gzip.open(opened, "rt")
+    else:
+        p = Path(path)
+        fh = gzip.open(p, "rt") if p.suffix == ".gz" else p.open()
+    rows = []
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append(
+                    {"id": str(row["id"]), "prompt": row["prompt"], "category": row["category"]}
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{path}: line {lineno}: expected JSON with id, prompt, category ({exc})"
+                ) from None
+    return rows
+
+
+def train_head(
+    kind: str, rows: list[dict], encoder: Encoder, skills: list[str] | None = None
+) -> tuple[Head, dict]:
+    """Fit a head of `kind` on the non-held-out rows; return it and its held-out metrics."""
+    skills = skills or sorted({r["category"] for r in rows})
+    index = {s: i for i, s in enumerate(skills)}
+    x = encode_cached(encoder, [r["prompt"] for r in rows])  # [N, D]
+    y = np.array([index[r["category"]] for r in rows])  # [N]
+    held = np.array([is_held_out(r["id"]) for r in rows])
+    head = HEADS[kind].fit(skills, x[~held], y[~held])
+    probs = head.predict_proba(x[held])  # [H, S]
+    metrics = {
+        "encoder": encoder.name,
+        "train_rows": int((~held).sum()),
+        "held_out_rows": int(held.sum()),
+        "held_out_accuracy": round(float((probs.argmax(1) == y[held]).mean()), 4),
+        "held_out_top2_accuracy": round(
+            float((np.argsort(-probs, 1)[:, :2] == y[held][:, None]).any(1).mean()), 4
+        ),
+    }
+    return head, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m router.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--kind", choices=[*HEADS, "all"], default="all")
+    parser.add_argument(
+        "--data", help="JSONL with id, prompt, category (default: bundled MMLU-Pro dev)"
+    )
+    parser.add_argument(
+        "--out", help="output file (one kind) or folder (all); default router/data/"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        rows = read_rows(args.data)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    encoder = MiniLMEncoder()
+    kinds = list(HEADS) if args.kind == "all" else [args.kind]
+    default_dir = Path(__file__).with_name("data")
+    for kind in kinds:
+        head, metrics = train_head(kind, rows, encoder)
+        if args.out and len(kinds) == 1:
+            out = Path(args.out)
+        else:
+            out = (Path(args.out) if args.out else default_dir) / f"skill_head.{kind}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(head.to_json(**metrics))
+        print(
+            f"{kind}: held-out accuracy {metrics['held_out_accuracy']:.4f} "
+            f"(top-2 {metrics['held_out_top2_accuracy']:.4f}, n={metrics['held_out_rows']}) → {out}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

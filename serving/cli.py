@@ -1,0 +1,166 @@
+"""The `quorum` command.
+
+quorum serve [--registry FILE] [--host H] [--port P]   run the service (Ray Serve)
+quorum route [--registry FILE] [--model M] [--json] TEXT   print the routing decision only
+quorum models prepare [NAME ...] [--force]             materialise the built-in tiny models
+quorum models list                                     show the built-in models and their folders
+quorum eval-routing ...                                routing quality on outcome data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from experts.errors import QuorumError
+
+log = logging.getLogger("quorum")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from experts.registry import load_registry
+    from serving.app import build_app
+
+    registry = load_registry(args.registry)  # fail fast, before Ray starts
+    builtin = sorted({e.model.removeprefix("builtin:") for e in registry.experts
+                      if e.backend == "vllm" and e.model.startswith("builtin:")})  # fmt: skip
+    if builtin:
+        from experts.models import prepare_builtin_models
+
+        prepare_builtin_models(builtin)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
+    # ingress and router replicas (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(sum(e.resources.cpus for e in registry.experts)) + 2),
+        include_dashboard=True,
+        dashboard_host=args.host,
+        ignore_reinit_error=True,
+    )
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app({"registry": args.registry, "redis_url": args.redis_url}),
+              name="quorum", route_prefix="/")  # fmt: skip
+    context = ray.get_runtime_context()
+    dashboard = getattr(context, "dashboard_url", None) or ray.worker.get_dashboard_url()
+    print(f"Quorum is up in {time.perf_counter() - started:.1f}s", flush=True)
+    print(
+        f"  OpenAI API     http://{args.host}:{args.port}/v1  (models: "
+        f"{', '.join([v.name for v in registry.virtual_models] + [e.name for e in registry.experts])})"
+    )
+    print(f"  Ray dashboard  http://{dashboard}" if dashboard else "  Ray dashboard  (not running)")
+    print("  Stop with Ctrl-C", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from experts.registry import load_registry
+    from serving.app import build_router, make_store
+
+    registry = load_registry(args.registry)
+    router = build_router(registry, make_store(args.redis_url))
+    decision = router.route(args.text, args.model)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+        return 0
+    skills = ", ".join(f"{s['skill']} {s['probability']:.2f}" for s in decision.skills)
+    print(f"skills:     {skills or '-'}  (confidence {decision.confidence})")
+    print(f"experts:    {', '.join(decision.experts)}")
+    if decision.recruitment:
+        for s in decision.recruitment["scores"]:
+            print(
+                f"  {s['expert']:<24} quality {s['quality']:.4f}  cost {s['relative_cost']:.3f}"
+                f"  utility {s['utility']:.4f}"
+            )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from experts.models import BUILTIN_MODELS, builtin_model_dir, prepare_builtin_models
+
+    if args.models_command == "prepare":
+        for name, path in prepare_builtin_models(args.names or None, force=args.force).items():
+            print(f"{name}: {path}")
+        return 0
+    for name in BUILTIN_MODELS:
+        path = builtin_model_dir(name)
+        print(f"{name:<24} {'ready' if path.exists() else 'not prepared'}  {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quorum", description="Skill-routed mixture of expert LLMs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = sub.add_parser("serve", help="run the OpenAI-compatible service on Ray Serve")
+    serve_p.add_argument("--registry", help="expert registry YAML (default: the embedded default)")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument(
+        "--redis-url", help="Redis for shared state (default: $QUORUM_REDIS_URL, else in process)"
+    )
+    serve_p.set_defaults(func=_serve)
+
+    route_p = sub.add_parser("route", help="print the routing decision for TEXT without generating")
+    route_p.add_argument("text")
+    route_p.add_argument(
+        "--model", default="auto", help="virtual model or expert name (default auto)"
+    )
+    route_p.add_argument("--registry")
+    route_p.add_argument("--redis-url")
+    route_p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    route_p.set_defaults(func=_route)
+
+    models_p = sub.add_parser("models", help="built-in tiny models")
+    models_sub = models_p.add_subparsers(dest="models_command", required=True)
+    prep = models_sub.add_parser("prepare", help="convert the bundled GGUF models to HF folders")
+    prep.add_argument("names", nargs="*")
+    prep.add_argument("--force", action="store_true")
+    models_sub.add_parser("list")
+    models_p.set_defaults(func=_models)
+
+    ev = sub.add_parser("eval-routing", add_help=False, help="routing quality on outcome data "
+                        "(quorum eval-routing --help)")  # fmt: skip
+    ev.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval-routing"]:
+        from skills.routing_eval import main as eval_main
+
+        return eval_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        return args.func(args)
+    except QuorumError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

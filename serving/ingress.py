@@ -1,0 +1,228 @@
+"""Stage 1 (and the last): ingress. HTTP in, OpenAI-shaped JSON or SSE out.
+
+`ChatService` runs one request through the pipeline with its backends passed in (a route function
+and one `ExpertClient` per expert); `create_api(service)` puts the OpenAI HTTP API in front of it.
+Errors are mapped here and only here: a `QuorumError` becomes its status and OpenAI's
+`{"error": {message, type, param, code}}`; anything else is a 500 that names the request id
+(the traceback goes to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from experts.engine import Delta
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from experts.errors import ExpertError, QuorumError, RequestTooLargeError
+from experts.registry import Registry
+from router import RoutingDecision
+from serving import protocol
+from serving.engines import ExpertClient, ExpertRequest, with_timeout
+
+log = logging.getLogger(__name__)
+
+RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
+
+
+class ChatService:
+    """One request through route → expert → response, backends injected."""
+
+    def __init__(
+        self, registry: Registry, route: RouteFn, clients: dict[str, ExpertClient]
+    ) -> None:
+        self.registry = registry
+        self.route = route
+        self.clients = clients
+
+    def models(self) -> list[dict]:
+        created = 0
+        rows = [
+            {"id": v.name, "object": "model", "created": created, "owned_by": "quorum",
+             "quorum": {"kind": "router", "description": v.description}}
+            for v in self.registry.virtual_models
+        ]  # fmt: skip
+        rows += [
+            {"id": e.name, "object": "model", "created": created, "owned_by": "quorum",
+             "quorum": {"kind": "expert", "backend": e.backend, "context_length": e.context_length,
+                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate}}
+            for e in self.registry.experts
+        ]  # fmt: skip
+        return rows
+
+    async def _prepare(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[str, RoutingDecision, AsyncIterator[Delta], dict]:
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        t0 = time.perf_counter()
+        decision = await self.route(request.last_user_text(), request.model)
+        route_ms = (time.perf_counter() - t0) * 1000
+        expert_name = decision.experts[0]
+        expert = self.registry.expert(expert_name)
+        expert_request = ExpertRequest(
+            request_id=request_id,
+            messages=request.plain_messages(),
+            max_tokens=request.token_limit(self.registry.router.default_max_tokens),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop,
+            seed=request.seed,
+        )
+        deltas = with_timeout(
+            self.clients[expert_name].stream_chat(expert_request), expert_name, expert.timeout_s
+        )
+        extension = {"request_id": request_id, "routing": decision.to_dict(),
+                     "route_ms": round(route_ms, 3)}  # fmt: skip
+        return request_id, decision, deltas, extension
+
+    async def complete(self, request: protocol.ChatCompletionRequest) -> tuple[dict, dict]:
+        """Non-streaming: the completion body and the response headers."""
+        request_id, decision, deltas, extension = await self._prepare(request)
+        parts: list[str] = []
+        last: Delta | None = None
+        async for delta in deltas:
+            parts.append(delta.text)
+            last = delta
+        if last is None:
+            raise ExpertError(f"expert '{decision.experts[0]}' closed its stream without answering")
+        body = protocol.completion(
+            request_id, decision.experts[0], "".join(parts), last.finish_reason,
+            protocol.usage(last.prompt_tokens, last.completion_tokens), extension,
+        )  # fmt: skip
+        return body, routing_headers(request_id, decision)
+
+    async def stream(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[AsyncIterator[bytes], dict]:
+        """Streaming: SSE bytes and headers. The first delta is awaited before returning, so an
+        expert that fails at once still gets a proper HTTP error status instead of a 200."""
+        request_id, decision, deltas, extension = await self._prepare(request)
+        iterator = aiter(deltas)
+        try:
+            first = await anext(iterator)
+        except StopAsyncIteration:
+            raise ExpertError(
+                f"expert '{decision.experts[0]}' closed its stream without answering"
+            ) from None
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        model, created = decision.experts[0], int(time.time())
+
+        async def events() -> AsyncIterator[bytes]:
+            yield protocol.sse(protocol.chunk(request_id, model, created, {"role": "assistant", "content": ""},
+                                              extension=extension))  # fmt: skip
+            delta: Delta | None = first
+            last = first
+            try:
+                while delta is not None:
+                    last = delta
+                    if delta.text:
+                        yield protocol.sse(
+                            protocol.chunk(request_id, model, created, {"content": delta.text})
+                        )
+                    delta = await anext(iterator, None)
+            except QuorumError as exc:
+                log.warning("request %s: stream failed: %s", request_id, exc.message)
+                yield protocol.sse(exc.to_openai())
+                return
+            except Exception:
+                log.exception("request %s: stream failed", request_id)
+                yield protocol.sse(internal_error(request_id).to_openai())
+                return
+            yield protocol.sse(
+                protocol.chunk(request_id, model, created, {}, last.finish_reason or "stop")
+            )
+            if include_usage:
+                yield protocol.sse(protocol.chunk(request_id, model, created, None,
+                                                  usage=protocol.usage(last.prompt_tokens, last.completion_tokens)))  # fmt: skip
+            yield protocol.sse("[DONE]")
+
+        return events(), routing_headers(request_id, decision)
+
+
+def routing_headers(request_id: str, decision: RoutingDecision) -> dict[str, str]:
+    headers = {"x-quorum-request-id": request_id, "x-quorum-expert": ",".join(decision.experts)}
+    if decision.skills:
+        headers["x-quorum-skill"] = decision.skills[0]["skill"]
+        headers["x-quorum-skill-probability"] = f"{decision.skills[0]['probability']:.4f}"
+    if decision.confidence is not None:
+        headers["x-quorum-confidence"] = f"{decision.confidence:.4f}"
+    return headers
+
+
+def internal_error(request_id: str) -> QuorumError:
+    return QuorumError(f"internal error while serving request {request_id}; see the server log")
+
+
+def error_response(exc: QuorumError) -> JSONResponse:
+    return JSONResponse(exc.to_openai(), status_code=exc.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes without reading all of it first."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"request body is {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def create_api(service: ChatService) -> FastAPI:
+    """The OpenAI-compatible HTTP API over `service`."""
+    limits = service.registry.router
+    api = FastAPI(
+        title="Quorum", version="0.1.0", description="Skill-routed mixture of expert LLMs."
+    )
+
+    @api.exception_handler(QuorumError)
+    async def _quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
+        return error_response(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(internal_error(request.headers.get("x-request-id", "?")))
+
+    @api.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "experts": [e.name for e in service.registry.experts]}
+
+    @api.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": service.models()}
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        chat_request = protocol.parse_chat_request(body, limits.max_messages)
+        if chat_request.stream:
+            events, headers = await service.stream(chat_request)
+            headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        completion, headers = await service.complete(chat_request)
+        return JSONResponse(completion, headers=headers)
+
+    @api.post("/v1/route")
+    async def route(request: Request) -> dict:
+        """Quorum extension: the routing decision for a chat request, without generating."""
+        body = await read_body(request, limits.max_body_bytes)
+        chat_request = protocol.parse_chat_request(body, limits.max_messages)
+        decision = await service.route(chat_request.last_user_text(), chat_request.model)
+        return decision.to_dict()
+
+    return api
