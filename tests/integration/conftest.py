@@ -1,0 +1,66 @@
+"""Integration fixtures: real servers, started here and stopped after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subprocess.Popen, Path]:
+    """`quorum serve` in a subprocess, waited on until /health answers; its log file returned."""
+    log = Path(os.environ.get("QUORUM_TEST_LOGS", "/tmp")) / f"quorum-serve-{port}.log"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *args],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"quorum serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop(proc)
+    raise RuntimeError(f"quorum serve did not come up in {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def quorum_default():
+    """The embedded default (both tiny models on vLLM CPU) behind `quorum serve`."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'quorum[cpu]')")
+    port = free_port()
+    proc, log = start_quorum(port)
+    yield f"http://127.0.0.1:{port}", log
+    stop(proc)

@@ -1,0 +1,216 @@
+"""The OpenAI HTTP surface, end to end in process: real FastAPI app, real router logic, experts
+replaced by scripted in-memory clients passed through the constructor."""
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from experts.engine import Delta
+from experts.errors import ExpertError
+from experts.registry import parse_registry
+from router import Router
+from router.classify import CentroidHead, EmbeddingSkillClassifier
+from serving.engines import ExpertClient, ExpertRequest
+from serving.ingress import ChatService, create_api
+from skills.store import InMemoryStateStore
+from tests.conftest import KeywordEncoder
+
+REGISTRY = parse_registry({
+    "skills": ["law", "math"],
+    "router": {"max_body_bytes": 4096, "max_messages": 8, "default_max_tokens": 7},
+    "experts": [
+        {"name": "mathematician", "model": "m1", "skills": {"math": 0.9, "law": 0.1}},
+        {"name": "jurist", "model": "m2", "skills": {"math": 0.1, "law": 0.9}},
+        {"name": "flaky", "model": "m3", "default_competence": 0.0},
+        {"name": "slow", "model": "m4", "default_competence": 0.0, "timeout_s": 0.2},
+    ],
+})  # fmt: skip
+
+
+class ScriptedExpert(ExpertClient):
+    """Answers '<name> says: <last user text>' in word-sized deltas; records its requests."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: list[ExpertRequest] = []
+
+    async def stream_chat(self, request: ExpertRequest):
+        self.requests.append(request)
+        words = f"{self.name} says: {request.messages[-1]['content']}".split(" ")
+        for i, word in enumerate(words):
+            yield Delta(word if i == 0 else " " + word, None, 0, 0)
+        yield Delta("", "stop", 11, len(words))
+
+
+class FailingExpert(ExpertClient):
+    name = "flaky"
+
+    def __init__(self, after: int = 0) -> None:
+        self.after = after
+
+    async def stream_chat(self, request):
+        for _ in range(self.after):
+            yield Delta("tok ", None, 0, 0)
+        raise ExpertError("expert 'flaky' failed: engine died")
+
+
+class StalledExpert(ExpertClient):
+    name = "slow"
+
+    async def stream_chat(self, request):
+        await asyncio.sleep(30)
+        yield Delta("never", "stop", 0, 0)
+
+
+def make_client(flaky_after: int = 0):
+    encoder = KeywordEncoder()
+    head = CentroidHead(
+        ["law", "math"], encoder.encode(["court contract judge", "solve equation x"]), 0.05
+    )
+    router = Router(EmbeddingSkillClassifier(encoder, head), REGISTRY, InMemoryStateStore())
+
+    async def route(text, model):
+        return router.route(text, model)
+
+    experts = {"mathematician": ScriptedExpert("mathematician"), "jurist": ScriptedExpert("jurist"),
+               "flaky": FailingExpert(flaky_after), "slow": StalledExpert()}  # fmt: skip
+    return TestClient(create_api(ChatService(REGISTRY, route, experts))), experts
+
+
+def chat(client, **body):
+    body.setdefault("model", "auto")
+    body.setdefault("messages", [{"role": "user", "content": "solve the equation for x"}])
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_routed_completion_carries_the_decision_in_body_and_headers():
+    client, experts = make_client()
+    r = chat(client)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == "mathematician"
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "mathematician says: solve the equation for x",
+    }
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    routing = body["quorum"]["routing"]
+    assert routing["experts"] == ["mathematician"] and routing["skills"][0]["skill"] == "math"
+    assert {s["expert"] for s in routing["recruitment"]["scores"]} == set(experts)
+    assert r.headers["x-quorum-expert"] == "mathematician" and r.headers["x-quorum-skill"] == "math"
+    assert r.headers["x-quorum-request-id"] == body["id"]
+    # default max_tokens comes from the registry
+    assert experts["mathematician"].requests[-1].max_tokens == 7
+
+
+def test_law_question_goes_to_the_jurist_and_expert_names_bypass_routing():
+    client, _ = make_client()
+    law = chat(client, messages=[{"role": "system", "content": "be brief"},
+                                 {"role": "user", "content": "the judge and the contract"}])  # fmt: skip
+    assert law.json()["model"] == "jurist"
+    direct = chat(
+        client, model="mathematician", messages=[{"role": "user", "content": "the judge"}]
+    )
+    assert direct.json()["model"] == "mathematician"
+    assert direct.json()["quorum"]["routing"]["confidence"] is None
+
+
+def test_streaming_is_openai_sse():
+    client, _ = make_client()
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "auto", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "solve the equation for x"}]}) as r:  # fmt: skip
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[0]["quorum"]["routing"]["experts"] == ["mathematician"]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "mathematician says: solve the equation for x"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_models_lists_virtual_models_and_experts():
+    client, _ = make_client()
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["auto", "mathematician", "jurist", "flaky", "slow"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "param", "fragment"),
+    [
+        (b"{not json", 400, None, "not valid JSON"),
+        (b"[1, 2]", 400, None, "JSON object"),
+        (json.dumps({"model": "auto"}).encode(), 400, "messages", "is required"),
+        (json.dumps({"model": "auto", "messages": []}).encode(), 400, "messages", "at least one"),
+        (json.dumps({"model": "auto", "messages": "hi"}).encode(), 400, "messages", "messages"),
+        (json.dumps({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "messages", "role"),
+        (json.dumps({"model": 5, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model", "model"),
+        (json.dumps({"model": "auto", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "max_tokens", "max_tokens"),
+        (json.dumps({"model": "auto", "n": 3, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "n", "n=3"),
+        (json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}] * 9}).encode(), 400, "messages", "at most 8"),
+        (json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model", "gpt-9"),
+        (json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 413, None, "limit"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_openai_errors(payload, status, param, fragment):
+    client, _ = make_client()
+    r = client.post(
+        "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"]
+    assert error["param"] == param
+    assert chat(client).status_code == 200  # and the service keeps serving
+
+
+def test_failing_expert_before_first_token_is_a_502_and_service_survives():
+    client, _ = make_client()
+    r = chat(client, model="flaky")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "expert_failed"
+    r = chat(client, model="flaky", stream=True)
+    assert r.status_code == 502
+    assert chat(client).status_code == 200
+
+
+def test_failing_expert_mid_stream_ends_with_one_error_event():
+    client, _ = make_client(flaky_after=2)
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "flaky", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:  # fmt: skip
+        raw = "".join(r.iter_text())
+    events = [e for e in raw.split("\n\n") if e]
+    assert json.loads(events[-1][6:])["error"]["code"] == "expert_failed"
+    assert "[DONE]" not in raw
+
+
+def test_stalled_expert_times_out_with_504():
+    client, _ = make_client()
+    r = chat(client, model="slow")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "expert_timeout"
+    assert "0.2s" in r.json()["error"]["message"]
+
+
+def test_unknown_route_and_method_are_openai_shaped():
+    client, _ = make_client()
+    assert client.get("/v1/nothing").json()["error"]["type"] == "not_found"
+    assert client.get("/v1/chat/completions").status_code == 405
+
+
+def test_route_endpoint_decides_without_generating():
+    client, experts = make_client()
+    r = client.post(
+        "/v1/route", json={"model": "auto", "messages": [{"role": "user", "content": "the judge"}]}
+    )
+    assert r.json()["experts"] == ["jurist"]
+    assert experts["jurist"].requests == []
