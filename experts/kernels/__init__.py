@@ -1,0 +1,49 @@
+"""Triton kernels for the sparse MoE layer: route -> align -> gate_up -> down -> combine.
+
+The plain-PyTorch references (`experts.kernels.reference`) import anywhere; the kernels need
+Triton and are loaded on first use, so importing this package never requires it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from experts.kernels.reference import (
+    TOLERANCE,
+    RoutingConfig,
+    align_reference,
+    experts_reference,
+    moe_reference,
+    route_reference,
+)
+
+_LAZY = {
+    "route": "experts.kernels.routing",
+    "align": "experts.kernels.align",
+    "gate_up": "experts.kernels.grouped_gemm",
+    "down": "experts.kernels.grouped_gemm",
+    "combine": "experts.kernels.grouped_gemm",
+    "get_config": "experts.kernels.configs",
+}
+
+__all__ = [
+    "TOLERANCE",
+    "RoutingConfig",
+    "align",
+    "align_reference",
+    "combine",
+    "down",
+    "experts_reference",
+    "gate_up",
+    "get_config",
+    "moe_reference",
+    "route",
+    "route_reference",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'experts.kernels' has no attribute {name!r}")

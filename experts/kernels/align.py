@@ -1,0 +1,130 @@
+"""Alignment: sort (token, slot) pairs by expert and pad each expert to BLOCK_M rows.
+
+Three launches, no host synchronisation, output sizes fixed by (M, E, BLOCK_M) alone
+(`reference.max_padded_rows`), so the whole layer can be captured in a CUDA graph.
+
+1. `_count_kernel`   (grid = chunks): per-chunk expert histogram, [chunks, E_PAD].
+2. `_offsets_kernel` (one program):   chunk prefix per expert, padded expert starts, the block ->
+   expert map, padding rows and the unused tail.
+3. `_scatter_kernel` (grid = chunks): stable rank inside the chunk via a one-hot cumsum, then the
+   row of every slot (`sorted_ids`) and its inverse (`slot_pos`).
+
+The result is deterministic and stable (slots of one expert keep ascending t*K+j order), equal to
+`reference.align_reference`. Ids outside [0, E) (the router's -1 null slots) are left out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from experts.kernels._triton import tl, triton
+from experts.kernels.reference import max_padded_rows
+
+
+@triton.jit
+def _count_kernel(ids_ptr, counts_ptr, M, E, CHUNK: tl.constexpr, E_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK + tl.arange(0, CHUNK)  # [CHUNK]
+    ex = tl.load(ids_ptr + offs, mask=offs < M, other=-1)
+    ear = tl.arange(0, E_PAD)
+    onehot = (ex[:, None] == ear[None, :]).to(tl.int32)  # [CHUNK, E_PAD]
+    tl.store(counts_ptr + pid * E_PAD + ear, tl.sum(onehot, axis=0))
+
+
+@triton.jit
+def _offsets_kernel(
+    counts_ptr, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, n_chunks, M, E, P,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, TAIL_TILE: tl.constexpr,
+):
+    ear = tl.arange(0, E_PAD)
+    running = tl.zeros([E_PAD], tl.int32)
+    for c in range(n_chunks):
+        cnt = tl.load(counts_ptr + c * E_PAD + ear)
+        tl.store(counts_ptr + c * E_PAD + ear, running)  # becomes the exclusive chunk prefix
+        running += cnt
+    running = tl.where(ear < E, running, 0)
+    padded = (running + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # [E_PAD]
+    start = tl.cumsum(padded, axis=0) - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(start_ptr + ear, start)
+    tl.store(num_padded_ptr, total)
+    end = start + padded
+    for b0 in range(0, P // BLOCK_M, NB_TILE):
+        b = b0 + tl.arange(0, NB_TILE)  # [NB]
+        r = b * BLOCK_M
+        inside = (r[:, None] >= start[None, :]) & (r[:, None] < end[None, :])  # [NB, E_PAD]
+        ex = tl.max(tl.where(inside, ear[None, :], -1), axis=1)
+        tl.store(block_expert_ptr + b, ex, mask=b < P // BLOCK_M)
+    # Padding rows of each expert, then the unused tail, hold the sentinel M.
+    j = tl.arange(0, BLOCK_M)
+    pad_rows = (start + running)[:, None] + j[None, :]  # [E_PAD, BLOCK_M]
+    pad_mask = (j[None, :] < (padded - running)[:, None]) & (ear < E)[:, None]
+    tl.store(sorted_ids_ptr + pad_rows, tl.full([E_PAD, BLOCK_M], 0, tl.int32) + M, mask=pad_mask)
+    for r0 in range(total // TAIL_TILE * TAIL_TILE, P, TAIL_TILE):
+        r = r0 + tl.arange(0, TAIL_TILE)
+        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M, mask=(r >= total) & (r < P))
+
+
+@triton.jit
+def _scatter_kernel(
+    ids_ptr, counts_ptr, start_ptr, sorted_ids_ptr, slot_pos_ptr, M, E,
+    CHUNK: tl.constexpr, E_PAD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK + tl.arange(0, CHUNK)  # [CHUNK]
+    in_range = offs < M
+    ex = tl.load(ids_ptr + offs, mask=in_range, other=-1)
+    valid = in_range & (ex >= 0) & (ex < E)
+    ear = tl.arange(0, E_PAD)
+    onehot = (ex[:, None] == ear[None, :]).to(tl.int32)  # [CHUNK, E_PAD]
+    before = tl.cumsum(onehot, axis=0) - onehot  # same-expert slots earlier in this chunk
+    rank = tl.sum(before * onehot, axis=1)  # [CHUNK]
+    exc = tl.where(valid, ex, 0)
+    base = tl.load(start_ptr + exc) + tl.load(counts_ptr + pid * E_PAD + exc)
+    pos = base + rank
+    tl.store(sorted_ids_ptr + pos, offs, mask=valid)
+    tl.store(slot_pos_ptr + offs, tl.where(valid, pos, -1), mask=in_range)
+
+
+def align_chunk(num_experts: int) -> int:
+    """Slots per program: keeps the [CHUNK, E_PAD] one-hot tile near 16K int32 values."""
+    return max(16, min(1024, 16384 // triton.next_power_of_2(num_experts)))
+
+
+def align(
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    block_m: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernel version of `reference.align_reference` (same outputs, see its docstring).
+
+    `out` may supply the four output tensors (sizes as `reference.max_padded_rows` gives).
+    """
+    flat = topk_ids.reshape(-1)  # [M]
+    if flat.dtype != torch.int32:
+        flat = flat.to(torch.int32)
+    m = flat.numel()
+    dev = flat.device
+    p = max_padded_rows(m, num_experts, block_m)
+    e_pad = triton.next_power_of_2(max(num_experts, 2))
+    chunk = align_chunk(num_experts)
+    n_chunks = max(1, triton.cdiv(m, chunk))
+    counts = torch.empty(n_chunks, e_pad, dtype=torch.int32, device=dev)
+    start = torch.empty(e_pad, dtype=torch.int32, device=dev)
+    if out is None:
+        sorted_ids = torch.empty(p, dtype=torch.int32, device=dev)
+        block_expert = torch.empty(p // block_m, dtype=torch.int32, device=dev)
+        num_padded = torch.empty(1, dtype=torch.int32, device=dev)
+        slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
+    else:
+        sorted_ids, block_expert, num_padded, slot_pos = out
+    _count_kernel[(n_chunks,)](flat, counts, m, num_experts, CHUNK=chunk, E_PAD=e_pad)
+    _offsets_kernel[(1,)](
+        counts, start, block_expert, num_padded, sorted_ids, n_chunks, m, num_experts, p,
+        BLOCK_M=block_m, E_PAD=e_pad, NB_TILE=max(16, min(256, 8192 // e_pad)), TAIL_TILE=1024,
+    )
+    _scatter_kernel[(n_chunks,)](
+        flat, counts, start, sorted_ids, slot_pos, m, num_experts, CHUNK=chunk, E_PAD=e_pad
+    )
+    return sorted_ids, block_expert, num_padded, slot_pos

@@ -1,0 +1,115 @@
+"""Sparse MoE layer on the Triton kernels of `experts.kernels`.
+
+    [Router] logits -> route() -> [Dispatch] align() -> [Experts] gate_up() + down()
+    -> [Combine] combine()
+
+No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
+can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from experts.kernels.reference import RoutingConfig
+
+
+def moe_experts(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """SwiGLU experts over routed slots, combined in token order.
+
+    | arg          | shape      | dtype               |
+    |--------------|------------|---------------------|
+    | x            | [T, H]     | bf16 / fp16 / fp32  |
+    | w13          | [E, 2I, H] | x.dtype             |
+    | w2           | [E, H, I]  | x.dtype             |
+    | topk_ids     | [T, K]     | int32, -1 = null    |
+    | topk_weights | [T, K]     | fp32                |
+    returns [T, H] in x.dtype.
+    """
+    from experts.kernels.align import align
+    from experts.kernels.configs import get_config
+    from experts.kernels.grouped_gemm import combine, down, gate_up
+
+    t, h = x.shape
+    e, two_i, _ = w13.shape
+    top_k = topk_ids.shape[1]
+    cfg = config or get_config(t, e, h, two_i // 2, top_k, x.device)
+    x = x.contiguous()
+    sorted_ids, block_expert, num_padded, slot_pos = align(topk_ids, e, cfg["BLOCK_M"])
+    bm = {"BLOCK_M": cfg["BLOCK_M"]}
+    hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
+                  cfg["gate_up"] | bm)  # [P, I]
+    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
+             cfg["down"] | bm)  # [P, H]
+    return combine(y, slot_pos, t, top_k)  # [T, H]
+
+
+def moe_forward(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    routing: RoutingConfig,
+    bias: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """The whole layer: logits = x @ router_weight.T [T, C], route, experts. x [T, H] -> [T, H]."""
+    from experts.kernels.routing import route
+
+    logits = nn.functional.linear(x.to(router_weight.dtype), router_weight)  # [T, C]
+    ids, wts = route(logits, routing, bias)
+    return moe_experts(x, w13, w2, ids, wts, config)
+
+
+class MoELayer(nn.Module):
+    """A sparse MoE layer (router + SwiGLU experts) running on the Triton kernels.
+
+    Parameters use transformers' layout: `gate_up_proj` [E, 2I, H], `down_proj` [E, H, I],
+    `router_weight` [E + null experts, H]; `bias` [E + null] is the selection-only correction.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int,
+        routing: RoutingConfig,
+        dtype: torch.dtype = torch.bfloat16,
+        router_dtype: torch.dtype | None = None,
+        with_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.routing = routing
+        cols = num_experts + routing.num_null_experts
+        self.router_weight = nn.Parameter(
+            torch.empty(cols, hidden_size, dtype=router_dtype or dtype)
+        )
+        self.gate_up_proj = nn.Parameter(
+            torch.empty(num_experts, 2 * intermediate_size, hidden_size, dtype=dtype)
+        )
+        self.down_proj = nn.Parameter(
+            torch.empty(num_experts, hidden_size, intermediate_size, dtype=dtype)
+        )
+        self.bias: torch.Tensor | None
+        self.register_buffer("bias", torch.zeros(cols) if with_bias else None)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for p in (self.router_weight, self.gate_up_proj, self.down_proj):
+            nn.init.normal_(p, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = moe_forward(
+            x.reshape(-1, shape[-1]), self.router_weight, self.gate_up_proj, self.down_proj,
+            self.routing, self.bias,
+        )
+        return out.reshape(shape)
