@@ -1,0 +1,119 @@
+"""Tile-config sweep for the MoE grouped GEMMs; writes configs/<device>.json entries.
+
+    python -m benchmarks.kernels.tune_moe --out DIR [--shapes ...] [--tokens ...]
+
+For every (shape, T) it times `gate_up` and `down` alone over a small candidate set for each
+BLOCK_M, keeps the BLOCK_M with the least summed time, and writes the winners to
+DIR/<device>.json (merge it into experts/kernels/configs/). Uniform routing, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from benchmarks.kernels._moe_common import SHAPES, TOKENS, logits_of, make_params, to_local
+from experts.kernels.configs import device_key, shape_key
+
+logger = logging.getLogger(__name__)
+SMEM_LIMIT = 220 * 1024
+
+
+def _cands(rows_per_expert: float, n_b: int) -> list[tuple[int, dict]]:
+    out = []
+    if rows_per_expert <= 16:
+        space = itertools.product([16], [32, 64, 128], [128, 256], [4], [4, 5], [1])
+    elif rows_per_expert <= 160:
+        space = itertools.product([16, 32, 64], [64, 128], [64, 128], [4], [4], [8])
+    else:
+        space = itertools.product([64, 128], [64, 128, 256], [64], [4, 8], [3, 4], [8])
+    for bm, bn, bk, w, s, gm in space:
+        if s * (bm * bk + n_b * bk * bn) * 2 > SMEM_LIMIT:
+            continue
+        if n_b == 2 and bn == 256:
+            continue  # two 256-wide accumulators spill
+        out.append((bm, dict(BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=w, num_stages=s)))
+    return out
+
+
+def _time(fn) -> float:
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e-3
+    except Exception as exc:  # out of resources etc.: skip this candidate
+        logger.warning("candidate failed: %s", str(exc).splitlines()[0][:120])
+        return float("inf")
+
+
+def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict, dict]:
+    from experts.kernels.align import align
+    from experts.kernels.grouped_gemm import down, gate_up
+    from experts.kernels.routing import route
+
+    shape = SHAPES[name]
+    p = make_params(shape, False, dev)
+    x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
+    ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
+    ids = to_local(ids, shape)
+    el = shape.local_e
+    rows = t * shape.top_k / shape.e
+    best: dict[int, list] = {}
+    for kind, n_b in (("gate_up", 2), ("down", 1)):
+        for bm, cfg in _cands(rows, n_b):
+            sorted_ids, block_expert, num_padded, _ = align(ids, el, bm)
+            c = cfg | {"BLOCK_M": bm}
+            h = torch.randn(sorted_ids.numel(), shape.inter, dtype=torch.bfloat16, device=dev)
+            if kind == "gate_up":
+                fn = partial(gate_up, x, p.w13, sorted_ids, block_expert, num_padded,
+                             shape.top_k, c, out=h)
+            else:
+                y = torch.empty(sorted_ids.numel(), shape.h, dtype=torch.bfloat16, device=dev)
+                fn = partial(down, h, p.w2, w.reshape(-1), sorted_ids, block_expert, num_padded,
+                             c, out=y)
+            dt = _time(fn)
+            slot = best.setdefault(bm, [None, float("inf"), None, float("inf")])
+            i = 0 if kind == "gate_up" else 2
+            if dt < slot[i + 1]:
+                slot[i], slot[i + 1] = cfg, dt
+    bm, (gu, t_gu, dn, t_dn) = min(best.items(), key=lambda kv: kv[1][1] + kv[1][3])
+    timing = dict(gate_up_us=t_gu * 1e6, down_us=t_dn * 1e6)
+    return dict(BLOCK_M=bm, gate_up=gu, down=dn), timing
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
+    ap.add_argument("--budget-s", type=float, default=400.0, help="stop starting new cases after")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{device_key(dev)}.json"
+    table: dict = {}
+    start = time.time()
+    for name in args.shapes:
+        s = SHAPES[name]
+        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
+        for t in args.tokens:
+            if time.time() - start > args.budget_s:
+                logger.warning("budget spent; skipping %s T=%d", name, t)
+                continue
+            cfg, timing = tune_case(name, t, dev)
+            table.setdefault(key, {})[str(t)] = cfg
+            logger.warning("%s T=%d: %s %s (%.0fs)", name, t, json.dumps(cfg), timing,
+                           time.time() - start)
+            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
