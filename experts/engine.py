@@ -1,0 +1,347 @@
+"""A thin async wrapper over one vLLM engine (`AsyncLLM`): chat messages in, text deltas out.
+
+Independent of Ray: a Serve deployment holds one `VLLMEngine`, a test or script can hold one too.
+
+    engine = VLLMEngine("/path/to/hf-folder", max_model_len=1024)   # blocking, ~20-40 s on CPU
+    async for d in engine.stream_chat(messages, max_tokens=64, temperature=0.0, top_p=1.0,
+                                      stop=None, seed=0, request_id="r1"):
+        print(d.text, end="")          # the last delta has finish_reason and the token counts
+    engine.shutdown()
+
+vLLM is imported lazily, so `import experts.engine` works on a machine without it; building an
+engine there raises `ImportError` naming the install command.
+
+Sleep mode: vLLM's CPU build refuses `enable_sleep_mode` ("not supported on current platform") and
+its CPU worker turns `sleep()`/`wake_up()` into no-ops that free no memory, so `supports_sleep` is
+False there and `sleep()` raises `SleepNotSupportedError`. On CUDA/ROCm it is True when the engine
+was built with `engine_kwargs={"enable_sleep_mode": True}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from experts.models import read_model_meta
+
+__all__ = [
+    "ContextLengthError",
+    "Delta",
+    "SleepNotSupportedError",
+    "VLLMEngine",
+    "vllm_available",
+]
+
+logger = logging.getLogger(__name__)
+
+_INSTALL_HINT = (
+    'pip install "quorum[cpu]" (vLLM\'s CPU build; on GPU machines: pip install "quorum[gpu]")'
+)
+_GiB = 1 << 30
+# On the CPU: no CUDA graphs to capture; an explicit KV-cache size (1 GiB holds 46k tokens of
+# SmolLM2) bounds memory on a shared machine and lets vLLM skip its warm-up pass; the "uni"
+# executor runs the model inside the engine-core process instead of spawning one more process that
+# imports torch again (SmolLM2 engine restart on 2 shared cores: 34.6 s vs 42.5 s with "mp").
+_CPU_DEFAULTS: dict[str, Any] = {
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 1 * _GiB,
+    "distributed_executor_backend": "uni",
+}
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the previous delta. The last delta has `finish_reason` set.
+
+    `prompt_tokens` is the prompt's length; `completion_tokens` counts generated tokens so far
+    (final on the last delta). `finish_reason` is "stop" (EOS or a stop string), "length"
+    (max_tokens or the context limit) or "abort".
+    """
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ContextLengthError(ValueError):
+    """The chat-templated prompt does not leave room for a single generated token."""
+
+    def __init__(self, prompt_tokens: int, limit: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens after the chat template; this model accepts at "
+            f"most {limit} prompt tokens (max_model_len {limit + 1} minus 1 to generate); shorten "
+            "the messages"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:  # crosses Ray actors: must pickle
+        return (type(self), (self.prompt_tokens, self.limit))
+
+
+class SleepNotSupportedError(RuntimeError):
+    """This engine cannot sleep (the platform lacks it, or enable_sleep_mode was not set)."""
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here (without importing it when it is absent)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
+        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"experts.engine needs vLLM, which failed to import ({e}); "
+            f"install it with `{_INSTALL_HINT}`"
+        ) from e
+    return vllm
+
+
+def _platform_supports_sleep() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
+class VLLMEngine:
+    """One vLLM `AsyncLLM` serving one model.
+
+    The constructor is synchronous and blocks until the model is loaded (vLLM's own
+    `AsyncLLM.from_engine_args` is synchronous), so it fits a sync Ray Serve deployment
+    constructor; `await VLLMEngine.create(...)` builds it from async code without blocking the
+    loop. `model` is an HF folder or hub id (resolve `builtin:` specs with
+    `experts.models.resolve_model` first). `engine_kwargs` go to `AsyncEngineArgs`; on the CPU the
+    defaults are eager mode, a 1 GiB KV cache and the in-process ("uni") executor. If the folder
+    was prepared by `experts.models`, its default stop strings apply to every request.
+    """
+
+    def __init__(
+        self, model: str, *, max_model_len: int = 2048, engine_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        _import_vllm()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kwargs: dict[str, Any] = dict(engine_kwargs or {})
+        if current_platform.is_cpu():
+            for key, value in _CPU_DEFAULTS.items():
+                kwargs.setdefault(key, value)
+        if kwargs.get("enable_sleep_mode") and not _platform_supports_sleep():
+            raise SleepNotSupportedError(
+                f"enable_sleep_mode=True was requested but vLLM's {current_platform.device_name} "
+                "platform has no sleep mode; drop it from engine_kwargs"
+            )
+        kwargs.setdefault("disable_log_stats", True)
+        self.model = model
+        self.max_model_len = max_model_len
+        self._sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
+        self._sleeping = False
+        meta = read_model_meta(model) if _is_local_dir(model) else None
+        self.default_stop: list[str] = list((meta or {}).get("default_stop") or [])
+
+        started = time.perf_counter()
+        args = AsyncEngineArgs(model=model, max_model_len=max_model_len, **kwargs)
+        self._llm = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._llm.get_tokenizer()
+        self.startup_s = time.perf_counter() - started
+        logger.info("vLLM engine for %s ready in %.1f s", model, self.startup_s)
+
+    @classmethod
+    async def create(
+        cls, model: str, *, max_model_len: int = 2048, engine_kwargs: dict[str, Any] | None = None
+    ) -> VLLMEngine:
+        """Build an engine from async code without blocking the event loop (the load runs in a
+        worker thread; vLLM starts its output task lazily on the loop that first generates)."""
+        return await asyncio.to_thread(
+            lambda: cls(model, max_model_len=max_model_len, engine_kwargs=engine_kwargs)
+        )
+
+    @property
+    def supports_sleep(self) -> bool:
+        """Whether `sleep()`/`wake_up()` free and restore memory on this engine."""
+        return self._sleep_enabled
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """The prompt length of `messages` after the chat template (with the generation prompt)."""
+        return len(self._encode(messages))
+
+    def _encode(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        # The chat template writes its own special tokens (BOS, role markers).
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str] | None,
+        seed: int | None,
+        request_id: str,
+    ) -> AsyncIterator[Delta]:
+        """Generate a chat answer, yielding text deltas as vLLM produces them.
+
+        Raises `ContextLengthError` (on first iteration) when the templated prompt exceeds
+        `max_model_len - 1` tokens; `max_tokens` is clamped to the room left in the context.
+        Closing or cancelling the iteration aborts the request in vLLM.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        async for delta in self._generate(
+            messages,
+            RequestOutputKind.DELTA,
+            max_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            request_id,
+        ):
+            yield delta
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str] | None,
+        seed: int | None,
+        request_id: str,
+    ) -> Delta:
+        """The whole answer at once (vLLM sends only the final output): one `Delta` with the full
+        text, finish_reason and token counts. Same errors and cancellation as `stream_chat`."""
+        from vllm.sampling_params import RequestOutputKind
+
+        final: Delta | None = None
+        async for delta in self._generate(
+            messages,
+            RequestOutputKind.FINAL_ONLY,
+            max_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            request_id,
+        ):
+            final = delta
+        if final is None:  # vLLM always sends a finished output; this would be a vLLM bug
+            raise RuntimeError(f"vLLM returned no output for request {request_id}")
+        return final
+
+    async def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        output_kind: Any,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str] | None,
+        seed: int | None,
+        request_id: str,
+    ) -> AsyncIterator[Delta]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self._llm is None:
+            raise RuntimeError(f"engine for {self.model} was shut down")
+        if self._sleeping:
+            raise RuntimeError(f"engine for {self.model} is asleep; call wake_up() first")
+        prompt_ids = self._encode(messages)
+        limit = self.max_model_len - 1
+        if len(prompt_ids) > limit:
+            raise ContextLengthError(len(prompt_ids), limit)
+        params = SamplingParams(
+            max_tokens=min(max_tokens, self.max_model_len - len(prompt_ids)),
+            temperature=temperature,
+            top_p=top_p,
+            stop=[*self.default_stop, *(stop or [])] or None,
+            seed=seed,
+            output_kind=output_kind,
+        )
+        completion_tokens = 0
+        finished = False
+        outputs = self._llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=request_id
+        )
+        try:
+            async for out in outputs:
+                choice = out.outputs[0]
+                # DELTA: token_ids are the new ones; FINAL_ONLY: one output with all of them.
+                completion_tokens += len(choice.token_ids)
+                finished = out.finished
+                if choice.text or finished:
+                    yield Delta(
+                        text=choice.text,
+                        finish_reason=choice.finish_reason if finished else None,
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=completion_tokens,
+                    )
+        finally:
+            # Consumer went away (GeneratorExit/CancelledError) or failed: stop the generation
+            # now rather than when the garbage collector closes vLLM's generator.
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._llm.abort(request_id))
+            await outputs.aclose()
+
+    def num_running_requests(self) -> int:
+        """Requests admitted and not finished yet (running or queued in vLLM)."""
+        return self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a running request (no-op when it is unknown or already finished)."""
+        await self._llm.abort(request_id)
+
+    async def sleep(self, level: int = 1) -> None:
+        """Free the engine's memory (level 1: offload weights, drop KV cache; 2: drop both)."""
+        if not self.supports_sleep:
+            raise SleepNotSupportedError(
+                f"engine for {self.model} cannot sleep: "
+                + (
+                    "it was not built with engine_kwargs={'enable_sleep_mode': True}"
+                    if _platform_supports_sleep()
+                    else "vLLM has no sleep mode on this platform (CPU); shut the engine down and "
+                    "start a new one instead"
+                )
+            )
+        await self._llm.sleep(level)
+        self._sleeping = True
+
+    async def wake_up(self) -> None:
+        """Restore what `sleep()` freed; the engine then serves requests again."""
+        if not self.supports_sleep:
+            raise SleepNotSupportedError(f"engine for {self.model} cannot sleep or wake up")
+        await self._llm.wake_up()
+        self._sleeping = False
+
+    def shutdown(self) -> None:
+        """Stop vLLM's engine process and release its memory. The engine is unusable afterwards."""
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.shutdown()
+            self._llm = None
+
+
+def _is_local_dir(model: str) -> bool:
+    from pathlib import Path
+
+    return Path(model).is_dir()
