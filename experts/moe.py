@@ -15,6 +15,29 @@ from torch import nn
 from experts.kernels.reference import RoutingConfig
 
 
+def _config(x: torch.Tensor, w13: torch.Tensor, top_k: int, config: dict | None) -> dict:
+    from experts.kernels.configs import get_config
+
+    e, two_i, h = w13.shape
+    return config or get_config(x.shape[0], e, h, two_i // 2, top_k, x.device)
+
+
+def _experts_aligned(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+    layout: tuple[torch.Tensor, ...], cfg: dict,
+) -> torch.Tensor:
+    from experts.kernels.grouped_gemm import combine, down, gate_up
+
+    sorted_ids, block_expert, num_padded, slot_pos = layout
+    t, top_k = topk_weights.shape
+    bm = {"BLOCK_M": cfg["BLOCK_M"]}
+    hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
+                  cfg["gate_up"] | bm)  # [P, I]
+    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
+             cfg["down"] | bm)  # [P, H]
+    return combine(y, slot_pos, t, top_k)  # [T, H]
+
+
 def moe_experts(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -23,7 +46,7 @@ def moe_experts(
     topk_weights: torch.Tensor,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """SwiGLU experts over routed slots, combined in token order.
+    """SwiGLU experts over already-routed slots, combined in token order.
 
     | arg          | shape      | dtype               |
     |--------------|------------|---------------------|
@@ -35,21 +58,38 @@ def moe_experts(
     returns [T, H] in x.dtype.
     """
     from experts.kernels.align import align
-    from experts.kernels.configs import get_config
-    from experts.kernels.grouped_gemm import combine, down, gate_up
 
-    t, h = x.shape
-    e, two_i, _ = w13.shape
-    top_k = topk_ids.shape[1]
-    cfg = config or get_config(t, e, h, two_i // 2, top_k, x.device)
     x = x.contiguous()
-    sorted_ids, block_expert, num_padded, slot_pos = align(topk_ids, e, cfg["BLOCK_M"])
-    bm = {"BLOCK_M": cfg["BLOCK_M"]}
-    hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
-                  cfg["gate_up"] | bm)  # [P, I]
-    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
-             cfg["down"] | bm)  # [P, H]
-    return combine(y, slot_pos, t, top_k)  # [T, H]
+    cfg = _config(x, w13, topk_ids.shape[1], config)
+    layout = align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
+    return _experts_aligned(x, w13, w2, topk_weights, layout, cfg)
+
+
+def moe_from_logits(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    routing: RoutingConfig,
+    bias: torch.Tensor | None = None,
+    config: dict | None = None,
+    local_experts: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Route `logits` [T, C] and run the experts. `local_experts` = (first, count): this GPU
+    holds only those experts (w13/w2 have `count` rows); other slots cost nothing here."""
+    from experts.kernels.align import align
+    from experts.kernels.route_align import MAX_FUSED_SLOTS, route_align
+    from experts.kernels.routing import route
+
+    x = x.contiguous()
+    e = w13.shape[0]
+    cfg = _config(x, w13, routing.top_k, config)
+    if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
+        _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts)
+    else:
+        ids, wts = route(logits, routing, bias, local_experts=local_experts)
+        layout = align(ids, e, cfg["BLOCK_M"])
+    return _experts_aligned(x, w13, w2, wts, tuple(layout), cfg)
 
 
 def moe_forward(
@@ -62,11 +102,8 @@ def moe_forward(
     config: dict | None = None,
 ) -> torch.Tensor:
     """The whole layer: logits = x @ router_weight.T [T, C], route, experts. x [T, H] -> [T, H]."""
-    from experts.kernels.routing import route
-
     logits = nn.functional.linear(x.to(router_weight.dtype), router_weight)  # [T, C]
-    ids, wts = route(logits, routing, bias)
-    return moe_experts(x, w13, w2, ids, wts, config)
+    return moe_from_logits(x, logits, w13, w2, routing, bias, config)
 
 
 class MoELayer(nn.Module):

@@ -59,8 +59,7 @@ class TritonSparseMoeBlock(nn.Module):
         self.fp32_router = fp32_router
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        from experts.kernels.routing import route
-        from experts.moe import moe_experts
+        from experts.moe import moe_from_logits
 
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])  # [T, H]
@@ -69,8 +68,8 @@ class TritonSparseMoeBlock(nn.Module):
         else:
             logits = nn.functional.linear(x, self.gate.weight)  # [T, E]
         bias = getattr(self.gate, "e_score_correction_bias", None)
-        ids, wts = route(logits, self.routing, bias)
-        out = moe_experts(x, self.experts.gate_up_proj, self.experts.down_proj, ids, wts)
+        out = moe_from_logits(x, logits, self.experts.gate_up_proj, self.experts.down_proj,
+                              self.routing, bias)
         out = out.reshape(shape)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden_states)

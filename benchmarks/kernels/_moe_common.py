@@ -128,11 +128,10 @@ def grouped_mm_layer(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tenso
 
 def triton_layer(x: torch.Tensor, shape: MoEShape, p: Params, config: dict | None = None):
     """The Quorum layer: Triton routing, alignment, grouped GEMMs and combine."""
-    from experts.kernels.routing import route
-    from experts.moe import moe_experts
+    from experts.moe import moe_from_logits
 
-    ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
-    return moe_experts(x, p.w13, p.w2, to_local(ids, shape), w, config)
+    return moe_from_logits(x, logits_of(x, shape, p), p.w13, p.w2, shape.routing, p.bias, config,
+                           shape.local)
 
 
 def work(x: torch.Tensor, shape: MoEShape, p: Params) -> tuple[float, float, dict]:

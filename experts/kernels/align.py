@@ -4,7 +4,7 @@ Three launches, no host synchronisation, output sizes fixed by (M, E, BLOCK_M) a
 (`reference.max_padded_rows`), so the whole layer can be captured in a CUDA graph.
 
 1. `_count_kernel`   (grid = chunks): per-chunk expert histogram, [chunks, E_PAD].
-2. `_offsets_kernel` (one program):   chunk prefix per expert, padded expert starts, the block ->
+2. `_offsets_kernel` (one program):   exclusive chunk prefix per expert, padded expert starts, the block ->
    expert map, padding rows and the unused tail.
 3. `_scatter_kernel` (grid = chunks): stable rank inside the chunk via a one-hot cumsum, then the
    row of every slot (`sorted_ids`) and its inverse (`slot_pos`).
@@ -32,21 +32,18 @@ def _count_kernel(ids_ptr, counts_ptr, M, E, CHUNK: tl.constexpr, E_PAD: tl.cons
 
 
 @triton.jit
-def _offsets_kernel(
-    counts_ptr, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, n_chunks, M, E, P,
+def _write_layout(
+    running, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M, E, P,
     BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, TAIL_TILE: tl.constexpr,
 ):
+    """From per-expert counts [E_PAD]: padded starts, block -> expert map, padding and tail."""
     ear = tl.arange(0, E_PAD)
-    running = tl.zeros([E_PAD], tl.int32)
-    for c in range(n_chunks):
-        cnt = tl.load(counts_ptr + c * E_PAD + ear)
-        tl.store(counts_ptr + c * E_PAD + ear, running)  # becomes the exclusive chunk prefix
-        running += cnt
     running = tl.where(ear < E, running, 0)
     padded = (running + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # [E_PAD]
     start = tl.cumsum(padded, axis=0) - padded
     total = tl.sum(padded, axis=0)
-    tl.store(start_ptr + ear, start)
+    if start_ptr is not None:
+        tl.store(start_ptr + ear, start)
     tl.store(num_padded_ptr, total)
     end = start + padded
     for b0 in range(0, P // BLOCK_M, NB_TILE):
@@ -62,12 +59,40 @@ def _offsets_kernel(
     tl.store(sorted_ids_ptr + pad_rows, tl.full([E_PAD, BLOCK_M], 0, tl.int32) + M, mask=pad_mask)
     for r0 in range(total // TAIL_TILE * TAIL_TILE, P, TAIL_TILE):
         r = r0 + tl.arange(0, TAIL_TILE)
-        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M, mask=(r >= total) & (r < P))
+        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M,
+                 mask=(r >= total) & (r < P))
+    return start
+
+
+@triton.jit
+def _offsets_kernel(
+    counts_ptr, chunk_off_ptr, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr,
+    n_chunks, M, E, P,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, TAIL_TILE: tl.constexpr,
+):
+    ear = tl.arange(0, E_PAD)
+    running = tl.zeros([E_PAD], tl.int32)
+    for c in range(n_chunks):
+        cnt = tl.load(counts_ptr + c * E_PAD + ear)
+        # A separate buffer: small vectors are replicated across threads, so an in-place
+        # store could land before another thread's load of the same count (seen on an H100).
+        tl.store(chunk_off_ptr + c * E_PAD + ear, running)
+        running += cnt
+    _write_layout(running, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M, E, P,
+                  BLOCK_M, E_PAD, NB_TILE, TAIL_TILE)
+
+
+@triton.jit
+def _rank_in_expert(ex, E_PAD: tl.constexpr):
+    """For each slot: how many earlier slots of this vector went to the same expert."""
+    onehot = (ex[:, None] == tl.arange(0, E_PAD)[None, :]).to(tl.int32)  # [N, E_PAD]
+    before = tl.cumsum(onehot, axis=0) - onehot
+    return tl.sum(before * onehot, axis=1)
 
 
 @triton.jit
 def _scatter_kernel(
-    ids_ptr, counts_ptr, start_ptr, sorted_ids_ptr, slot_pos_ptr, M, E,
+    ids_ptr, chunk_off_ptr, start_ptr, sorted_ids_ptr, slot_pos_ptr, M, E,
     CHUNK: tl.constexpr, E_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -75,15 +100,17 @@ def _scatter_kernel(
     in_range = offs < M
     ex = tl.load(ids_ptr + offs, mask=in_range, other=-1)
     valid = in_range & (ex >= 0) & (ex < E)
-    ear = tl.arange(0, E_PAD)
-    onehot = (ex[:, None] == ear[None, :]).to(tl.int32)  # [CHUNK, E_PAD]
-    before = tl.cumsum(onehot, axis=0) - onehot  # same-expert slots earlier in this chunk
-    rank = tl.sum(before * onehot, axis=1)  # [CHUNK]
+    rank = _rank_in_expert(ex, E_PAD)  # [CHUNK]
     exc = tl.where(valid, ex, 0)
-    base = tl.load(start_ptr + exc) + tl.load(counts_ptr + pid * E_PAD + exc)
+    base = tl.load(start_ptr + exc) + tl.load(chunk_off_ptr + pid * E_PAD + exc)
     pos = base + rank
     tl.store(sorted_ids_ptr + pos, offs, mask=valid)
     tl.store(slot_pos_ptr + offs, tl.where(valid, pos, -1), mask=in_range)
+
+
+def nb_tile(e_pad: int) -> int:
+    """Row blocks per step of the block -> expert loop ([NB_TILE, E_PAD] compare tile)."""
+    return max(16, min(256, 8192 // e_pad))
 
 
 def align_chunk(num_experts: int) -> int:
@@ -111,6 +138,7 @@ def align(
     chunk = align_chunk(num_experts)
     n_chunks = max(1, triton.cdiv(m, chunk))
     counts = torch.empty(n_chunks, e_pad, dtype=torch.int32, device=dev)
+    chunk_off = torch.empty_like(counts)
     start = torch.empty(e_pad, dtype=torch.int32, device=dev)
     if out is None:
         sorted_ids = torch.empty(p, dtype=torch.int32, device=dev)
@@ -121,10 +149,10 @@ def align(
         sorted_ids, block_expert, num_padded, slot_pos = out
     _count_kernel[(n_chunks,)](flat, counts, m, num_experts, CHUNK=chunk, E_PAD=e_pad)
     _offsets_kernel[(1,)](
-        counts, start, block_expert, num_padded, sorted_ids, n_chunks, m, num_experts, p,
-        BLOCK_M=block_m, E_PAD=e_pad, NB_TILE=max(16, min(256, 8192 // e_pad)), TAIL_TILE=1024,
+        counts, chunk_off, start, block_expert, num_padded, sorted_ids, n_chunks, m, num_experts, p,
+        BLOCK_M=block_m, E_PAD=e_pad, NB_TILE=nb_tile(e_pad), TAIL_TILE=1024,
     )
     _scatter_kernel[(n_chunks,)](
-        flat, counts, start, sorted_ids, slot_pos, m, num_experts, CHUNK=chunk, E_PAD=e_pad
+        flat, chunk_off, start, sorted_ids, slot_pos, m, num_experts, CHUNK=chunk, E_PAD=e_pad
     )
     return sorted_ids, block_expert, num_padded, slot_pos

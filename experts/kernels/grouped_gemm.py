@@ -45,7 +45,7 @@ def _gate_up_kernel(
     x_ptr, w_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     M, N, K, top_k, num_pid_m, stride_xm, stride_we, stride_wn, stride_hm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -75,8 +75,8 @@ def _gate_up_kernel(
             bu = tl.load(u_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
         if UPCAST:  # the CPU interpreter's bf16/fp16 tl.dot returns garbage (triton 3.9)
             a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
-        acc_g = tl.dot(a, bg, acc_g)
-        acc_u = tl.dot(a, bu, acc_u)
+        acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
@@ -90,7 +90,7 @@ def _down_kernel(
     h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     M, N, K, num_pid_m, stride_hm, stride_we, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -115,7 +115,7 @@ def _down_kernel(
             b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     wt = tl.load(weights_ptr + sid, mask=tmask, other=0.0).to(tl.float32)  # [BM]
@@ -143,6 +143,11 @@ def _combine_kernel(
              mask=offs_n < N)
 
 
+def _precision(t: torch.Tensor) -> str:
+    # float32 inputs get true fp32 products (the default would round them to tf32).
+    return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
 def gate_up(
     x: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, block_expert: torch.Tensor,
     num_padded: torch.Tensor, top_k: int, cfg: dict, out: torch.Tensor | None = None,
@@ -159,7 +164,8 @@ def gate_up(
         x, w13, h, sorted_ids, block_expert, num_padded, t * top_k, n, k, top_k, num_pid_m,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET,
+        PRECISION=_precision(x), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return h
 
@@ -183,7 +189,8 @@ def down(
         h, w2, y, topk_weights, sorted_ids, block_expert, num_padded, topk_weights.numel(), n, k,
         num_pid_m, h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET,
+        PRECISION=_precision(h), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y
 

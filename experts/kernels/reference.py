@@ -128,6 +128,15 @@ def route_reference(
     return ids, w
 
 
+def localize(
+    ids: torch.Tensor, weights: torch.Tensor, first: int, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the slots of an expert-parallel shard's experts [first, first + count), renumbered
+    from 0; other slots become null (-1, weight 0)."""
+    mine = (ids >= first) & (ids < first + count)
+    return torch.where(mine, ids - first, -1).to(torch.int32), torch.where(mine, weights, 0.0)
+
+
 def max_padded_rows(num_slots: int, num_experts: int, block_m: int) -> int:
     """Upper bound on the padded row count: only non-empty experts (<= min(E, M)) add padding."""
     rows = num_slots + min(num_experts, num_slots) * (block_m - 1)

@@ -22,7 +22,7 @@ from experts.kernels.reference import RoutingConfig
 
 @triton.jit
 def _route_block(
-    logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, pid,
+    logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, pid,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
@@ -92,22 +92,24 @@ def _route_block(
     if RENORM:
         w = w / (tl.sum(w, axis=1)[:, None] + 1e-20)
     w = w * scaling
-    null = (ids >= E_REAL) | (~taken)
-    ids = tl.where(null, -1, ids)
+    # Slots of experts outside this shard's [local_lo, local_lo + local_n) cost nothing here.
+    null = (ids >= E_REAL) | (~taken) | (ids < local_lo) | (ids >= local_lo + local_n)
+    ids = tl.where(null, -1, ids - local_lo)
     w = tl.where(null, 0.0, w)
     return rows, karange, ids, w
 
 
 @triton.jit
 def _route_kernel(
-    logits_ptr, bias_ptr, ids_ptr, w_ptr, T, C, E_REAL, stride_t, top_p, scaling,
+    logits_ptr, bias_ptr, ids_ptr, w_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
     MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
 ):
     rows, karange, ids, w = _route_block(
-        logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, tl.program_id(0),
+        logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n,
+        tl.program_id(0),
         TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
         MOGE_GROUPS, USE_TOP_P,
     )
@@ -129,15 +131,21 @@ def route_meta(cfg: RoutingConfig, num_columns: int, has_bias: bool) -> dict:
     )
 
 
+def local_range(num_columns: int, local_experts: tuple[int, int] | None) -> tuple[int, int]:
+    return local_experts if local_experts is not None else (0, num_columns)
+
+
 def route(
     logits: torch.Tensor,
     cfg: RoutingConfig,
     bias: torch.Tensor | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    local_experts: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Route `logits` [T, C] per `cfg`; returns (topk_ids [T, K] int32, topk_weights [T, K] fp32).
 
-    Same function as `reference.route_reference`; no host synchronisation.
+    Same function as `reference.route_reference` (then `reference.localize` when
+    `local_experts` = (first, count) names an expert-parallel shard); no host synchronisation.
     """
     t, c = logits.shape
     cfg.validate(c)
@@ -154,8 +162,8 @@ def route(
     if t:
         _route_kernel[(triton.cdiv(t, block_t),)](
             logits, bias if bias is not None else logits, ids, w, t, c,
-            c - cfg.num_null_experts, logits.stride(0),
-            float(cfg.top_p or 1.0), float(cfg.routed_scaling), BLOCK_T=block_t, num_warps=4,
+            c - cfg.num_null_experts, logits.stride(0), float(cfg.top_p or 1.0),
+            float(cfg.routed_scaling), *local_range(c, local_experts), BLOCK_T=block_t, num_warps=4,
             **meta,
         )
     return ids, w

@@ -1,0 +1,93 @@
+"""Decode path: routing and alignment fused into one single-program launch.
+
+At decode the layer's time is mostly weight streaming plus per-launch latency, so for few slots
+(T * K <= `MAX_FUSED_SLOTS`) one program routes every token and lays the slots out exactly as
+`routing.route` followed by `align.align` would (same outputs, checked by the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from experts.kernels._triton import tl, triton
+from experts.kernels.align import _rank_in_expert, _write_layout, nb_tile
+from experts.kernels.reference import RoutingConfig, max_padded_rows
+from experts.kernels.routing import _route_block, local_range, route_meta
+
+MAX_FUSED_SLOTS = 128
+
+
+@triton.jit
+def _route_align_kernel(
+    logits_ptr, bias_ptr, ids_ptr, w_ptr, T, C, E_REAL, stride_t, top_p, scaling,
+    local_lo, local_n, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, slot_pos_ptr, E_LOCAL, P,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
+    N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
+    MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr,
+):
+    rows, karange, ids, w = _route_block(
+        logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, 0,
+        TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
+        MOGE_GROUPS, USE_TOP_P,
+    )
+    M = T * TOP_K
+    in_range = (rows < T)[:, None] & (karange < TOP_K)[None, :]  # [BT, KP]
+    flat = rows[:, None] * TOP_K + karange[None, :]
+    tl.store(ids_ptr + flat, ids, mask=in_range)
+    tl.store(w_ptr + flat, w, mask=in_range)
+    # Row-major flattening keeps ascending t*K+j order, so ranks are stable as in `align`.
+    ex = tl.reshape(tl.where(in_range, ids, -1), [BLOCK_T * K_PAD])
+    slot = tl.reshape(flat, [BLOCK_T * K_PAD])
+    ok = tl.reshape(in_range, [BLOCK_T * K_PAD])
+    valid = ex >= 0
+    ear = tl.arange(0, E_PAD)
+    counts = tl.sum((ex[:, None] == ear[None, :]).to(tl.int32), axis=0)  # [E_PAD]
+    start = _write_layout(counts, None, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M,
+                          E_LOCAL, P, BLOCK_M, E_PAD, NB_TILE, 1024)
+    rank = _rank_in_expert(ex, E_PAD)
+    # start[ex] as a masked row-sum: a register vector cannot be indexed by a tensor.
+    base = tl.sum(tl.where(ex[:, None] == ear[None, :], start[None, :], 0), axis=1)
+    pos = base + rank
+    tl.store(sorted_ids_ptr + pos, slot, mask=valid)
+    tl.store(slot_pos_ptr + slot, tl.where(valid, pos, -1), mask=ok)
+
+
+def route_align(
+    logits: torch.Tensor,
+    cfg: RoutingConfig,
+    num_local_experts: int,
+    block_m: int,
+    bias: torch.Tensor | None = None,
+    local_experts: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """`route` then `align` in one launch, for T * top_k <= MAX_FUSED_SLOTS.
+
+    Returns (topk_ids, topk_weights, sorted_ids, block_expert, num_padded, slot_pos).
+    """
+    t, c = logits.shape
+    cfg.validate(c)
+    m = t * cfg.top_k
+    if not 0 < m <= MAX_FUSED_SLOTS:
+        raise ValueError(f"route_align takes 1..{MAX_FUSED_SLOTS} slots, got T*K={m}; use "
+                         "routing.route then align.align")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    dev = logits.device
+    p = max_padded_rows(m, num_local_experts, block_m)
+    ids = torch.empty(t, cfg.top_k, dtype=torch.int32, device=dev)
+    w = torch.empty(t, cfg.top_k, dtype=torch.float32, device=dev)
+    sorted_ids = torch.empty(p, dtype=torch.int32, device=dev)
+    block_expert = torch.empty(p // block_m, dtype=torch.int32, device=dev)
+    num_padded = torch.empty(1, dtype=torch.int32, device=dev)
+    slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
+    e_pad = triton.next_power_of_2(max(num_local_experts, 2))
+    _route_align_kernel[(1,)](
+        logits, bias if bias is not None else logits, ids, w, t, c, c - cfg.num_null_experts,
+        logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
+        *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
+        num_local_experts, p, BLOCK_T=triton.next_power_of_2(t), BLOCK_M=block_m, E_PAD=e_pad,
+        NB_TILE=nb_tile(e_pad), num_warps=4, **route_meta(cfg, c, bias is not None),
+    )
+    return ids, w, sorted_ids, block_expert, num_padded, slot_pos
