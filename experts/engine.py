@@ -204,17 +204,12 @@ class VLLMEngine:
         """
         from vllm.sampling_params import RequestOutputKind
 
-        async for delta in self._generate(
-            messages,
-            RequestOutputKind.DELTA,
-            max_tokens,
-            temperature,
-            top_p,
-            stop,
-            seed,
-            request_id,
-        ):
-            yield delta
+        sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop)
+        inner = self._generate(messages, RequestOutputKind.DELTA, request_id, seed, **sampling)
+        # aclosing: closing this generator must close the inner one now, which aborts in vLLM.
+        async with contextlib.aclosing(inner):
+            async for delta in inner:
+                yield delta
 
     async def chat(
         self,
@@ -232,17 +227,11 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         final: Delta | None = None
-        async for delta in self._generate(
-            messages,
-            RequestOutputKind.FINAL_ONLY,
-            max_tokens,
-            temperature,
-            top_p,
-            stop,
-            seed,
-            request_id,
-        ):
-            final = delta
+        sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop)
+        inner = self._generate(messages, RequestOutputKind.FINAL_ONLY, request_id, seed, **sampling)
+        async with contextlib.aclosing(inner):
+            async for delta in inner:
+                final = delta
         if final is None:  # vLLM always sends a finished output; this would be a vLLM bug
             raise RuntimeError(f"vLLM returned no output for request {request_id}")
         return final
@@ -251,12 +240,13 @@ class VLLMEngine:
         self,
         messages: list[dict[str, Any]],
         output_kind: Any,
+        request_id: str,
+        seed: int | None,
+        *,
         max_tokens: int,
         temperature: float,
         top_p: float,
         stop: list[str] | None,
-        seed: int | None,
-        request_id: str,
     ) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
