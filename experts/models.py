@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experts._paths import quorum_home
+from experts.errors import QuorumError
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -70,8 +71,12 @@ PLAIN_CHAT_TEMPLATE = (
 PLAIN_CHAT_STOP = ["\nUser:", "\nAssistant:"]
 
 
-class ModelPrepareError(Exception):
+class ModelPrepareError(QuorumError):
     """A built-in model cannot be (or is not yet) materialised; the message says the fix."""
+
+    status = 500
+    type = "configuration_error"
+    code = "model_not_prepared"
 
 
 @dataclass(frozen=True)
