@@ -50,7 +50,7 @@ class Params:
     w13: torch.Tensor  # [E_local, 2I, H]
     w2: torch.Tensor  # [E_local, H, I]
     bias: torch.Tensor | None  # [E] fp32
-    skew: torch.Tensor  # [E] fp32 logit offset (zeros = uniform routing)
+    skew: torch.Tensor | None  # [E] fp32 logit offset; None = uniform routing
 
 
 def skew_offsets(e: int, device: torch.device, seed: int = 1) -> torch.Tensor:
@@ -69,13 +69,14 @@ def make_params(shape: MoEShape, skewed: bool, device: torch.device, seed: int =
     w13.normal_(std=shape.h**-0.5)
     w2.normal_(std=shape.inter**-0.5)
     bias = (torch.randn(shape.e, generator=g) * 0.01).to(device) if shape.with_bias else None
-    skew = skew_offsets(shape.e, device) if skewed else torch.zeros(shape.e, device=device)
+    skew = skew_offsets(shape.e, device) if skewed else None
     return Params(router, w13, w2, bias, skew)
 
 
 def logits_of(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tensor:
     xr = x.float() if shape.fp32_router else x
-    return torch.nn.functional.linear(xr, p.router).float() + p.skew  # [T, E]
+    logits = torch.nn.functional.linear(xr, p.router)  # [T, E]
+    return logits if p.skew is None else logits.float() + p.skew
 
 
 def to_local(ids: torch.Tensor, shape: MoEShape) -> torch.Tensor:

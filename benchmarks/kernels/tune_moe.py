@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.kernels._moe_common import SHAPES, TOKENS, logits_of, make_params, to_local
-from experts.kernels.configs import device_key, shape_key
+from experts.kernels.configs import _load, device_key, shape_key
 
 logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
@@ -29,7 +29,7 @@ SMEM_LIMIT = 220 * 1024
 def _cands(rows_per_expert: float, n_b: int) -> list[tuple[int, dict]]:
     out = []
     if rows_per_expert <= 16:
-        space = itertools.product([16], [32, 64, 128], [128, 256], [4], [4, 5], [1])
+        space = itertools.product([16], [16, 32, 64, 128], [128, 256], [2, 4], [4, 5], [1])
     elif rows_per_expert <= 160:
         space = itertools.product([16, 32, 64], [64, 128], [64, 128], [4], [4], [8])
     else:
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     dev = torch.device("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{device_key(dev)}.json"
-    table: dict = {}
+    # Start from the checked-in table, so a partial sweep updates only the cases it ran.
+    table: dict = json.loads(json.dumps(_load(device_key(dev))))
     start = time.time()
     for name in args.shapes:
         s = SHAPES[name]
