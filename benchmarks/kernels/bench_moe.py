@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     dev = torch.device("cuda")
     bw, mm = measure_ceilings(dev)
     logger.warning("ceilings: copy %.2f TB/s, bf16 matmul %.0f TFLOP/s", bw / 1e12, mm / 1e12)
+    meta = dict(gpu=torch.cuda.get_device_name(), copy_Bps=bw, matmul_flops=mm,
+                torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     rows: list[dict] = []
     for name in args.shapes:
         shape = SHAPES[name]
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         row[key] = _bench(partial(fn, x, shape, params), args.rep)
                     g.reset()
                 rows.append(row)
+                _save(args.out, [meta, *rows])  # partial results survive a timeout
                 logger.warning(
                     "%s T=%d %s: ours %s us (%.0f%% floor, %.0f TF/s), grouped_mm %s, loop %s, "
                     "err %.1e", name, t, routing, fmt_us(row["ours_graph_s"]),
@@ -98,9 +101,15 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
         params = None
         torch.cuda.empty_cache()
-    meta = dict(gpu=torch.cuda.get_device_name(), copy_Bps=bw, matmul_flops=mm,
-                torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     return [meta, *rows]
+
+
+def _save(out: Path | None, records: list[dict]) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "moe_bench.json").write_text(json.dumps(records, indent=1))
+    (out / "moe_bench.md").write_text(markdown(records))
 
 
 def markdown(records: list[dict]) -> str:
@@ -154,12 +163,8 @@ def main(argv: list[str] | None = None) -> None:
                       "python -m benchmarks.kernels.bench_moe --out DIR", f"1x {gpu}", body)
         return
     records = run(args)
-    text = markdown(records)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "moe_bench.json").write_text(json.dumps(records, indent=1))
-        (args.out / "moe_bench.md").write_text(text)
+    _save(args.out, records)
+    print(markdown(records))
     if not all(r["correct"] for r in records[1:]):
         raise SystemExit("some layer outputs disagree with torch._grouped_mm beyond tolerance")
 
