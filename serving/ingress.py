@@ -14,16 +14,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from experts.engine import Delta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from experts.engine import Delta
 from experts.errors import ExpertError, QuorumError, RequestTooLargeError
 from experts.registry import Registry
 from router import RoutingDecision
 from serving import protocol
 from serving.engines import ExpertClient, ExpertRequest, with_timeout
+from serving.observe import Observer
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,16 @@ class ChatService:
     """One request through route → expert → response, backends injected."""
 
     def __init__(
-        self, registry: Registry, route: RouteFn, clients: dict[str, ExpertClient]
+        self,
+        registry: Registry,
+        route: RouteFn,
+        clients: dict[str, ExpertClient],
+        observer: Observer | None = None,
     ) -> None:
         self.registry = registry
         self.route = route
         self.clients = clients
+        self.observer = observer or Observer()
 
     def models(self) -> list[dict]:
         created = 0
@@ -62,6 +68,7 @@ class ChatService:
         t0 = time.perf_counter()
         decision = await self.route(request.last_user_text(), request.model)
         route_ms = (time.perf_counter() - t0) * 1000
+        self.observer.routed(request_id, decision, route_ms / 1000)
         expert_name = decision.experts[0]
         expert = self.registry.expert(expert_name)
         expert_request = ExpertRequest(
@@ -73,12 +80,38 @@ class ChatService:
             stop=request.stop,
             seed=request.seed,
         )
-        deltas = with_timeout(
-            self.clients[expert_name].stream_chat(expert_request), expert_name, expert.timeout_s
+        deltas = self._observed(
+            request_id,
+            expert_name,
+            with_timeout(
+                self.clients[expert_name].stream_chat(expert_request), expert_name, expert.timeout_s
+            ),
+            t0,
         )
         extension = {"request_id": request_id, "routing": decision.to_dict(),
                      "route_ms": round(route_ms, 3)}  # fmt: skip
         return request_id, decision, deltas, extension
+
+    async def _observed(
+        self, request_id: str, expert: str, deltas: AsyncIterator[Delta], started: float
+    ) -> AsyncIterator[Delta]:
+        """Pass deltas through, reporting first token and the end (ok or the error) once."""
+        last: Delta | None = None
+        status = "ok"
+        try:
+            async for delta in deltas:
+                if last is None:
+                    self.observer.first_token(request_id, expert, time.perf_counter() - started)
+                last = delta
+                yield delta
+        except QuorumError as exc:
+            status = exc.code or exc.type
+            raise
+        except BaseException:
+            status = "cancelled"
+            raise
+        finally:
+            self.observer.finished(request_id, expert, status, last, time.perf_counter() - started)
 
     async def complete(self, request: protocol.ChatCompletionRequest) -> tuple[dict, dict]:
         """Non-streaming: the completion body and the response headers."""
@@ -184,6 +217,8 @@ def create_api(service: ChatService) -> FastAPI:
 
     @api.exception_handler(QuorumError)
     async def _quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
+        if not isinstance(exc, ExpertError):  # expert failures are reported by `finished`
+            service.observer.rejected(exc)
         return error_response(exc)
 
     @api.exception_handler(StarletteHTTPException)

@@ -14,6 +14,7 @@ from router import Router
 from router.classify import CentroidHead, EmbeddingSkillClassifier
 from serving.engines import ExpertClient, ExpertRequest
 from serving.ingress import ChatService, create_api
+from serving.observe import RecordingObserver
 from skills.store import InMemoryStateStore
 from tests.conftest import KeywordEncoder
 
@@ -64,7 +65,7 @@ class StalledExpert(ExpertClient):
         yield Delta("never", "stop", 0, 0)
 
 
-def make_client(flaky_after: int = 0):
+def make_client(flaky_after: int = 0, observer=None):
     encoder = KeywordEncoder()
     head = CentroidHead(
         ["law", "math"], encoder.encode(["court contract judge", "solve equation x"]), 0.05
@@ -76,7 +77,8 @@ def make_client(flaky_after: int = 0):
 
     experts = {"mathematician": ScriptedExpert("mathematician"), "jurist": ScriptedExpert("jurist"),
                "flaky": FailingExpert(flaky_after), "slow": StalledExpert()}  # fmt: skip
-    return TestClient(create_api(ChatService(REGISTRY, route, experts))), experts
+    service = ChatService(REGISTRY, route, experts, observer)
+    return TestClient(create_api(service)), experts
 
 
 def chat(client, **body):
@@ -214,3 +216,16 @@ def test_route_endpoint_decides_without_generating():
     )
     assert r.json()["experts"] == ["jurist"]
     assert experts["jurist"].requests == []
+
+
+def test_observer_sees_route_first_token_end_and_rejections():
+    observer = RecordingObserver()
+    client, _ = make_client(observer=observer)
+    rid = chat(client).json()["id"]
+    chat(client, model="flaky")
+    chat(client, model="nope")
+    kinds = [e[0] for e in observer.events]
+    assert kinds == ["routed", "first_token", "finished", "routed", "finished", "rejected"]
+    assert observer.events[2] == ("finished", rid, "mathematician", "ok")
+    assert observer.events[4][3] == "expert_failed"
+    assert observer.events[5] == ("rejected", "model_not_found")
