@@ -29,7 +29,9 @@ SMEM_LIMIT = 220 * 1024
 def _cands(rows_per_expert: float, n_b: int) -> list[tuple[int, dict]]:
     out = []
     if rows_per_expert <= 16:
-        space = itertools.product([16], [16, 32, 64, 128], [128, 256], [2, 4], [4, 5], [1])
+        # GROUP_M=8: under skew an expert spans several row blocks, which then share each
+        # weight tile through L2 instead of streaming the expert once per block.
+        space = itertools.product([16], [16, 32, 64, 128], [128, 256], [2, 4], [4, 5], [8])
     elif rows_per_expert <= 160:
         space = itertools.product([16, 32, 64], [64, 128], [64, 128], [4], [4], [8])
     else:

@@ -45,7 +45,7 @@ def heuristic_config(num_tokens: int, e: int, top_k: int, interpret: bool) -> di
         return dict(BLOCK_M=16, gate_up=_gemm(32, 32, 4, 4, 1), down=_gemm(32, 32, 4, 4, 1))
     rows = num_tokens * top_k / e
     if rows <= 16:
-        return dict(BLOCK_M=16, gate_up=_gemm(64, 128, 1, 4, 4), down=_gemm(64, 128, 1, 4, 4))
+        return dict(BLOCK_M=16, gate_up=_gemm(64, 128, 8, 4, 4), down=_gemm(64, 128, 8, 4, 4))
     if rows <= 96:
         return dict(BLOCK_M=32, gate_up=_gemm(64, 128, 4, 4, 4), down=_gemm(128, 64, 4, 4, 4))
     if rows <= 512:
