@@ -137,18 +137,33 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub.add_parser("list")
     models_p.set_defaults(func=_models)
 
-    ev = sub.add_parser("eval-routing", add_help=False, help="routing quality on outcome data "
-                        "(quorum eval-routing --help)")  # fmt: skip
-    ev.set_defaults(func=None)
+    # Subcommands with their own parsers: listed here for --help, dispatched in main().
+    for name, help_text in _DELEGATED_HELP.items():
+        sub.add_parser(name, add_help=False, help=help_text)
     return parser
+
+
+_DELEGATED_HELP = {
+    "profile": "measure each expert's competence per skill (quorum profile --help)",
+    "eval-routing": "routing quality on outcome data (quorum eval-routing --help)",
+}
+
+
+def _delegated(name: str):
+    """The `main(argv)` of a subcommand that owns its parser (imported only when used)."""
+    if name == "profile":
+        from skills.profile import main as profile_main
+
+        return profile_main
+    from skills.routing_eval import main as eval_main
+
+    return eval_main
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["eval-routing"]:
-        from skills.routing_eval import main as eval_main
-
-        return eval_main(argv[1:])
+    if argv[:1] and argv[0] in _DELEGATED_HELP:
+        return _delegated(argv[0])(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip

@@ -1,0 +1,42 @@
+"""The `quorum` command with the real embedding model (no servers needed)."""
+
+import json
+
+import pytest
+
+from serving.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_route_json_puts_math_first(capsys):
+    assert main(["route", "--json", "Solve 3x+5=11 for x."]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["skills"][0]["skill"] == "math"
+    assert decision["experts"] and decision["recruitment"]["scores"]
+
+
+@pytest.mark.parametrize(
+    ("text", "skill"),
+    [
+        ("Is a verbal contract for the sale of land enforceable?", "law"),
+        ("Which enzyme unwinds the DNA double helix during replication?", "biology"),
+        ("Write a Python function that reverses a linked list.", "computer science"),
+    ],
+)
+def test_route_text_output_names_the_skill(capsys, text, skill):
+    assert main(["route", text]) == 0
+    assert capsys.readouterr().out.startswith(f"skills:     {skill} ")
+
+
+def test_bad_registry_is_a_clear_error_not_a_traceback(capsys, tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("experts:\n  - name: a\n    model: m\n    skils: {}\n")
+    assert main(["route", "--registry", str(bad), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "experts.0.skils" in err and "Traceback" not in err
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["route", "--model", "gpt-9", "hello"]) == 2
+    assert "available models" in capsys.readouterr().err
