@@ -80,3 +80,59 @@ class ExpertTimeoutError(ExpertError):
 class ExpertUnavailableError(ExpertError):
     status = 503
     code = "expert_unavailable"
+
+
+class AuthenticationError(QuorumError):
+    """No API key, or one Quorum does not know (OpenAI answers the same way)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(QuorumError):
+    """A known key asked for something it may not use (an admin endpoint, a model)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RateLimitError(QuorumError):
+    """A key went over its request rate or token budget. `retry_after_s` becomes `Retry-After`."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (_rebuild_rate_limit, (type(self), self.message, self.code, self.retry_after_s))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, int(self.retry_after_s + 0.999)))}
+
+
+def _rebuild_rate_limit(cls, message: str, code: str | None, retry_after_s: float | None):
+    return cls(message, code=code, retry_after_s=retry_after_s)
+
+
+class RoutingTimeoutError(QuorumError):
+    """Classification and recruitment took longer than `router.route_timeout_s`."""
+
+    status = 504
+    type = "server_error"
+    code = "routing_timeout"
