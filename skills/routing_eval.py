@@ -186,7 +186,7 @@ def evaluate_routing(
     encoder: Encoder,
     *,
     policies: Mapping[str, Mapping[str, object]] | None = None,
-    ks: Sequence[int] = (2, 3),
+    ks: Sequence[int] = (3, 5),
     folds: int = 5,
     seed: int = 0,
     lambdas: Sequence[float] = tuple(LAMBDA_GRID),
@@ -357,7 +357,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(POLICIES),
         help=f"comma-separated subset of: {', '.join(POLICIES)}",
     )
-    parser.add_argument("--k", default="2,3", help="multi-expert sizes to vote over (comma list)")
+    parser.add_argument("--k", default="3,5", help="multi-expert sizes to vote over (comma list)")
     parser.add_argument("--folds", type=int, default=5, help="folds for cross-fitted calibration")
     parser.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
     return parser.parse_args(argv)

@@ -1,0 +1,201 @@
+"""Routing quality on the bundled MMLU-Pro dev outcomes, 12-model reference pool.
+
+    .venv/bin/python -m benchmarks.routing_quality [--out benchmarks/out/routing] [--no-results]
+
+Splits skills/data/mmlu_pro_dev.jsonl.gz deterministically by a hash of the question id (50/50),
+fits every policy on the train half only (λ is calibrated on cross-fitted train predictions),
+reports on the test half, writes DIR/report.json and DIR/curve.png, copies the plot to
+benchmarks/routing_curve.png, and writes the "routing" section of benchmarks/RESULTS.md.
+Embedding the 6,054 prompts with MiniLM takes a few minutes once; they are cached on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router._embed import Encoder
+from skills.outcomes import load_models, load_outcomes
+from skills.routing_eval import evaluate_routing, split_by_hash
+
+DATA = Path(__file__).resolve().parents[1] / "skills" / "data"
+CURVE = Path(__file__).with_name("routing_curve.png")
+COMMAND = ".venv/bin/python -m benchmarks.routing_quality"
+
+#: Policy hyper-parameters used for the published numbers (chosen by cross-validation on the
+#: train half only; see benchmarks/RESULTS.md).
+POLICY_PARAMS: dict[str, dict[str, object]] = {
+    "centroid": {},
+    "knn": {},
+    "predictor": {},
+    "symbolic": {},
+}
+
+
+class _Precomputed(Encoder):
+    """An encoder answering from vectors computed once for every prompt (same name, same vectors)."""
+
+    def __init__(self, inner: Encoder, texts: Sequence[str], vectors: np.ndarray) -> None:
+        self.inner, self.name, self.dim = inner, inner.name, vectors.shape[1]
+        self._table = dict(zip(texts, vectors, strict=True))
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        missing = [t for t in texts if t not in self._table]
+        if missing:
+            self._table.update(zip(missing, self.inner.encode(missing), strict=True))
+        return np.stack([self._table[t] for t in texts])
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def _acc_at(curve: list[dict], ref_cost: float, fraction: float) -> float | None:
+    """Best accuracy among measured points with cost <= fraction · reference cost."""
+    ok = [p["accuracy"] for p in curve if p["cost"] <= fraction * ref_cost + 1e-9]
+    return max(ok) if ok else None
+
+
+def tables(report: dict) -> str:
+    """RESULTS.md body: headline, per-policy table, calibration, multi-expert, baselines."""
+    ref = report["best_single"]
+    budgets = (0.25, 0.5, 0.75, 1.0)
+    lines = [
+        f"Pool: {len(report['pool'])} models (reference_pool), cost = active parameters (B). "
+        f"Split by hash of id: {report['n_train']} train / {report['n_test_evaluated']} test "
+        f"questions (test questions with a missing outcome dropped: "
+        f"{report['missing_outcomes']['test_questions_dropped']}). Encoder: {report['encoder']}.",
+        "",
+        f"Best single model (chosen on train): **{ref['model']}**, test accuracy "
+        f"**{ref['accuracy']:.3f}** at cost {ref['cost']:g}. Per-query oracle: "
+        f"{report['oracle_accuracy']:.3f} (average cost of the cheapest correct expert "
+        f"{report['oracle_cost']:.1f}).",
+        "",
+        "Accuracy at a cost budget (best measured point with average cost <= budget × "
+        f"{ref['cost']:g}), cost fraction needed for a share of the best single model's "
+        "accuracy, and APGR:",
+        "",
+        "| router | "
+        + " | ".join(f"acc @ {int(b * 100)}% cost" for b in budgets)
+        + " | cost for 80% | 90% | 95% | 100% acc | APGR |",
+        "|---|" + "---|" * (len(budgets) + 5),
+    ]
+
+    def row(name: str, entry: dict) -> str:
+        accs = [_acc_at(entry["curve"], ref["cost"], b) for b in budgets]
+        cf = entry["cost_fraction_at"]
+        return (
+            f"| {name} | "
+            + " | ".join("—" if a is None else f"{a:.3f}" for a in accs)
+            + " | "
+            + " | ".join(_pct(cf[f]) for f in ("0.8", "0.9", "0.95", "1.0"))
+            + f" | {entry['apgr'] if entry['apgr'] is not None else '—'} |"
+        )
+
+    for name, entry in report["policies"].items():
+        lines.append(row(f"`{name}`", entry))
+    base = report["baselines"]
+    lines.append(row("random mix of single models (hull)", base["random_mix"]))
+    lines.append(row("per-category best (true category)", base["per_category_best"]))
+
+    lines += [
+        "",
+        "λ calibrated on cross-fitted train predictions only, then applied to the test half:",
+        "",
+        "| router | "
+        + " | ".join(
+            f"target {int(c['target_cost_fraction'] * 100)}%"
+            for c in next(iter(report["policies"].values()))["calibrated"]
+        )
+        + " |",
+        "|---|" + "---|" * len(next(iter(report["policies"].values()))["calibrated"]),
+    ]
+    for name, entry in report["policies"].items():
+        cells = [
+            f"{c['test_accuracy']:.3f} @ {_pct(c['test_cost_fraction'])}"
+            for c in entry["calibrated"]
+        ]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+
+    lines += [
+        "",
+        "Multi-expert (top-k by utility, competence-weighted vote over the recorded answers):",
+        "",
+        "| router | k | best accuracy (cost fraction) | beats best single at | cost for 95% | APGR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["policies"].items():
+        for k, multi in entry.get("multi_expert", {}).items():
+            best, beat = multi["best_accuracy"], multi["beats_best_single_at"]
+            beat_s = (
+                "never"
+                if beat is None
+                else (f"{beat['accuracy']:.3f} @ {_pct(beat['cost'] / ref['cost'])}")
+            )
+            lines.append(
+                f"| `{name}` | {k} | {best['accuracy']:.3f} ({_pct(best['cost'] / ref['cost'])}) "
+                f"| {beat_s} | {_pct(multi['cost_fraction_at']['0.95'])} | {multi['apgr']} |"
+            )
+
+    lines += [
+        "",
+        "Single models on the test half:",
+        "",
+        "| model | cost | accuracy |",
+        "|---|---|---|",
+    ]
+    for m in sorted(report["single_models"], key=lambda m: m["cost"]):
+        lines.append(f"| {m['model']} | {m['cost']:g} | {m['accuracy']:.3f} |")
+    lines += ["", f"![routing curve]({CURVE.name})", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/routing"))
+    parser.add_argument("--train-fraction", type=float, default=0.5)
+    parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    from router._embed import MiniLMEncoder, encode_cached
+
+    questions = load_outcomes(DATA / "mmlu_pro_dev.jsonl.gz")
+    models = load_models(DATA / "mmlu_pro_models.yaml")
+    encoder = MiniLMEncoder()
+    prompts = [q.prompt for q in questions]
+    encoder = _Precomputed(encoder, prompts, encode_cached(encoder, prompts))
+    train, test = split_by_hash(questions, args.train_fraction)
+    report = evaluate_routing(train, test, models, None, encoder, policies=POLICY_PARAMS)
+    report["split"] = f"sha256(id) bucket < {args.train_fraction} -> train"
+
+    from benchmarks._results import machine_description, write_section
+    from skills._routing_report import write_plot
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_plot(report, args.out / "curve.png")
+    shutil.copyfile(args.out / "curve.png", CURVE)
+    body = tables(report)
+    print(body)
+    if not args.no_results:
+        write_section(
+            "routing",
+            "Routing quality (MMLU-Pro dev, reference pool)",
+            COMMAND,
+            machine_description(),
+            body,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
