@@ -126,6 +126,38 @@ class ClassifierConfig(_Strict):
     )
 
 
+class FaultConfig(_Strict):
+    retries: int = Field(
+        1, ge=0, le=5, description="Extra attempts on the same expert (another replica) before "
+        "falling back; only failures before the first token are retried.",
+    )
+    fallback: bool = Field(
+        True, description="After the retries, try the next-best expert for the request's skills "
+        "(requests that name an expert directly never change expert).",
+    )
+    max_fallbacks: int = Field(2, ge=0, description="Most other experts tried for one request.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failures that open an expert's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, description="How long an open breaker keeps traffic away before one probe."
+    )
+
+
+class AuthConfig(_Strict):
+    keys_file: str | None = Field(
+        None,
+        description="YAML/JSON file of API keys (see README, Access control). Auth is on when "
+        "this, $QUORUM_API_KEYS_FILE or $QUORUM_API_KEYS names at least one key; off otherwise.",
+    )
+    requests_per_minute: int | None = Field(
+        600, ge=1, description="Default per-key request rate; a key may set its own. None: no limit."
+    )
+    tokens_per_day: int | None = Field(
+        None, ge=1, description="Default per-key token budget per UTC day (prompt + completion)."
+    )
+
+
 class RouterConfig(_Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     cost_weight: float = Field(
@@ -136,6 +168,25 @@ class RouterConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when a request omits it.")
+    max_tokens_cap: int = Field(
+        4096, ge=1, description="Largest `max_tokens` a request may ask for (400 above it)."
+    )
+    max_message_chars: int = Field(
+        200_000, ge=1, description="Longest text of one message, in characters (400 above it)."
+    )
+    route_timeout_s: float = Field(
+        30.0, gt=0, description="Time limit for classify + recruit of one request (504 after it)."
+    )
+    first_token_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Time limit for an expert's first token, per attempt; a late expert counts as "
+        "failed and the next one is tried. Default: the expert's own `timeout_s`.",
+    )
+    faults: FaultConfig = Field(
+        default_factory=FaultConfig,
+        description="Retries, fallback and circuit breaking.",
+    )
 
 
 class Registry(_Strict):
@@ -145,6 +196,9 @@ class Registry(_Strict):
         description="The skill taxonomy; the classifier head must produce exactly these.",
     )
     router: RouterConfig = Field(default_factory=RouterConfig)
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys, rate limits and token budgets."
+    )
     virtual_models: list[VirtualModel] = Field(
         default_factory=lambda: [VirtualModel(name="auto", description="Route by skill.")],
         description="Model names that route; `auto` is always present.",
