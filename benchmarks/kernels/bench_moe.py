@@ -42,7 +42,13 @@ logger = logging.getLogger(__name__)
 def _bench(fn, rep_ms: int) -> float:
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms,
+    # At least ~10 timed calls even for 50 ms layers: do_bench's count is rep / estimate.
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est_ms = (time.perf_counter() - t0) * 1e3
+    rep = max(rep_ms, int(10 * est_ms))
+    return triton.testing.do_bench(fn, warmup=max(5, rep // 4), rep=rep,
                                    return_mode="median") * 1e-3
 
 

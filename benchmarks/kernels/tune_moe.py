@@ -4,7 +4,8 @@
 
 For every (shape, T) it times `gate_up` and `down` alone over a small candidate set for each
 BLOCK_M, keeps the BLOCK_M with the least summed time, and writes the winners to
-DIR/<device>.json (merge it into experts/kernels/configs/). Uniform routing, bf16.
+DIR/<device>.json (copy it to experts/kernels/configs/). The time of a candidate is the sum over
+uniform and skewed routing (a config must not collapse when experts are unevenly loaded); bf16.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, TOKENS, logits_of, make_params, to_local
+from benchmarks.kernels._moe_common import (
+    SHAPES,
+    TOKENS,
+    logits_of,
+    make_params,
+    skew_offsets,
+    to_local,
+)
 from experts.kernels.configs import _load, device_key, shape_key
 
 logger = logging.getLogger(__name__)
@@ -31,7 +39,7 @@ def _cands(rows_per_expert: float, n_b: int) -> list[tuple[int, dict]]:
     if rows_per_expert <= 16:
         # GROUP_M=8: under skew an expert spans several row blocks, which then share each
         # weight tile through L2 instead of streaming the expert once per block.
-        space = itertools.product([16], [16, 32, 64, 128], [128, 256], [2, 4], [4, 5], [8])
+        space = itertools.product([16, 32], [16, 32, 64, 128], [128, 256], [2, 4], [4, 5], [8])
     elif rows_per_expert <= 160:
         space = itertools.product([16, 32, 64], [64, 128], [64, 128], [4], [4], [8])
     else:
@@ -63,30 +71,37 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict, dict]:
     shape = SHAPES[name]
     p = make_params(shape, False, dev)
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
-    ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
-    ids = to_local(ids, shape)
     el = shape.local_e
+    routed = []  # uniform and skewed routings: the winner minimises their summed time
+    for skew in (None, skew_offsets(shape.e, dev)):
+        p.skew = skew
+        ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
+        routed.append((to_local(ids, shape), w))
     rows = t * shape.top_k / shape.e
     best: dict[int, list] = {}
     for kind, n_b in (("gate_up", 2), ("down", 1)):
         for bm, cfg in _cands(rows, n_b):
-            sorted_ids, block_expert, num_padded, _ = align(ids, el, bm)
             c = cfg | {"BLOCK_M": bm}
-            h = torch.randn(sorted_ids.numel(), shape.inter, dtype=torch.bfloat16, device=dev)
-            if kind == "gate_up":
-                fn = partial(gate_up, x, p.w13, sorted_ids, block_expert, num_padded,
-                             shape.top_k, c, out=h)
-            else:
-                y = torch.empty(sorted_ids.numel(), shape.h, dtype=torch.bfloat16, device=dev)
-                fn = partial(down, h, p.w2, w.reshape(-1), sorted_ids, block_expert, num_padded,
-                             c, out=y)
-            dt = _time(fn)
+            dt = 0.0
+            for ids, w in routed:
+                sorted_ids, block_expert, num_padded, _ = align(ids, el, bm)
+                h = torch.randn(sorted_ids.numel(), shape.inter, dtype=torch.bfloat16,
+                                device=dev)
+                if kind == "gate_up":
+                    fn = partial(gate_up, x, p.w13, sorted_ids, block_expert, num_padded,
+                                 shape.top_k, c, out=h)
+                else:
+                    y = torch.empty(sorted_ids.numel(), shape.h, dtype=torch.bfloat16,
+                                    device=dev)
+                    fn = partial(down, h, p.w2, w.reshape(-1), sorted_ids, block_expert,
+                                 num_padded, c, out=y)
+                dt += _time(fn)
             slot = best.setdefault(bm, [None, float("inf"), None, float("inf")])
             i = 0 if kind == "gate_up" else 2
             if dt < slot[i + 1]:
                 slot[i], slot[i + 1] = cfg, dt
     bm, (gu, t_gu, dn, t_dn) = min(best.items(), key=lambda kv: kv[1][1] + kv[1][3])
-    timing = dict(gate_up_us=t_gu * 1e6, down_us=t_dn * 1e6)
+    timing = dict(gate_up_us_uniform_plus_skewed=t_gu * 1e6, down_us_uniform_plus_skewed=t_dn * 1e6)
     return dict(BLOCK_M=bm, gate_up=gu, down=dn), timing
 
 
