@@ -22,8 +22,10 @@ from ray import serve
 from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, Router, RoutingDecision, load_head
+from serving.audit import AuditObserver, make_audit_log
 from serving.engines import ExpertClient, ExpertRequest, HandleExpertClient, OpenAIHTTPExpertClient
 from serving.ingress import ChatService, create_api
+from serving.metrics import FanOutObserver, RayMetricsObserver
 from skills.store import InMemoryStateStore, StateStore
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,9 @@ class VLLMExpertServer:
 class QuorumIngress:
     """The OpenAI HTTP API. Builds its `ChatService` from handles; FastAPI app built on the replica."""
 
-    def __init__(self, registry: dict[str, Any], router, experts: dict[str, Any]) -> None:
+    def __init__(
+        self, registry: dict[str, Any], router, experts: dict[str, Any], redis_url: str | None = None
+    ) -> None:
         self.registry = parse_registry(registry)
         clients: dict[str, ExpertClient] = {}
         for expert in self.registry.experts:
@@ -129,10 +133,15 @@ class QuorumIngress:
         async def route(text: str, model: str) -> RoutingDecision:
             return await router.route.remote(text, model)
 
-        self.service = ChatService(self.registry, route, clients)
+        # Metrics go to Ray's metrics API (dashboard + Prometheus); decisions to the routing audit.
+        self.audit = make_audit_log(redis_url)
+        observer = FanOutObserver(
+            [RayMetricsObserver(self.registry), AuditObserver(self.audit, self.registry)]
+        )
+        self.service = ChatService(self.registry, route, clients, observer)
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.service)
+        return create_api(self.service, self.audit)
 
 
 def expert_deployment(expert: Expert):
@@ -161,4 +170,4 @@ def build_app(args: dict[str, Any] | None = None):
     experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
                for e in registry.experts if e.backend == "vllm"}  # fmt: skip
     router = RouterServer.bind(data, args.get("redis_url"))
-    return QuorumIngress.bind(data, router, experts)
+    return QuorumIngress.bind(data, router, experts, args.get("redis_url"))

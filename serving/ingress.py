@@ -23,12 +23,15 @@ from experts.errors import ExpertError, QuorumError, RequestTooLargeError
 from experts.registry import Registry
 from router import RoutingDecision
 from serving import protocol
+from serving.audit import AuditLog, AuditRecordNotFoundError
 from serving.engines import ExpertClient, ExpertRequest, with_timeout
 from serving.observe import Observer
 
 log = logging.getLogger(__name__)
 
 RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
+AdminAuth = Callable[[Request], Awaitable[None]]
+"""Checks an `/admin/...` request; raises a `QuorumError` (401/403) to refuse it."""
 
 
 class ChatService:
@@ -208,8 +211,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_api(service: ChatService) -> FastAPI:
-    """The OpenAI-compatible HTTP API over `service`."""
+def create_api(
+    service: ChatService, audit: AuditLog | None = None, admin_auth: AdminAuth | None = None
+) -> FastAPI:
+    """The OpenAI-compatible HTTP API over `service`, plus `GET /admin/routing/{request_id}` when
+    an `audit` log is given. `admin_auth` guards `/admin/...`; without it they are open (admin
+    authentication arrives with its own issue: pass its check here)."""
     limits = service.registry.router
     api = FastAPI(
         title="Quorum", version="0.1.0", description="Skill-routed mixture of expert LLMs."
@@ -259,5 +266,23 @@ def create_api(service: ChatService) -> FastAPI:
         chat_request = protocol.parse_chat_request(body, limits.max_messages)
         decision = await service.route(chat_request.last_user_text(), chat_request.model)
         return decision.to_dict()
+
+    @api.get("/admin/routing/{request_id}")
+    async def routing_record(request_id: str, request: Request) -> Response:
+        """Quorum extension: the routing audit record of one finished request."""
+        # Errors are returned, not raised: `rejected` counts chat requests only.
+        try:
+            if admin_auth is not None:
+                await admin_auth(request)
+            if audit is None:
+                raise AuditRecordNotFoundError("this server keeps no routing audit")
+            record = audit.get(request_id)
+            if record is None:
+                raise AuditRecordNotFoundError(
+                    f"no routing record for request id {request_id!r}; records are written when "
+                    f"the answer ends and kept {audit.describe()}", param="request_id")  # fmt: skip
+        except QuorumError as exc:
+            return error_response(exc)
+        return JSONResponse(record)
 
     return api
