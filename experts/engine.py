@@ -2,7 +2,7 @@
 
 Independent of Ray: a Serve deployment holds one `VLLMEngine`, a test or script can hold one too.
 
-    engine = VLLMEngine("/path/to/hf-folder", max_model_len=1024)   # blocking, ~20-40 s on CPU
+    engine = VLLMEngine("/path/to/hf-folder", max_model_len=1024)   # blocking, see below
     async for d in engine.stream_chat(messages, max_tokens=64, temperature=0.0, top_p=1.0,
                                       stop=None, seed=0, request_id="r1"):
         print(d.text, end="")          # the last delta has finish_reason and the token counts
@@ -15,6 +15,12 @@ Sleep mode: vLLM's CPU build refuses `enable_sleep_mode` ("not supported on curr
 its CPU worker turns `sleep()`/`wake_up()` into no-ops that free no memory, so `supports_sleep` is
 False there and `sleep()` raises `SleepNotSupportedError`. On CUDA/ROCm it is True when the engine
 was built with `engine_kwargs={"enable_sleep_mode": True}`.
+
+Measured on 2 shared CPU cores (load average 4-10 from other jobs; `python -m experts.engine`):
+SmolLM2-135M starts in 35-60 s when the machine is calm, up to ~115 s when it is not (Gemma-3-270M
+about the same or up to 2x); a 20-token answer takes 3.4-5 s, of which 1.5-1.9 s before the first
+text. On CPU, AsyncLLM.sleep(1) + wake_up() return in ~10 ms but free nothing (RSS 3549 -> 3549
+MB), while shutdown() takes 5 s (vLLM's SIGTERM grace period) plus 35-62 s to start again.
 """
 
 from __future__ import annotations
@@ -335,3 +341,50 @@ def _is_local_dir(model: str) -> bool:
     from pathlib import Path
 
     return Path(model).is_dir()
+
+
+async def _benchmark(spec: str, max_model_len: int, restart: bool) -> None:
+    """Startup, ~20-token answer latency and (optionally) shutdown + restart of one engine."""
+    from experts.models import resolve_model
+
+    model = resolve_model(spec)
+    engine = await VLLMEngine.create(model, max_model_len=max_model_len)
+    print(f"{spec}: startup {engine.startup_s:.1f} s, sleep supported: {engine.supports_sleep}")
+    question = [{"role": "user", "content": "Explain photosynthesis in one paragraph."}]
+    for i in range(3):
+        t0, first, text = time.perf_counter(), None, ""
+        async for d in engine.stream_chat(
+            question,
+            max_tokens=20,
+            temperature=0.0,
+            top_p=1.0,
+            stop=None,
+            seed=0,
+            request_id=f"bench-{i}",
+        ):
+            first = first or time.perf_counter() - t0
+            text += d.text
+        print(
+            f"  answer {time.perf_counter() - t0:.2f} s (first text {first:.2f} s), "
+            f"{d.completion_tokens} tokens, {d.finish_reason}: {text!r}"
+        )
+    t0 = time.perf_counter()
+    engine.shutdown()
+    print(f"  shutdown {time.perf_counter() - t0:.1f} s")
+    if restart:
+        again = await VLLMEngine.create(model, max_model_len=max_model_len)
+        print(f"  restart {again.startup_s:.1f} s")
+        again.shutdown()
+
+
+if __name__ == "__main__":  # python -m experts.engine builtin:smollm2-135m-instruct [--restart]
+    import argparse
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=_benchmark.__doc__)
+    parser.add_argument("model", help="builtin:<name>, an HF folder or an HF id")
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--restart", action="store_true")
+    cli = parser.parse_args()
+    asyncio.run(_benchmark(cli.model, cli.max_model_len, cli.restart))
