@@ -175,6 +175,15 @@ class RayVLLMBackend(AnswerBackend):
 
     def __init__(self, num_cpus: int | None = None) -> None:
         self.num_cpus = num_cpus
+        self._connected = False
+
+    def shutdown(self) -> None:
+        """Disconnect from Ray (stopping the local instance if this backend started one)."""
+        if self._connected:
+            import ray
+
+            ray.shutdown()
+            self._connected = False
 
     def open(self, expert: Expert, config: ProfileConfig) -> ExpertSession:
         import ray
@@ -182,6 +191,7 @@ class RayVLLMBackend(AnswerBackend):
         if not ray.is_initialized():
             local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": self.num_cpus}
             ray.init(ignore_reinit_error=True, include_dashboard=False, **local)
+            self._connected = True
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **expert.env}
         actor = ray.remote(_VLLMWorker).options(
             num_cpus=expert.resources.cpus, num_gpus=expert.resources.gpus,
@@ -339,7 +349,11 @@ class _Job:
         # aggregations undone, a second pass (reloading only those experts) finishes them.
         order = sorted(self.registry.experts, key=lambda e: e.can_aggregate)
         for _ in range(2):
-            with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
+            if self.config.concurrency <= 1:  # in this thread, so Ctrl-C stops it at once
+                for position, expert in enumerate(order):
+                    self.run_expert(expert, position)
+                continue
+            with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
                 list(pool.map(self.run_expert, order, range(len(order))))
 
 
@@ -355,7 +369,10 @@ def run_profile(registry: Registry, data: ValidationSet, backend: AnswerBackend,
     rows = {kind: {e.name: [job.results.get(kind, job.fp[e.name], it) for it in data.items]
                    for e in registry.experts} for kind in ("answer", "aggregate")}  # fmt: skip
     profile = compute_profile(registry, data, rows, config)
-    profile["job"] = {"new_answers": job.new_answers, "reused_answers": len(results) - job.new_answers,
+    used = sum(
+        r is not None for per_kind in rows.values() for per in per_kind.values() for r in per
+    )
+    profile["job"] = {"new_answers": job.new_answers, "reused_answers": used - job.new_answers,
                       "elapsed_s": round(time.perf_counter() - started, 2), "out_dir": str(out_dir),
                       **{k: v for k, v in config.__dict__.items() if k != "progress"}}  # fmt: skip
     tmp = out_dir / "profile.json.tmp"
@@ -562,8 +579,12 @@ def main(argv: Sequence[str] | None = None, *, backend: AnswerBackend | None = N
         config = ProfileConfig(max_tokens=args.max_tokens, prior_strength=args.prior_strength,
                                aggregate_items=args.aggregate_items, concurrency=args.concurrency,
                                progress=not args.no_progress)  # fmt: skip
-        profile = run_profile(registry, data, backend, out, store=None if args.no_publish else store,
-                              config=config)  # fmt: skip
+        try:
+            profile = run_profile(registry, data, backend, out,
+                                  store=None if args.no_publish else store, config=config)  # fmt: skip
+        finally:
+            if isinstance(backend, RayVLLMBackend):
+                backend.shutdown()
     except QuorumError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

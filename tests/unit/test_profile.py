@@ -195,3 +195,16 @@ def test_cli_rejects_items_with_skills_outside_the_registry(tmp_path, capsys):
 def test_load_round_trip_of_the_scripted_items(tmp_path):
     write_validation_set(_items(), tmp_path / "s.jsonl")
     assert load_validation_set(tmp_path / "s.jsonl", skills=SKILLS).items == _items()
+
+
+def test_concurrent_experts_give_the_same_profile(tmp_path):
+    data = _data(_items())
+    one = run_profile(_registry(), data, Scripted(), tmp_path / "one",
+                      config=ProfileConfig(aggregate_items=4, progress=False))  # fmt: skip
+    backend = Scripted()
+    two = run_profile(_registry(), data, backend, tmp_path / "two",
+                      config=ProfileConfig(aggregate_items=4, concurrency=2, progress=False))  # fmt: skip
+    assert two["experts"] == one["experts"]
+    # The aggregator ran beside the others: its aggregations ran in the same session when the
+    # others' answers were in by then, else in a second one.
+    assert sorted(set(backend.opened)) == ["lawyer", "mathy"] and len(backend.opened) <= 3
