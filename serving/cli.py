@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         prepare_builtin_models(builtin)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    metrics_port = _metrics_port(args.metrics_port)
     started = time.perf_counter()
     # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
     # ingress and router replicas (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
@@ -44,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         include_dashboard=True,
         dashboard_host=args.host,
         ignore_reinit_error=True,
+        _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app({"registry": args.registry, "redis_url": args.redis_url}),
@@ -55,7 +57,16 @@ def _serve(args: argparse.Namespace) -> int:
         f"  OpenAI API     http://{args.host}:{args.port}/v1  (models: "
         f"{', '.join([v.name for v in registry.virtual_models] + [e.name for e in registry.experts])})"
     )
-    print(f"  Ray dashboard  http://{dashboard}" if dashboard else "  Ray dashboard  (not running)")
+    if dashboard:
+        dashboard = dashboard if "://" in dashboard else f"http://{dashboard}"
+        print(f"  Ray dashboard  {dashboard}  (Serve view: {dashboard}/#/serve)")
+    else:
+        print("  Ray dashboard  (not running)")
+    metrics_host = (
+        args.host if args.host not in ("0.0.0.0", "::") else ray.util.get_node_ip_address()
+    )
+    print(f"  Metrics        http://{metrics_host}:{metrics_port}/metrics  (Prometheus; Ray's "
+          "metrics agent, names prefixed ray_quorum_)")  # fmt: skip
     print("  Stop with Ctrl-C", flush=True)
     try:
         while True:
@@ -66,6 +77,23 @@ def _serve(args: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def _metrics_port(wanted: int) -> int:
+    """`wanted` when it is free, else a free port (several `quorum serve` on one machine, e.g.
+    tests): a warning names the port used, and the startup banner prints it."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("", wanted))
+            return wanted
+        except OSError:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+    log.warning("metrics port %d is taken; Ray exports metrics on %d instead "
+                "(pass --metrics-port to choose)", wanted, port)  # fmt: skip
+    return port
 
 
 def _route(args: argparse.Namespace) -> int:
@@ -117,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument(
         "--redis-url", help="Redis for shared state (default: $QUORUM_REDIS_URL, else in process)"
     )
+    serve_p.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("QUORUM_METRICS_PORT", 8080)),
+        help="port of Ray's Prometheus metrics endpoint (default: $QUORUM_METRICS_PORT, else 8080)",
+    )  # fmt: skip
     serve_p.set_defaults(func=_serve)
 
     route_p = sub.add_parser("route", help="print the routing decision for TEXT without generating")
