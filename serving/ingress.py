@@ -9,6 +9,7 @@ Errors are mapped here and only here: a `QuorumError` becomes its status and Ope
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -19,12 +20,21 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts.engine import Delta
-from experts.errors import ExpertError, QuorumError, RequestTooLargeError
-from experts.registry import Registry
+from experts.errors import (
+    ExpertError,
+    InvalidRequestError,
+    QuorumError,
+    RequestTooLargeError,
+    RoutingTimeoutError,
+)
+from experts.registry import Registry, RouterConfig
 from router import RoutingDecision
 from serving import protocol
 from serving.audit import AuditLog, AuditRecordNotFoundError
-from serving.engines import ExpertClient, ExpertRequest, with_timeout
+from serving.auth import Authenticator, record_tokens
+from serving.auth import install as install_auth
+from serving.engines import ExpertClient, ExpertRequest
+from serving.faults import FallbackStream, FaultPolicy, fallback_order, metric_fallback
 from serving.observe import Observer
 
 log = logging.getLogger(__name__)
@@ -43,11 +53,14 @@ class ChatService:
         route: RouteFn,
         clients: dict[str, ExpertClient],
         observer: Observer | None = None,
+        faults: FaultPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.route = route
         self.clients = clients
         self.observer = observer or Observer()
+        # Retry, fallback to the next-best expert, circuit breakers (serving/faults.py).
+        self.faults = faults or FaultPolicy(clients, registry, on_fallback=metric_fallback)
 
     def models(self) -> list[dict]:
         created = 0
@@ -69,11 +82,18 @@ class ChatService:
     ) -> tuple[str, RoutingDecision, AsyncIterator[Delta], dict]:
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         t0 = time.perf_counter()
-        decision = await self.route(request.last_user_text(), request.model)
+        limit = self.registry.router.route_timeout_s
+        try:
+            decision = await asyncio.wait_for(
+                self.route(request.last_user_text(), request.model), limit
+            )
+        except TimeoutError:
+            raise RoutingTimeoutError(
+                f"routing took longer than {limit:g}s (router.route_timeout_s); the router is "
+                "overloaded: retry, or add router replicas"
+            ) from None
         route_ms = (time.perf_counter() - t0) * 1000
         self.observer.routed(request_id, decision, route_ms / 1000)
-        expert_name = decision.experts[0]
-        expert = self.registry.expert(expert_name)
         expert_request = ExpertRequest(
             request_id=request_id,
             messages=request.plain_messages(),
@@ -83,28 +103,30 @@ class ChatService:
             stop=request.stop,
             seed=request.seed,
         )
-        deltas = self._observed(
-            request_id,
-            expert_name,
-            with_timeout(
-                self.clients[expert_name].stream_chat(expert_request), expert_name, expert.timeout_s
-            ),
-            t0,
+        # Named experts never change; routed requests may fall back along the recruitment ranking.
+        answer = self.faults.stream(
+            expert_request,
+            fallback_order(decision.experts, decision.recruitment),
+            allow_fallback=decision.recruitment is not None,
         )
-        extension = {"request_id": request_id, "routing": decision.to_dict(),
+        deltas = self._observed(request_id, answer, t0)
+        routing = decision.to_dict() | {"fallbacks": answer.fallbacks}  # filled as they happen
+        extension = {"request_id": request_id, "routing": routing,
                      "route_ms": round(route_ms, 3)}  # fmt: skip
         return request_id, decision, deltas, extension
 
     async def _observed(
-        self, request_id: str, expert: str, deltas: AsyncIterator[Delta], started: float
+        self, request_id: str, answer: FallbackStream, started: float
     ) -> AsyncIterator[Delta]:
         """Pass deltas through, reporting first token and the end (ok or the error) once."""
         last: Delta | None = None
         status = "ok"
         try:
-            async for delta in deltas:
+            async for delta in answer:
                 if last is None:
-                    self.observer.first_token(request_id, expert, time.perf_counter() - started)
+                    self.observer.first_token(
+                        request_id, answer.expert, time.perf_counter() - started
+                    )
                 last = delta
                 yield delta
         except QuorumError as exc:
@@ -114,7 +136,11 @@ class ChatService:
             status = "cancelled"
             raise
         finally:
-            self.observer.finished(request_id, expert, status, last, time.perf_counter() - started)
+            if last is not None:
+                record_tokens(last.prompt_tokens, last.completion_tokens)  # the key's budget
+            self.observer.finished(
+                request_id, answer.expert, status, last, time.perf_counter() - started
+            )
 
     async def complete(self, request: protocol.ChatCompletionRequest) -> tuple[dict, dict]:
         """Non-streaming: the completion body and the response headers."""
@@ -127,10 +153,10 @@ class ChatService:
         if last is None:
             raise ExpertError(f"expert '{decision.experts[0]}' closed its stream without answering")
         body = protocol.completion(
-            request_id, decision.experts[0], "".join(parts), last.finish_reason,
+            request_id, answered_by(decision, extension), "".join(parts), last.finish_reason,
             protocol.usage(last.prompt_tokens, last.completion_tokens), extension,
         )  # fmt: skip
-        return body, routing_headers(request_id, decision)
+        return body, routing_headers(request_id, decision, extension)
 
     async def stream(
         self, request: protocol.ChatCompletionRequest
@@ -146,7 +172,7 @@ class ChatService:
                 f"expert '{decision.experts[0]}' closed its stream without answering"
             ) from None
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        model, created = decision.experts[0], int(time.time())
+        model, created = answered_by(decision, extension), int(time.time())
 
         async def events() -> AsyncIterator[bytes]:
             yield protocol.sse(protocol.chunk(request_id, model, created, {"role": "assistant", "content": ""},
@@ -177,11 +203,25 @@ class ChatService:
                                                   usage=protocol.usage(last.prompt_tokens, last.completion_tokens)))  # fmt: skip
             yield protocol.sse("[DONE]")
 
-        return events(), routing_headers(request_id, decision)
+        return events(), routing_headers(request_id, decision, extension)
 
 
-def routing_headers(request_id: str, decision: RoutingDecision) -> dict[str, str]:
-    headers = {"x-quorum-request-id": request_id, "x-quorum-expert": ",".join(decision.experts)}
+def answered_by(decision: RoutingDecision, extension: dict) -> str:
+    """The expert whose answer is returned: the chosen one, or the last fallback's target."""
+    fallbacks = extension.get("routing", {}).get("fallbacks") or []
+    return fallbacks[-1]["to"] if fallbacks else decision.experts[0]
+
+
+def routing_headers(
+    request_id: str, decision: RoutingDecision, extension: dict | None = None
+) -> dict[str, str]:
+    experts = decision.experts
+    fallbacks = (extension or {}).get("routing", {}).get("fallbacks") or []
+    if fallbacks:
+        experts = [answered_by(decision, extension or {})]
+    headers = {"x-quorum-request-id": request_id, "x-quorum-expert": ",".join(experts)}
+    if fallbacks:
+        headers["x-quorum-fallbacks"] = str(len(fallbacks))
     if decision.skills:
         headers["x-quorum-skill"] = decision.skills[0]["skill"]
         headers["x-quorum-skill-probability"] = f"{decision.skills[0]['probability']:.4f}"
@@ -195,7 +235,49 @@ def internal_error(request_id: str) -> QuorumError:
 
 
 def error_response(exc: QuorumError) -> JSONResponse:
-    return JSONResponse(exc.to_openai(), status_code=exc.status)
+    return JSONResponse(exc.to_openai(), status_code=exc.status,
+                        headers=getattr(exc, "headers", None))  # fmt: skip
+
+
+def chat_request_openapi(limits: RouterConfig) -> dict:
+    """OpenAPI `requestBody` for a chat request: `ChatCompletionRequest`'s JSON schema, inlined."""
+    schema = protocol.ChatCompletionRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    schema = inline(schema)
+    schema["properties"]["messages"]["maxItems"] = limits.max_messages
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+
+
+def check_limits(request: protocol.ChatCompletionRequest, limits: RouterConfig) -> None:
+    """The registry's per-request limits beyond body size and message count."""
+    for i, message in enumerate(request.messages):
+        length = len(message.text())
+        if length > limits.max_message_chars:
+            raise InvalidRequestError(
+                f"messages[{i}] has {length} characters; at most {limits.max_message_chars} are "
+                "allowed (router.max_message_chars); shorten it",
+                param="messages", code="message_too_long",
+            )  # fmt: skip
+    asked = request.max_completion_tokens or request.max_tokens
+    if asked is not None and asked > limits.max_tokens_cap:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise InvalidRequestError(
+            f"'{param}' is {asked}; at most {limits.max_tokens_cap} is allowed "
+            "(router.max_tokens_cap)",
+            param=param,
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -212,7 +294,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_api(
-    service: ChatService, audit: AuditLog | None = None, admin_auth: AdminAuth | None = None
+    service: ChatService,
+    audit: AuditLog | None = None,
+    admin_auth: AdminAuth | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible HTTP API over `service`, plus `GET /admin/routing/{request_id}` when
     an `audit` log is given. `admin_auth` guards `/admin/...`; without it they are open (admin
@@ -221,6 +306,7 @@ def create_api(
     api = FastAPI(
         title="Quorum", version="0.1.0", description="Skill-routed mixture of expert LLMs."
     )
+    install_auth(api, auth)  # API keys, rate limits, token budgets (off without keys)
 
     @api.exception_handler(QuorumError)
     async def _quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
@@ -248,10 +334,14 @@ def create_api(
     async def models() -> dict:
         return {"object": "list", "data": service.models()}
 
-    @api.post("/v1/chat/completions")
+    # The body is read by hand (size limit first), so the schema is declared for /openapi.json.
+    chat_body = chat_request_openapi(limits)
+
+    @api.post("/v1/chat/completions", openapi_extra=chat_body)
     async def chat(request: Request) -> Response:
         body = await read_body(request, limits.max_body_bytes)
         chat_request = protocol.parse_chat_request(body, limits.max_messages)
+        check_limits(chat_request, limits)
         if chat_request.stream:
             events, headers = await service.stream(chat_request)
             headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -259,11 +349,12 @@ def create_api(
         completion, headers = await service.complete(chat_request)
         return JSONResponse(completion, headers=headers)
 
-    @api.post("/v1/route")
+    @api.post("/v1/route", openapi_extra=chat_body)
     async def route(request: Request) -> dict:
         """Quorum extension: the routing decision for a chat request, without generating."""
         body = await read_body(request, limits.max_body_bytes)
         chat_request = protocol.parse_chat_request(body, limits.max_messages)
+        check_limits(chat_request, limits)
         decision = await service.route(chat_request.last_user_text(), chat_request.model)
         return decision.to_dict()
 
