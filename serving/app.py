@@ -23,6 +23,7 @@ from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, Router, RoutingDecision, load_head
 from serving.audit import AuditObserver, make_audit_log
+from serving.auth import build_authenticator, load_keys
 from serving.engines import ExpertClient, ExpertRequest, HandleExpertClient, OpenAIHTTPExpertClient
 from serving.ingress import ChatService, create_api
 from serving.metrics import FanOutObserver, RayMetricsObserver
@@ -34,15 +35,21 @@ _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def make_store(redis_url: str | None = None) -> StateStore:
-    """The state store: Redis when configured (`QUORUM_REDIS_URL`), else in process."""
+    """The state store: Redis when configured (`QUORUM_REDIS_URL`), else in process.
+
+    Redis is wrapped in `ResilientStateStore`: while it is unreachable the router serves from
+    process memory and journals writes, and replays them when Redis returns."""
     url = redis_url or os.environ.get("QUORUM_REDIS_URL")
     if url:
+        from skills.redis_store import RedisStateStore, StateStoreUnavailableError
+        from skills.resilient_store import ResilientStateStore
+
+        redis_store = RedisStateStore.from_url(url, check=False)
         try:
-            from skills.redis_store import RedisStateStore  # arrives with skill profiling
-        except ImportError:
-            log.warning("QUORUM_REDIS_URL is set but this build has no Redis store; using memory")
-        else:
-            return RedisStateStore.from_url(url)
+            redis_store.ping()
+        except StateStoreUnavailableError as exc:
+            log.warning("%s; starting anyway, with state in process until it answers", exc.message)
+        return ResilientStateStore(redis_store)
     return InMemoryStateStore()
 
 
@@ -120,9 +127,18 @@ class QuorumIngress:
     """The OpenAI HTTP API. Builds its `ChatService` from handles; FastAPI app built on the replica."""
 
     def __init__(
-        self, registry: dict[str, Any], router, experts: dict[str, Any], redis_url: str | None = None
+        self,
+        registry: dict[str, Any],
+        router,
+        experts: dict[str, Any],
+        redis_url: str | None = None,
+        auth_keys: list[dict[str, Any]] | None = None,
     ) -> None:
         self.registry = parse_registry(registry)
+        # Hashed keys only (loaded by build_app); counters in Redis when it is configured.
+        self.auth = build_authenticator(
+            auth_keys or [], redis_url or os.environ.get("QUORUM_REDIS_URL")
+        )
         clients: dict[str, ExpertClient] = {}
         for expert in self.registry.experts:
             if expert.backend == "vllm":
@@ -141,7 +157,7 @@ class QuorumIngress:
         self.service = ChatService(self.registry, route, clients, observer)
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.service, self.audit)
+        return create_api(self.service, self.audit, auth=self.auth)
 
 
 def expert_deployment(expert: Expert):
@@ -170,4 +186,7 @@ def build_app(args: dict[str, Any] | None = None):
     experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
                for e in registry.experts if e.backend == "vllm"}  # fmt: skip
     router = RouterServer.bind(data, args.get("redis_url"))
-    return QuorumIngress.bind(data, router, experts, args.get("redis_url"))
+    keys = [k.to_dict() for k in load_keys(registry.auth)]  # a bad key file fails here, at start
+    if keys:
+        log.info("access control on: %d API key(s)", len(keys))
+    return QuorumIngress.bind(data, router, experts, args.get("redis_url"), keys)
