@@ -99,7 +99,7 @@ METRICS: tuple[MetricSpec, ...] = (
                ("expert",), _SECONDS_SLOW),
     MetricSpec("quorum_tokens", "counter", "Tokens by expert and direction (input = prompt, "
                "output = generated).", ("expert", "direction")),
-    MetricSpec("quorum_cost", "counter", "Cost by expert: tokens × the registry's price per 1M "
+    MetricSpec("quorum_cost", "counter", "Cost by expert: tokens x the registry's price per 1M "
                "tokens (cost.input_per_1m / cost.output_per_1m), in the registry's currency.",
                ("expert",)),
     MetricSpec("quorum_errors", "counter", "Errors by type (error code) and expert ('none' when "
