@@ -1,0 +1,43 @@
+"""Where the decode time goes: per-kernel GPU time of the Triton layer replayed from a graph.
+
+    python -m benchmarks.kernels.profile_decode [shape] [T ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import torch
+
+from benchmarks.kernels._moe_common import SHAPES, make_params, triton_layer
+from benchmarks.kernels.bench_moe import _graph
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else "qwen3-30b-a3b"
+    tokens = [int(v) for v in sys.argv[2:]] or [1, 8]
+    shape = SHAPES[name]
+    dev = torch.device("cuda")
+    p = make_params(shape, False, dev)
+    flush = torch.empty(256 << 20, dtype=torch.int8, device=dev)
+    for t in tokens:
+        x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
+        with torch.no_grad():
+            g = _graph(partial(triton_layer, x, shape, p))
+        reps = 20
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                flush.zero_()  # cold L2, as in the benchmark
+                g.replay()
+            torch.cuda.synchronize()
+        print(f"== {name} T={t}: per-kernel GPU time (us, mean of {reps} replays)")
+        for evt in prof.key_averages():
+            if evt.device_type == torch.autograd.DeviceType.CUDA and "zero" not in evt.key \
+                    and "fill" not in evt.key.lower():
+                us = evt.device_time_total / reps
+                print(f"{us:8.1f}  {evt.count // reps:2d}x  {evt.key[:90]}")
+
+
+if __name__ == "__main__":
+    main()
