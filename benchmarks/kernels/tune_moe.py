@@ -43,7 +43,7 @@ def _cands(rows_per_expert: float, n_b: int) -> list[tuple[int, dict]]:
     elif rows_per_expert <= 160:
         space = itertools.product([16, 32, 64], [64, 128], [64, 128], [4], [4], [8])
     else:
-        space = itertools.product([64, 128], [64, 128, 256], [64], [4, 8], [3, 4], [8])
+        space = itertools.product([64, 128], [64, 128, 256], [64], [4, 8], [3, 4], [8, 16])
     for bm, bn, bk, w, s, gm in space:
         if s * (bm * bk + n_b * bk * bn) * 2 > SMEM_LIMIT:
             continue

@@ -54,6 +54,12 @@ def _route_align_kernel(
     tl.store(slot_pos_ptr + slot, tl.where(valid, pos, -1), mask=ok)
 
 
+def _warps(num_slots: int) -> int:
+    # One program does everything, so its time is a chain of reductions; with fewer warps
+    # they stay inside a warp (shuffles, no shared-memory round trips).
+    return 1 if num_slots <= 32 else 4
+
+
 def route_align(
     logits: torch.Tensor,
     cfg: RoutingConfig,
@@ -61,6 +67,7 @@ def route_align(
     block_m: int,
     bias: torch.Tensor | None = None,
     local_experts: tuple[int, int] | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`route` then `align` in one launch, for T * top_k <= MAX_FUSED_SLOTS.
 
@@ -88,6 +95,7 @@ def route_align(
         logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
         *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
         num_local_experts, p, BLOCK_T=triton.next_power_of_2(t), BLOCK_M=block_m, E_PAD=e_pad,
-        NB_TILE=nb_tile(e_pad), num_warps=4, **route_meta(cfg, c, bias is not None),
+        NB_TILE=nb_tile(e_pad), num_warps=num_warps or _warps(m),
+        **route_meta(cfg, c, bias is not None),
     )
     return ids, w, sorted_ids, block_expert, num_padded, slot_pos
