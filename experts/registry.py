@@ -106,6 +106,9 @@ class Expert(_Strict):
         return self
 
 
+Aggregation = Literal["synthesis", "vote", "confidence"]
+
+
 class VirtualModel(_Strict):
     name: Name = Field(description="A `model` value clients may pass; routes among `experts`.")
     description: str = Field("", description="Shown in /v1/models.")
@@ -114,6 +117,15 @@ class VirtualModel(_Strict):
     )
     experts: list[str] | None = Field(
         None, description="Experts this model may route to; default: all."
+    )
+    experts_per_query: int | None = Field(
+        None, ge=1, description="k for this model; default: router.experts_per_query."
+    )
+    adaptive_confidence: float | None = Field(
+        None, gt=0, le=1, description="p for this model; default: router.adaptive_confidence."
+    )
+    aggregation: Aggregation | None = Field(
+        None, description="How this model combines answers; default: router.aggregation."
     )
 
 
@@ -168,6 +180,23 @@ class RouterConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when a request omits it.")
+    experts_per_query: int = Field(
+        1, ge=1, le=16,
+        description="k: experts that answer each routed query (fixed k; see adaptive_confidence).",
+    )
+    adaptive_confidence: float | None = Field(
+        None, gt=0, le=1,
+        description="p: adaptive k. Experts are added, best first, until their cumulative routing "
+        "probability reaches p (one expert when the router is confident), at most max_experts. "
+        "Set it to use adaptive k instead of the fixed experts_per_query.",
+    )
+    max_experts: int = Field(3, ge=1, le=16, description="Cap on adaptive k.")
+    aggregation: Aggregation = Field(
+        "synthesis",
+        description="How k > 1 answers become one: `synthesis` (an aggregator expert chosen per "
+        "skill by measured ability writes it), `vote` (majority over extracted answers), "
+        "`confidence` (the expert the router rates highest).",
+    )
     max_tokens_cap: int = Field(
         4096, ge=1, description="Largest `max_tokens` a request may ask for (400 above it)."
     )
@@ -189,6 +218,49 @@ class RouterConfig(_Strict):
     )
 
 
+class Residency(_Strict):
+    """Expert residency: `slots` engines fit on the device pool at once; the scheduler
+    (serving/schedule.py) queues requests per expert, batches them and swaps experts in and out."""
+
+    slots: int = Field(1, ge=1, le=1024, description="Expert engines loaded at once.")
+    policy: Literal["batch", "fifo"] = Field(
+        "batch",
+        description="`batch`: batch by expert, keep loaded experts while they have work (default);"
+        " `fifo`: arrival order, one request per dispatch (the baseline).",
+    )
+    max_batch_size: int = Field(16, ge=1, le=4096, description="Most requests in one batch.")
+    max_batch_wait_s: float = Field(
+        0.05, ge=0, description="How long a partial batch waits for more requests."
+    )
+    max_wait_s: float = Field(
+        300.0, gt=0,
+        description="A request queued this long makes its expert urgent: it takes the next slot "
+        "that comes free at a batch boundary (bounds every request's wait).",
+    )
+    swap_cost_s: float = Field(
+        40.0, gt=0,
+        description="Expected evict + load time, s (measured on vLLM CPU: shutdown + start; "
+        "benchmarks/RESULTS.md). The policy weighs work against it.",
+    )
+    min_residency_factor: float = Field(
+        1.0, ge=0, description="A loaded expert with work keeps its slot >= this x swap_cost_s."
+    )
+    max_sleeping: int = Field(
+        0, ge=0,
+        description="Evicted engines kept asleep in host memory (vLLM sleep mode; only where the "
+        "platform has it, not on CPU); beyond it engines are shut down.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Residency:
+        if self.max_wait_s <= self.max_batch_wait_s:
+            raise ValueError(
+                f"max_wait_s ({self.max_wait_s}) must exceed max_batch_wait_s "
+                f"({self.max_batch_wait_s}); raise max_wait_s"
+            )
+        return self
+
+
 class Registry(_Strict):
     skills: list[str] = Field(
         default_factory=lambda: list(MMLU_PRO_SKILLS),
@@ -204,6 +276,11 @@ class Registry(_Strict):
         description="Model names that route; `auto` is always present.",
     )
     experts: list[Expert] = Field(min_length=1, description="The expert pool.")
+    residency: Residency | None = Field(
+        None,
+        description="How many hosted (vllm) experts fit at once and how they are scheduled; "
+        "None: every hosted expert gets its own always-loaded engine.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Registry:
@@ -233,6 +310,13 @@ class Registry(_Strict):
                     raise ValueError(
                         f"virtual model '{v.name}' lists expert '{e}'; experts are: {', '.join(sorted(names))}"
                     )
+            pool = len(v.experts or names)
+            k = v.experts_per_query or self.router.experts_per_query
+            if k > pool:
+                raise ValueError(
+                    f"virtual model '{v.name}' asks for {k} experts per query but may use only "
+                    f"{pool}; lower experts_per_query or list more experts"
+                )
         if "auto" not in virtual:
             object.__setattr__(
                 self, "virtual_models", [VirtualModel(name="auto"), *self.virtual_models]
