@@ -12,9 +12,12 @@ An expert whose last `breaker_failures` answers all failed has its breaker opene
 `breaker_cooldown_s` it is only tried after every healthy candidate failed; after the cool-down
 one request probes it (half-open) and its outcome closes or re-opens the breaker.
 
+A non-streaming request is answered whole before anything is returned, so for it a failure in
+the middle of the answer is retried and falls back too (`buffered`).
+
 Every fallback is reported through `on_fallback(from, to, reason)` (the `quorum_fallbacks`
 metric in production) and listed in `FallbackStream.fallbacks`, which the ingress puts in the
-routing decision as `routing.fallbacks: [{from, to, reason}]`. Once the first token has been sent
+routing decision as `routing.fallbacks: [{from, to, reason}]`. Once a streamed token has been sent
 the expert cannot change: a later failure ends the answer with an error (and counts against the
 expert's breaker).
 """
@@ -115,13 +118,16 @@ class FallbackStream:
     `expert` is the expert answering (it changes if a fallback happens before the first delta);
     `fallbacks` is filled as fallbacks happen: `[{"from", "to", "reason"}]`."""
 
-    def __init__(self, policy: FaultPolicy, request: ExpertRequest, ranked: list[str]) -> None:
+    def __init__(
+        self, policy: FaultPolicy, request: ExpertRequest, ranked: list[str], buffered: bool
+    ) -> None:
         self.expert = ranked[0]
         self.fallbacks: list[dict[str, str]] = []
         self.attempts = 0
         self._policy = policy
         self._request = request
         self._ranked = ranked
+        self._buffered = buffered
         self._inner = self._run()
 
     def __aiter__(self) -> FallbackStream:
@@ -157,10 +163,14 @@ class FallbackStream:
             for attempt in range(1 + policy.config.retries):
                 self.attempts += 1
                 started = False
+                answer: list[Delta] = []
                 try:
-                    async for delta in policy.attempt(name, self._request):
-                        started = True
-                        yield delta
+                    if self._buffered:  # nothing reaches the client until the answer is whole
+                        answer = [delta async for delta in policy.attempt(name, self._request)]
+                    else:
+                        async for delta in policy.attempt(name, self._request):
+                            started = True
+                            yield delta
                 except ExpertError as exc:
                     policy.breaker(name).failure()
                     if started:
@@ -176,6 +186,8 @@ class FallbackStream:
                     policy.breaker(name).release()
                     raise
                 policy.breaker(name).success()
+                for delta in answer:
+                    yield delta
                 return
         raise last_error or ExpertUnavailableError("no expert could be tried")
 
@@ -230,14 +242,22 @@ class FaultPolicy:
         return {name: b.state for name, b in breakers.items()}
 
     def stream(
-        self, request: ExpertRequest, ranked: list[str], *, allow_fallback: bool = True
+        self,
+        request: ExpertRequest,
+        ranked: list[str],
+        *,
+        allow_fallback: bool = True,
+        buffered: bool = False,
     ) -> FallbackStream:
-        """The answer for `request` from the first of `ranked` that answers (see module doc)."""
+        """The answer for `request` from the first of `ranked` that answers (see module doc).
+
+        `buffered` (non-streaming requests): each attempt's answer is collected whole before any
+        delta is passed on, so a failure midway can still be retried or fall back."""
         if not ranked:
             raise ValueError("no expert to send the request to")
         if not (allow_fallback and self.config.fallback):
             ranked = ranked[:1]
-        return FallbackStream(self, request, ranked)
+        return FallbackStream(self, request, ranked, buffered)
 
     async def attempt(self, expert: str, request: ExpertRequest) -> AsyncIterator[Delta]:
         """One try on one expert, with the per-stage deadlines: first token, then the whole answer."""

@@ -108,6 +108,7 @@ class ChatService:
             expert_request,
             fallback_order(decision.experts, decision.recruitment),
             allow_fallback=decision.recruitment is not None,
+            buffered=not request.stream,  # nothing is sent before the end: retry even midway
         )
         deltas = self._observed(request_id, answer, t0)
         routing = decision.to_dict() | {"fallbacks": answer.fallbacks}  # filled as they happen

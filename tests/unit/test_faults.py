@@ -242,3 +242,12 @@ def test_expert_error_types_map_to_their_status():
 
     client, _, _ = make(healthy("second", "third") | {"best": Bad()})
     assert ask(client, model="best").status_code == 502
+
+
+def test_non_streaming_answer_that_breaks_midway_is_retried_whole():
+    experts = healthy("second", "third") | {"best": Expert("best", fail=1, after=2)}
+    client, _, seen = make(experts)
+    r = ask(client)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "best ok"  # no 'tok tok' remnants
+    assert experts["best"].calls == 2 and seen == []
