@@ -3,7 +3,9 @@
 Ray exports them on every node's Prometheus endpoint (`ray start --metrics-export-port`, or
 `quorum serve --metrics-port`) and shows them in the Ray dashboard's Metrics view. On that endpoint
 a name gets the `ray_` prefix, counters also get `_total` and histograms `_bucket`/`_sum`/`_count`
-(`exported_names`); dashboards and alerts must use those names.
+(`exported_names`); dashboards and alerts must use those names. Ray 2.60 reports a histogram's
+`_sum` from bucket midpoints (an observation of 0.5 in the bucket 0.1..1 adds 0.55), so take
+quantiles from `_bucket` and exact totals from counters (tokens, cost), not means from `_sum`.
 
 Two ways in:
 
