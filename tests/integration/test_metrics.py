@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 Sample = tuple[str, dict[str, str], float]
 
 
-def metrics_url(log: Path, timeout: float = 60) -> str:
-    """The endpoint `quorum serve` printed in its banner."""
+def metrics_url(log: Path, timeout: float = 900) -> str:
+    """The endpoint `quorum serve` printed in its banner. /health answers once the ingress is up;
+    the banner comes when every expert is, which can be minutes later on a loaded CPU machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(r"Metrics\s+(http://\S+/metrics)", log.read_text())
