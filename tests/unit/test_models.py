@@ -7,6 +7,7 @@ one runs in tests/integration/test_engine.py.
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,9 @@ def test_plain_chat_template_renders_a_transcript_ending_at_the_assistant_turn()
     text = template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True)
 
     assert text == "<bos>Be brief.\n\nUser: Hi\nAssistant: Hello.\nUser: 2+2?\nAssistant:"
+    # Without a system message, a preamble says what the transcript is.
+    text = template.render(messages=messages[1:2], bos_token="<bos>", add_generation_prompt=True)
+    assert text == f"<bos>{models.PLAIN_CHAT_PREAMBLE}\n\nUser: Hi\nAssistant:"
 
 
 def test_model_dir_is_under_quorum_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -138,7 +142,9 @@ def test_prepare_writes_folder_and_marker_then_resolves(fake_model: dict) -> Non
     assert resolve_model("builtin:fake", home=home) == str(folder)
 
 
-def test_prepare_skips_done_models_and_redoes_on_force_or_new_source(fake_model: dict) -> None:
+def test_prepare_skips_done_models_and_redoes_on_force_or_new_source(
+    fake_model: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home, calls = fake_model["home"], fake_model["calls"]
     prepare_builtin_models(["fake"], home=home)
 
@@ -151,6 +157,12 @@ def test_prepare_skips_done_models_and_redoes_on_force_or_new_source(fake_model:
     fake_model["source"].write_bytes(b"gguf v2")
     prepare_builtin_models(["fake"], home=home)
     assert len(calls) == 3
+
+    monkeypatch.setitem(
+        BUILTIN_MODELS, "fake", replace(BUILTIN_MODELS["fake"], chat_template="{{ messages }}")
+    )
+    prepare_builtin_models(["fake"], home=home)
+    assert len(calls) == 4
     assert (builtin_model_dir("fake", home) / "config.json").read_text() == "gguf v2"
 
 
