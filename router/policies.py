@@ -204,7 +204,7 @@ class KNNPolicy(RoutingPolicy):
 
     name = "knn"
 
-    def __init__(self, k: int = 64, temperature: float = 0.05, strength: float = 4.0):
+    def __init__(self, k: int = 512, temperature: float = 0.1, strength: float = 4.0):
         self.k = k
         self.temperature = temperature
         self.strength = strength
@@ -243,7 +243,7 @@ class PredictorPolicy(RoutingPolicy):
 
     name = "predictor"
 
-    def __init__(self, c: float = 0.5, n_clusters: int = 0, skill_temperature: float = 0.05):
+    def __init__(self, c: float = 0.1, n_clusters: int = 0, skill_temperature: float = 0.05):
         self.c = c
         self.skills = SkillCentroids(n_clusters=n_clusters, temperature=skill_temperature)
 
