@@ -95,7 +95,8 @@ class ResilientStateStore(StateStore):
         return True
 
     def _resync(self) -> None:
-        """Replay the journal, then restore from the mirror whatever Redis lost."""
+        """Restore what Redis lost from the mirror, then replay the rest of the journal."""
+        self.restore()
         while self._journal:
             op, args = self._journal[0]
             if op == "put":
@@ -104,19 +105,24 @@ class ResilientStateStore(StateStore):
                 self.primary.incr(*args)
             self._journal.pop(0)  # only once applied: a failure mid-way resumes here
             self.replayed += 1
-        self.restore()
 
     def restore(self) -> int:
-        """Write back every value and counter group the mirror has and Redis lacks; the count."""
+        """Write back every value and counter group the mirror has and Redis lacks; the count.
+
+        The mirror's copy already includes the journaled writes to those keys, so their journal
+        entries are dropped (replaying an increment on top of a restored total would count it
+        twice)."""
         restored = 0
         for key in sorted(self._values):
             if self.primary.get_json(key) is None:
                 self.primary.put_json(key, self.mirror.get_json(key))
+                self._journal = [e for e in self._journal if not (e[0] == "put" and e[1][0] == key)]
                 restored += 1
         for key in sorted(self._counters):
             if not self.primary.counters(key):
                 for name, value in self.mirror.counters(key).items():
                     self.primary.incr(key, name, value)
+                self._journal = [e for e in self._journal if not (e[0] == "incr" and e[1][0] == key)]
                 restored += 1
         if restored:
             log.warning("state store had lost %d key(s); restored them from process memory",
