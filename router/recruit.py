@@ -18,6 +18,9 @@ from experts.registry import Registry
 from router._scoring import expected_quality, rank_experts, utility
 from skills.store import StateStore
 
+#: Softmax temperature that turns utilities into routing probabilities for adaptive k.
+ADAPTIVE_TEMPERATURE = 0.05
+
 
 @dataclass(frozen=True)
 class ExpertScore:
@@ -33,7 +36,8 @@ class Recruitment:
     scores: list[ExpertScore]  # every candidate, best first
     cost_weight: float
     competence_source: str  # "profile:<version>" or "registry"
-    aggregator: str | None = None
+    aggregator: str | None = None  # the synthesis expert, when k > 1
+    aggregation: str | None = None  # how k > 1 answers combine: synthesis | vote | confidence
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +79,11 @@ class Recruiter:
         allowed = virtual.experts or self._names
         return [self._names.index(n) for n in allowed]
 
-    def recruit(self, skill_probs: np.ndarray, model: str, k: int = 1) -> Recruitment:
-        """Choose `k` experts for one query with skill distribution `skill_probs` `[S]`."""
+    def recruit(self, skill_probs: np.ndarray, model: str, k: int | None = None) -> Recruitment:
+        """Choose experts for one query with skill distribution `skill_probs` `[S]`: `k` of them,
+        or by default what the registry says (fixed `experts_per_query`, or adaptive k when
+        `adaptive_confidence` p is set: add experts, best first, until their cumulative routing
+        probability reaches p). With more than one, also the aggregation and aggregator."""
         idx = self.candidates(model)
         virtual = self.registry.virtual_model(model)
         lam = self.registry.router.cost_weight
@@ -97,5 +104,48 @@ class Recruiter:
             )
             for j in order
         ]
-        chosen = [s.expert for s in scores[:k]]
-        return Recruitment(experts=chosen, scores=scores, cost_weight=lam, competence_source=source)
+        n = self._how_many(util[0, order], virtual) if k is None else k
+        chosen = [s.expert for s in scores[: max(1, min(n, len(scores)))]]
+        if len(chosen) == 1:
+            return Recruitment(chosen, scores, lam, source)
+        mode = (virtual.aggregation if virtual else None) or self.registry.router.aggregation
+        aggregator = self.aggregator_for(skill_probs, [self._names[i] for i in idx])
+        return Recruitment(chosen, scores, lam, source, aggregator, mode)
+
+    def _how_many(self, ranked_utility: np.ndarray, virtual) -> int:
+        """k from the registry: fixed, or adaptive. The routing probability of each candidate is
+        a softmax of its utility at temperature ADAPTIVE_TEMPERATURE (utilities are
+        probabilities-of-correct minus cost, so 0.05 separates experts 0.05 apart by e:1)."""
+        config = self.registry.router
+        p = (virtual.adaptive_confidence if virtual else None) or config.adaptive_confidence
+        if p is None:
+            return (virtual.experts_per_query if virtual else None) or config.experts_per_query
+        z = (ranked_utility - ranked_utility.max()) / ADAPTIVE_TEMPERATURE  # [C], best first
+        prob = np.exp(z) / np.exp(z).sum()
+        return min(int(np.searchsorted(np.cumsum(prob), p - 1e-12) + 1), config.max_experts)
+
+    def aggregator_for(self, skill_probs: np.ndarray, allowed: list[str]) -> str | None:
+        """The synthesis expert for this query: among `can_aggregate` experts (those in `allowed`
+        first), the best measured aggregation ability weighted by the query's skills
+        (Symbolic-MoE). Ability per skill: the profile's `aggregator.skills[s]` when measured,
+        else its overall measured aggregator competence, else the expert's own competence."""
+        competence, _ = self.competence()  # [E, S]
+        profile = self.store.current_profile() or {}
+        pool = [e for e in self.registry.experts if e.can_aggregate]
+        pool = [e for e in pool if e.name in allowed] or pool
+        if not pool:
+            return None
+        best, best_score = None, -1.0
+        for e in pool:
+            measured = (profile.get("experts", {}).get(e.name) or {}).get("aggregator") or {}
+            row = competence[self._names.index(e.name)].copy()  # [S]
+            if "competence" in measured:
+                row[:] = float(measured["competence"])
+            for j, skill in enumerate(self.registry.skills):
+                entry = (measured.get("skills") or {}).get(skill)
+                if entry:
+                    row[j] = float(entry["competence"])
+            score = float(np.asarray(skill_probs, dtype=np.float64) @ row)
+            if score > best_score:
+                best, best_score = e.name, score
+        return best

@@ -30,6 +30,7 @@ from experts.errors import (
 from experts.registry import Registry, RouterConfig
 from router import RoutingDecision
 from serving import protocol
+from serving.aggregate import AggregatedAnswer
 from serving.audit import AuditLog, AuditRecordNotFoundError
 from serving.auth import Authenticator, record_tokens
 from serving.auth import install as install_auth
@@ -103,17 +104,21 @@ class ChatService:
             stop=request.stop,
             seed=request.seed,
         )
-        # Named experts never change; routed requests may fall back along the recruitment ranking.
-        answer = self.faults.stream(
-            expert_request,
-            fallback_order(decision.experts, decision.recruitment),
-            allow_fallback=decision.recruitment is not None,
-            buffered=not request.stream,  # nothing is sent before the end: retry even midway
-        )
+        if len(decision.experts) > 1:  # k > 1 experts answer, one aggregates (serving/aggregate.py)
+            answer = AggregatedAnswer(self.registry, self.clients, decision, expert_request)
+        else:  # Named experts never change; routed ones may fall back along the ranking.
+            answer = self.faults.stream(
+                expert_request,
+                fallback_order(decision.experts, decision.recruitment),
+                allow_fallback=decision.recruitment is not None,
+                buffered=not request.stream,  # nothing is sent before the end: retry even midway
+            )
         deltas = self._observed(request_id, answer, t0)
         routing = decision.to_dict() | {"fallbacks": answer.fallbacks}  # filled as they happen
         extension = {"request_id": request_id, "routing": routing,
                      "route_ms": round(route_ms, 3)}  # fmt: skip
+        if isinstance(answer, AggregatedAnswer):
+            extension["aggregation"] = answer.info  # filled as the experts answer
         return request_id, decision, deltas, extension
 
     async def _observed(

@@ -230,6 +230,7 @@ class SchedulerStats:
     batches: list[tuple[str, int]] = field(default_factory=list)  # (expert, size)
     swaps: list[tuple[str, str | None, float]] = field(default_factory=list)  # (in, out, seconds)
     waits: list[float] = field(default_factory=list)
+    batch_times: list[tuple[int, float]] = field(default_factory=list)  # (size, seconds)
     sink: Any = None  # object with record_batch/record_swap/record_queue_wait/set_queue_depth
 
     def _emit(self, method: str, *args: Any) -> None:
@@ -246,6 +247,9 @@ class SchedulerStats:
         self._emit("record_batch", expert, size)
         for w in waits:
             self._emit("record_queue_wait", expert, w)
+
+    def batch_done(self, expert: str, size: int, seconds: float) -> None:
+        self.batch_times.append((size, seconds))
 
     def swap(self, load: str, evict: str | None, seconds: float) -> None:
         self.swaps.append((load, evict, seconds))
@@ -394,6 +398,7 @@ class Scheduler:
         self._spawn(self._run_batch(state, jobs))
 
     async def _run_batch(self, state: _Expert, jobs: list[_Job]) -> None:
+        t0 = self.clock()
         try:
             engine = self.slots.engine(state.name)
             for job in jobs:
@@ -402,6 +407,7 @@ class Scheduler:
         finally:
             state.inflight -= 1
             state.last_used = self.clock()
+            self.stats.batch_done(state.name, len(jobs), state.last_used - t0)
             self._wake.set()
 
     async def _run_job(self, engine: Any, job: _Job) -> None:
