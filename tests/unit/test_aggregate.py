@@ -1,0 +1,164 @@
+"""Multi-expert answers: answer extraction, vote, most confident, LLM synthesis, k in recruit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from experts.engine import Delta
+from experts.errors import ExpertError, ExpertUnavailableError
+from experts.registry import parse_registry
+from router import RoutingDecision
+from router.recruit import Recruiter
+from serving.aggregate import (
+    AGGREGATE_HEADER,
+    AggregatedAnswer,
+    ExpertAnswer,
+    MajorityVote,
+    answer_with_experts,
+    extract_answer,
+)
+from serving.engines import ExpertClient, ExpertRequest
+from skills.store import InMemoryStateStore
+
+
+class Scripted(ExpertClient):
+    """Answers with a fixed text, in word-sized deltas; remembers what it was asked."""
+
+    def __init__(self, name: str, text: str, fail: bool = False) -> None:
+        self.name, self.text, self.fail = name, text, fail
+        self.seen: list[ExpertRequest] = []
+
+    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        self.seen.append(request)
+        if self.fail:
+            raise ExpertUnavailableError(f"expert '{self.name}' is down")
+        words = self.text.split(" ")
+        for w in words[:-1]:
+            yield Delta(w + " ", None, 10, 1)
+        yield Delta(words[-1], "stop", 10, len(words))
+
+
+REQ = ExpertRequest("r1", [{"role": "user", "content": "Which is prime? A. 4 B. 6 C. 7"}], 32)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The answer is (C).", "C"), ("answer: b", "B"), ("C. 7 is prime", "C"), ("I pick (D)", "D"),
+    ("x = 1,024.", "1024"), ("It is 3.50 or so", "3.5"), ("I am not sure.", None),
+])  # fmt: skip
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+async def _drain(stream) -> tuple[str, list[Delta]]:
+    deltas = [d async for d in stream]
+    return "".join(d.text for d in deltas), deltas
+
+
+async def test_three_experts_one_wrong_vote_returns_the_majority_answer():
+    clients = {"a": Scripted("a", "The answer is (B)."),  # the best-ranked expert is the wrong one
+               "b": Scripted("b", "C. 7 has no divisors"), "c": Scripted("c", "The answer is C")}  # fmt: skip
+    info: dict = {}
+    text, deltas = await _drain(answer_with_experts(
+        REQ, ["a", "b", "c"], clients, mode="vote", confidences=[0.6, 0.5, 0.5], timeouts={},
+        info=info))  # fmt: skip
+    assert extract_answer(text) == "C" and text == "C. 7 has no divisors"
+    assert info["winner"] == "C" and info["votes"] == {"a": "B", "b": "C", "c": "C"}
+    assert deltas[-1].finish_reason == "stop" and deltas[-1].completion_tokens == 4 + 5 + 4
+
+
+def test_vote_tie_goes_to_the_better_expert_and_no_answer_falls_back():
+    tie = [ExpertAnswer("a", "(A)", 0.5), ExpertAnswer("b", "(B)", 0.5)]
+    info: dict = {}
+    MajorityVote().combine([], tie, info)
+    assert info["winner"] == "A"
+    info = {}
+    MajorityVote().combine([], [ExpertAnswer("a", "hmm", 0.3), ExpertAnswer("b", "?", 0.9)], info)
+    assert info["chosen"] == "b" and "fallback" in info
+
+
+async def test_most_confident_picks_the_highest_predicted_quality():
+    clients = {"a": Scripted("a", "A"), "b": Scripted("b", "B")}
+    info: dict = {}
+    text, _ = await _drain(answer_with_experts(REQ, ["a", "b"], clients, mode="confidence",
+                                               confidences=[0.4, 0.7], timeouts={}, info=info))  # fmt: skip
+    assert text == "B" and info["chosen"] == "b"
+
+
+async def test_synthesis_streams_the_aggregators_answer_over_the_experts_answers():
+    agg = Scripted("agg", "Both say C so the answer is (C)")
+    clients = {"a": Scripted("a", "(C)"), "b": Scripted("b", "(C) prime"), "agg": agg}
+    info: dict = {}
+    text, deltas = await _drain(answer_with_experts(
+        REQ, ["a", "b"], clients, mode="synthesis", aggregator="agg", confidences=[0.5, 0.5],
+        timeouts={}, info=info))  # fmt: skip
+    assert text == "Both say C so the answer is (C)" and len(deltas) == 8  # streamed word by word
+    prompt = agg.seen[0].messages[-1]["content"]
+    assert AGGREGATE_HEADER in prompt and "Expert 1: (C)" in prompt and "Expert 2: (C) prime" in prompt
+    assert deltas[-1].prompt_tokens == 30 and deltas[-1].completion_tokens == 1 + 2 + 8
+    assert info["aggregator"] == "agg" and [a["expert"] for a in info["answers"]] == ["a", "b"]
+
+
+async def test_a_failed_expert_is_left_out_and_all_failed_is_an_error():
+    clients = {"a": Scripted("a", "", fail=True), "b": Scripted("b", "(B)"),
+               "c": Scripted("c", "(B)")}  # fmt: skip
+    info: dict = {}
+    text, _ = await _drain(answer_with_experts(REQ, ["a", "b", "c"], clients, mode="vote",
+                                               confidences=[0.9, 0.5, 0.5], timeouts={}, info=info))  # fmt: skip
+    assert text == "(B)" and "a" in info["failed"]
+    clients["b"].fail = clients["c"].fail = True
+    with pytest.raises(ExpertError):
+        await _drain(answer_with_experts(REQ, ["a", "b", "c"], clients, mode="vote",
+                                         confidences=[0.5] * 3, timeouts={}))  # fmt: skip
+
+
+# -- recruitment: k, adaptive p, aggregator by measured ability ---------------------------------------
+
+
+def _registry(**router):
+    return parse_registry({
+        "skills": ["law", "math"], "router": {"cost_weight": 0.0, **router},
+        "experts": [
+            {"name": "m", "model": "x", "skills": {"math": 0.9, "law": 0.1}, "can_aggregate": True},
+            {"name": "j", "model": "x", "skills": {"math": 0.1, "law": 0.9}, "can_aggregate": True},
+            {"name": "g", "model": "x", "default_competence": 0.5},
+        ],
+    })  # fmt: skip
+
+
+def test_fixed_k_recruits_the_k_best_and_names_the_aggregation():
+    rec = Recruiter(_registry(experts_per_query=3, aggregation="vote"), InMemoryStateStore())
+    r = rec.recruit(np.array([0.0, 1.0]), "auto")
+    assert r.experts == ["m", "g", "j"] and r.aggregation == "vote"
+    assert rec.recruit(np.array([0.0, 1.0]), "m").experts == ["m"]  # a named expert is alone
+
+
+def test_adaptive_k_is_one_when_confident_and_grows_when_not():
+    rec = Recruiter(_registry(adaptive_confidence=0.9, max_experts=3), InMemoryStateStore())
+    assert rec.recruit(np.array([0.0, 1.0]), "auto").experts == ["m"]  # 0.9 vs 0.5 vs 0.1
+    assert len(rec.recruit(np.array([0.5, 0.5]), "auto").experts) == 3  # all three at 0.5
+
+
+def test_aggregator_is_chosen_per_skill_by_measured_ability():
+    store = InMemoryStateStore()
+    rec = Recruiter(_registry(experts_per_query=2), store)
+    assert rec.recruit(np.array([0.0, 1.0]), "auto").aggregator == "m"  # priors: m knows math
+    store.publish_profile({"version": "v1", "experts": {
+        "m": {"aggregator": {"competence": 0.2}},
+        "j": {"aggregator": {"competence": 0.3, "skills": {"math": {"competence": 0.8}}}},
+    }})  # fmt: skip
+    assert rec.recruit(np.array([0.0, 1.0]), "auto").aggregator == "j"  # measured, per skill
+
+
+async def test_aggregated_answer_reads_mode_and_aggregator_from_the_decision():
+    registry = _registry(experts_per_query=2)
+    rec = Recruiter(registry, InMemoryStateStore()).recruit(np.array([0.0, 1.0]), "auto")
+    decision = RoutingDecision("auto", rec.experts, [], 0.5, rec.to_dict())
+    clients = {"m": Scripted("m", "(A)"), "g": Scripted("g", "(B)"),
+               "j": Scripted("j", "x")}  # fmt: skip
+    answer = AggregatedAnswer(registry, clients, decision, REQ)
+    text = "".join([d.text async for d in answer])
+    assert answer.expert == "m" and answer.info["mode"] == "synthesis"
+    assert text == "(A)" and "Expert 2: (B)" in clients["m"].seen[-1].messages[-1]["content"]
