@@ -395,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OutcomesError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # the MiniLM encoder's optional dependencies
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2

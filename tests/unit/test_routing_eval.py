@@ -239,6 +239,25 @@ def test_cli_bad_inputs_exit_2_with_a_message(files: dict[str, Path], capsys) ->
     assert not (files["out"] / "report.json").exists()
 
 
+def test_runs_as_a_module_without_a_traceback(files: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    argv = [f"--{k}={v}" for k, v in files.items()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "skills.routing_eval", *argv, "--pool=small,nope"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "error: unknown pool model(s) ['nope']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_load_outcomes_reads_plain_and_gzip_alike(files: dict[str, Path]) -> None:
     gz = load_outcomes(files["train"])
     plain = load_outcomes(write_jsonl(files["train"].with_name("plain.jsonl"), questions(40)))
