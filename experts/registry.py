@@ -207,10 +207,11 @@ class RouterConfig(_Strict):
         30.0, gt=0, description="Time limit for classify + recruit of one request (504 after it)."
     )
     first_token_timeout_s: float | None = Field(
-        None,
+        30.0,
         gt=0,
         description="Time limit for an expert's first token, per attempt; a late expert counts as "
-        "failed and the next one is tried. Default: the expert's own `timeout_s`.",
+        "failed and the next one is tried (an expert with no live replica queues requests rather "
+        "than refusing them, so this is what notices it). None: the expert's own `timeout_s`.",
     )
     faults: FaultConfig = Field(
         default_factory=FaultConfig,

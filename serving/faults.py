@@ -5,7 +5,8 @@ the first expert of `ranked` (the router's candidates, best first) and, while no
 the client yet, handles a failure by
 
 1. retrying the same expert (`router.faults.retries` times; for a Serve-hosted expert the retry
-   usually lands on another replica, since Serve stops routing to a dead one), then
+   usually lands on another replica, since Serve stops routing to a dead one; a timeout is
+   retried only when the expert has more than one replica), then
 2. falling back to the next expert of `ranked` (at most `max_fallbacks` of them).
 
 An expert whose last `breaker_failures` answers all failed has its breaker opened: for
@@ -178,6 +179,8 @@ class FallbackStream:
                     last_error = exc
                     log.warning("request %s: expert %s attempt %d failed: %s",
                                 self._request.request_id, name, attempt + 1, exc.code)  # fmt: skip
+                    if not policy.retryable(name, exc):
+                        break
                     if attempt < policy.config.retries:
                         await asyncio.sleep(policy.retry_delay_s)
                     continue
@@ -234,6 +237,13 @@ class FaultPolicy:
                     self.config.breaker_failures, self.config.breaker_cooldown_s, self.clock
                 )
             return self._breakers[expert]
+
+    def retryable(self, expert: str, error: ExpertError) -> bool:
+        """Whether another try on the same expert may help. A replica that died is replaced by
+        Serve, so a retry goes elsewhere; a timeout repeats on a single-replica expert."""
+        if isinstance(error, ExpertTimeoutError):
+            return self.registry.expert(expert).replicas > 1
+        return True
 
     def states(self) -> dict[str, str]:
         """Breaker state per expert that has been used: closed, open or half_open."""

@@ -251,3 +251,11 @@ def test_non_streaming_answer_that_breaks_midway_is_retried_whole():
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "best ok"  # no 'tok tok' remnants
     assert experts["best"].calls == 2 and seen == []
+
+
+def test_a_timeout_is_not_retried_on_a_single_replica_expert():
+    experts = healthy("second", "third") | {"best": Expert("best", stall=True)}
+    client, _, seen = make(experts)  # retries=1, but 'best' has one replica
+    r = ask(client)
+    assert r.status_code == 200 and experts["best"].calls == 1
+    assert seen == [("best", "second", "expert_timeout")]
