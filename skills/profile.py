@@ -99,6 +99,50 @@ class AnswerBackend(ABC):
     def open(self, expert: Expert, config: ProfileConfig) -> ExpertSession: ...
 
 
+def _as_completed(loop: Any, coros: list[Any]) -> Iterator[Any]:
+    """Run `coros` together on `loop`, yielding each result as soon as it is ready."""
+    import asyncio
+
+    pending = {loop.create_task(c) for c in coros}
+    while pending:
+        done, pending = loop.run_until_complete(
+            asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        )
+        for task in done:
+            yield task.result()
+
+
+class _HTTPSession(ExpertSession):
+    """An expert already served elsewhere (`backend: openai`), asked over HTTP from this process."""
+
+    def __init__(self, expert: Expert, config: ProfileConfig, http: Any | None = None) -> None:
+        import asyncio
+
+        from serving.engines import OpenAIHTTPExpertClient
+
+        self.loop = asyncio.new_event_loop()
+        self.client = OpenAIHTTPExpertClient(expert, http)  # http: an httpx.AsyncClient (tests)
+        self.config = config
+
+    def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
+        from experts.errors import ExpertError
+        from serving.engines import ExpertRequest, collect
+
+        async def one(i: int, messages: list[dict[str, str]]) -> ExpertAnswer:
+            request = ExpertRequest(f"profile-{i}-{time.time_ns()}", messages, self.config.max_tokens,
+                                    self.config.temperature, 1.0, None, self.config.seed)  # fmt: skip
+            try:
+                text, _ = await collect(self.client.stream_chat(request))
+            except ExpertError as exc:  # recorded with the answer and graded wrong, not dropped
+                return ExpertAnswer(i, "", exc.message)
+            return ExpertAnswer(i, text)
+
+        yield from _as_completed(self.loop, [one(i, c) for i, c in enumerate(conversations)])
+
+    def close(self) -> None:
+        self.loop.close()
+
+
 class _VLLMWorker:
     """Body of the Ray actor: one vLLM engine on an event loop of its own."""
 
@@ -121,7 +165,6 @@ class _VLLMWorker:
         return self.engine.startup_s
 
     def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
-        import asyncio
 
         from experts.engine import ContextLengthError
 
@@ -138,13 +181,7 @@ class _VLLMWorker:
             return ExpertAnswer(i, "".join(parts))
 
         # All requests at once (vLLM batches them); hand each back the moment it completes.
-        pending = {self.loop.create_task(one(i, c)) for i, c in enumerate(conversations)}
-        while pending:
-            done, pending = self.loop.run_until_complete(
-                asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            )
-            for task in done:
-                yield task.result()
+        yield from _as_completed(self.loop, [one(i, c) for i, c in enumerate(conversations)])
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -170,7 +207,8 @@ class _RaySession(ExpertSession):
 
 
 class RayVLLMBackend(AnswerBackend):
-    """Each expert in a Ray actor holding a vLLM engine, with the registry's resources and env.
+    """Each hosted expert in a Ray actor holding a vLLM engine, with the registry's resources and
+    env; `backend: openai` experts are asked over HTTP from this process.
     Starts a local Ray instance unless one is running (or `RAY_ADDRESS` names a cluster)."""
 
     def __init__(self, num_cpus: int | None = None) -> None:
@@ -186,12 +224,18 @@ class RayVLLMBackend(AnswerBackend):
             self._connected = False
 
     def open(self, expert: Expert, config: ProfileConfig) -> ExpertSession:
+        if expert.backend == "openai":
+            return _HTTPSession(expert, config)
         import ray
 
         if not ray.is_initialized():
             local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": self.num_cpus}
             ray.init(ignore_reinit_error=True, include_dashboard=False, **local)
             self._connected = True
+        if expert.model.startswith("builtin:"):  # only when this expert has work to do
+            from experts.models import prepare_builtin_models
+
+            prepare_builtin_models([expert.model.removeprefix("builtin:")])
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **expert.env}
         actor = ray.remote(_VLLMWorker).options(
             num_cpus=expert.resources.cpus, num_gpus=expert.resources.gpus,
@@ -573,7 +617,6 @@ def main(argv: Sequence[str] | None = None, *, backend: AnswerBackend | None = N
 
             store = RedisStateStore.from_url(url)  # before the job: a wrong URL fails now
         if backend is None:
-            _prepare_builtin(registry)
             backend = RayVLLMBackend(num_cpus=max(os.cpu_count() or 1, 2))
         out = args.out or default_out_dir(registry, data)
         config = ProfileConfig(max_tokens=args.max_tokens, prior_strength=args.prior_strength,
@@ -597,15 +640,6 @@ def main(argv: Sequence[str] | None = None, *, backend: AnswerBackend | None = N
     print(f"written to {out / 'profile.json'}" + (f"; published to {store.url}"
           if store is not None and hasattr(store, "url") and not args.no_publish else ""))  # fmt: skip
     return 0
-
-
-def _prepare_builtin(registry: Registry) -> None:
-    names = sorted({e.model.removeprefix("builtin:") for e in registry.experts
-                    if e.backend == "vllm" and e.model.startswith("builtin:")})  # fmt: skip
-    if names:
-        from experts.models import prepare_builtin_models
-
-        prepare_builtin_models(names)
 
 
 if __name__ == "__main__":

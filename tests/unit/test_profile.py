@@ -208,3 +208,26 @@ def test_concurrent_experts_give_the_same_profile(tmp_path):
     # The aggregator ran beside the others: its aggregations ran in the same session when the
     # others' answers were in by then, else in a second one.
     assert sorted(set(backend.opened)) == ["lawyer", "mathy"] and len(backend.opened) <= 3
+
+
+def test_openai_backend_experts_are_asked_over_http():
+    import httpx
+
+    from skills.profile import _HTTPSession
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if "boom" in body["messages"][-1]["content"]:
+            return httpx.Response(500, text="overloaded")
+        assert body["max_tokens"] == 4 and body["temperature"] == 0.0
+        chunk = {"choices": [{"delta": {"content": "B."}, "finish_reason": "stop"}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+
+    expert = Expert(name="remote", model="m", backend="openai", base_url="http://x/v1")
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    session = _HTTPSession(expert, ProfileConfig(max_tokens=4), http)
+    convs = [[{"role": "user", "content": "q"}], [{"role": "user", "content": "boom"}]]
+    got = sorted(session.answer(convs), key=lambda a: a.index)
+    session.close()
+    assert got[0] == ExpertAnswer(0, "B.")
+    assert got[1].text == "" and "HTTP 500" in got[1].error
