@@ -152,6 +152,7 @@ class FallbackStream:
         policy = self._policy
         plan = self._plan()
         last_error: ExpertError | None = None
+        partial: list[Delta] = []  # what the last failed buffered attempt produced
         previous: str | None = None
         for name in plan:
             if previous is not None:
@@ -167,7 +168,8 @@ class FallbackStream:
                 answer: list[Delta] = []
                 try:
                     if self._buffered:  # nothing reaches the client until the answer is whole
-                        answer = [delta async for delta in policy.attempt(name, self._request)]
+                        async for delta in policy.attempt(name, self._request):
+                            answer.append(delta)
                     else:
                         async for delta in policy.attempt(name, self._request):
                             started = True
@@ -176,7 +178,7 @@ class FallbackStream:
                     policy.breaker(name).failure()
                     if started:
                         raise  # the client already has tokens from this expert
-                    last_error = exc
+                    last_error, partial = exc, answer
                     log.warning("request %s: expert %s attempt %d failed: %s",
                                 self._request.request_id, name, attempt + 1, exc.code)  # fmt: skip
                     if not policy.retryable(name, exc):
@@ -192,6 +194,10 @@ class FallbackStream:
                 for delta in answer:
                     yield delta
                 return
+        # Every try failed. A buffered attempt's partial output still goes to the observers (its
+        # tokens were spent); the client gets only the error.
+        for delta in partial:
+            yield delta
         raise last_error or ExpertUnavailableError("no expert could be tried")
 
     def _record_fallback(self, from_expert: str, to_expert: str, reason: str) -> None:
