@@ -25,7 +25,9 @@ import torch
 
 from experts.kernels._triton import tl, triton
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -164,7 +166,7 @@ def gate_up(
         x, w13, h, sorted_ids, block_expert, num_padded, t * top_k, n, k, top_k, num_pid_m,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET,
+        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
         PRECISION=_precision(x), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return h
@@ -189,7 +191,7 @@ def down(
         h, w2, y, topk_weights, sorted_ids, block_expert, num_padded, topk_weights.numel(), n, k,
         num_pid_m, h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_INTERPRET,
+        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
         PRECISION=_precision(h), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y
