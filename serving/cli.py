@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -36,7 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         prepare_builtin_models(builtin)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    metrics_port = _metrics_port(args.metrics_port)
+    metrics_socket = _reserve_metrics_port(args.metrics_port)
+    metrics_port = metrics_socket.getsockname()[1]
     started = time.perf_counter()
     # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
     # ingress and router replicas (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
@@ -47,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         ignore_reinit_error=True,
         _metrics_export_port=metrics_port,
     )
+    metrics_socket.close()  # Ray's metrics agent holds the port now
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app({"registry": args.registry, "redis_url": args.redis_url}),
               name="quorum", route_prefix="/")  # fmt: skip
@@ -79,21 +82,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics_port(wanted: int) -> int:
-    """`wanted` when it is free, else a free port (several `quorum serve` on one machine, e.g.
-    tests): a warning names the port used, and the startup banner prints it."""
-    import socket
+def _reserve_metrics_port(wanted: int) -> socket.socket:
+    """A socket bound to `wanted`, or to a free port when `wanted` is taken (a warning names it).
 
-    with socket.socket() as s:
-        try:
-            s.bind(("", wanted))
-            return wanted
-        except OSError:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-    log.warning("metrics port %d is taken; Ray exports metrics on %d instead "
-                "(pass --metrics-port to choose)", wanted, port)  # fmt: skip
-    return port
+    Held until Ray's metrics agent has bound the port: a second `quorum serve` starting at the same
+    moment (tests on a shared machine) then sees the port taken instead of both choosing it and one
+    Ray failing to start. The probe binds without SO_REUSEADDR, so it fails on any bound socket;
+    the held socket then sets SO_REUSEADDR and never listens, so Ray's agent (which binds with
+    SO_REUSEADDR) can still take the port."""
+    held = socket.socket()
+    try:
+        held.bind(("", wanted))
+    except OSError:
+        held.close()
+        held = socket.socket()
+        held.bind(("", 0))
+        log.warning("metrics port %d is taken; Ray exports metrics on %d instead "
+                    "(pass --metrics-port to choose)", wanted, held.getsockname()[1])  # fmt: skip
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return held
 
 
 def _route(args: argparse.Namespace) -> int:

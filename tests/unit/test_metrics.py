@@ -276,3 +276,20 @@ def test_metric_names_are_unique_and_labels_bounded():
         assert not unbounded & set(spec.tags), spec.name
         if spec.kind == "histogram":
             assert list(spec.boundaries) == sorted(spec.boundaries) and spec.boundaries[0] > 0
+
+
+def test_two_servers_starting_together_do_not_both_take_the_metrics_port():
+    import socket
+
+    from serving.cli import _reserve_metrics_port
+
+    first = _reserve_metrics_port(0)
+    port = first.getsockname()[1]
+    second = _reserve_metrics_port(port)  # another `quorum serve` starting at the same moment
+    assert second.getsockname()[1] != port
+    agent = socket.socket()  # Ray's metrics agent binds with SO_REUSEADDR, then listens
+    agent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    agent.bind(("", port))
+    agent.listen()
+    for s in (first, second, agent):
+        s.close()
