@@ -232,6 +232,30 @@ def publish_profile(redis_url: str, experts: list[str]) -> None:
     RedisStateStore.from_url(redis_url).publish_profile(profile)
 
 
+def wait_ready(url: str, experts: list[str], timeout: float = 1200) -> float:
+    """Until every expert answered a request by name. /health answers as soon as the ingress is
+    up, while the engines may still be loading for minutes; seconds waited."""
+    import httpx
+
+    started = time.perf_counter()
+    pending = list(experts)
+    while pending:
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"experts {pending} did not answer within {timeout:.0f}s")
+        body = {"model": pending[0], "max_tokens": 4,
+                "messages": [{"role": "user", "content": "Say hi."}]}  # fmt: skip
+        try:
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120,
+                           headers={"authorization": f"Bearer {LOAD_KEY}"})  # fmt: skip
+            if r.status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(5)
+    return time.perf_counter() - started
+
+
 # -- phases -----------------------------------------------------------------------------------
 
 
@@ -376,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"quorum up in {time.perf_counter() - t:.0f}s (log {log})", flush=True)
     url = f"http://127.0.0.1:{port}"
     try:
+        waited = wait_ready(url, ["smollm2-135m", "gemma3-270m"])
+        print(f"both experts answer after {waited:.0f}s more", flush=True)
         asyncio.run(run_load(url, 10, None, 2))  # warm-up
         rate = args.rate
         for phase in args.phases.split(","):

@@ -19,6 +19,7 @@ from benchmarks.load import (
     kill_replica,
     publish_profile,
     run_load,
+    wait_ready,
     write_keys,
 )
 from skills.redis_store import PROFILE_VERSION_KEY, RedisStateStore
@@ -84,7 +85,13 @@ def quorum_with_keys(own_redis, tmp_path):
         proc, log = start_quorum(port, "--redis-url", own_redis["url"])
     finally:
         del os.environ["QUORUM_API_KEYS_FILE"]
-    yield f"http://127.0.0.1:{port}", proc, log
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, ["smollm2-135m", "gemma3-270m"])
+    except RuntimeError:
+        stop(proc)
+        raise
+    yield url, proc, log
     stop(proc)
 
 
