@@ -261,7 +261,14 @@ def chat_request_openapi(limits: RouterConfig) -> dict:
         return node
 
     schema = inline(schema)
-    schema["properties"]["messages"]["maxItems"] = limits.max_messages
+    # The limits the handler enforces beyond the model, so generated valid bodies are valid.
+    props = schema["properties"]
+    props["messages"]["maxItems"] = limits.max_messages
+    for name in ("max_tokens", "max_completion_tokens"):
+        for option in props[name].get("anyOf", []):
+            if option.get("type") == "integer":
+                option["maximum"] = limits.max_tokens_cap
+    props["n"] |= {"maximum": 1}
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": schema}}}}  # fmt: skip
 
