@@ -1,0 +1,167 @@
+"""The batch API end to end in process: real FastAPI app and ChatService, scripted experts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import httpx
+import pytest
+
+from experts.engine import Delta
+from experts.errors import ModelNotFoundError
+from experts.registry import parse_registry
+from router import RoutingDecision
+from serving.batches import BatchRunner, BatchStore, install_batches
+from serving.engines import ExpertClient, ExpertRequest
+from serving.ingress import ChatService, create_api
+
+REGISTRY = parse_registry({"skills": ["law", "math"], "experts": [
+    {"name": "jurist", "model": "m"}, {"name": "mathematician", "model": "m"}]})  # fmt: skip
+
+
+class Expert(ExpertClient):
+    """Answers '<name>: <question>'; `gate` (when set) holds every answer after the first `free`."""
+
+    def __init__(self, name: str, calls: list[str], gate: asyncio.Event | None = None,
+                 free: int = 0) -> None:  # fmt: skip
+        self.name, self.calls, self.gate, self.free = name, calls, gate, free
+
+    async def stream_chat(self, request: ExpertRequest):
+        question = request.messages[-1]["content"]
+        if self.gate is not None and len(self.calls) >= self.free:
+            await self.gate.wait()
+        self.calls.append(question)
+        yield Delta(f"{self.name}: {question}", "stop", 5, 3)
+
+
+async def route(text: str, model: str) -> RoutingDecision:
+    if model != "auto":
+        if model not in ("jurist", "mathematician"):
+            raise ModelNotFoundError(f"model '{model}' does not exist", param="model")
+        return RoutingDecision(model, [model], [], None, None)
+    expert = "jurist" if "court" in text else "mathematician"
+    return RoutingDecision(model, [expert], [], 0.9, {"scores": []})
+
+
+def service(calls: list[str], gate=None, free=0) -> ChatService:
+    experts = {n: Expert(n, calls, gate, free) for n in ("jurist", "mathematician")}
+    return ChatService(REGISTRY, route, experts)
+
+
+def jsonl(questions: list[str], model: str = "auto") -> bytes:
+    rows = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": model, "messages": [{"role": "user", "content": q}]}}
+            for i, q in enumerate(questions)]  # fmt: skip
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+QUESTIONS = ["court 1", "math 2", "court 3", "math 4", "court 5", "math 6"]
+
+
+def client_for(svc: ChatService, root) -> tuple[httpx.AsyncClient, BatchRunner]:
+    app = create_api(svc)
+    runner = install_batches(app, svc, root, concurrency=2)
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://q"), runner
+
+
+async def upload(client: httpx.AsyncClient, content: bytes) -> str:
+    r = await client.post("/v1/files", files={"file": ("in.jsonl", content)},
+                          data={"purpose": "batch"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+async def test_batch_runs_grouped_by_expert_and_writes_output_in_input_order(tmp_path):
+    calls: list[str] = []
+    client, runner = client_for(service(calls), tmp_path)
+    async with client:
+        file_id = await upload(client, jsonl([*QUESTIONS, "x"])[:-1] + b'"}]}}')  # a typo'd line
+        bad = (await client.post("/v1/batches", json={"input_file_id": file_id,
+               "endpoint": "/v1/chat/completions", "completion_window": "24h"})).json()  # fmt: skip
+        assert bad["status"] == "failed" and bad["errors"]["data"][0]["line"] == 7
+        rows = jsonl(QUESTIONS) + b"\n" + jsonl(["court 7"], model="nobody")
+        rows = rows.replace(b'"q0", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "nobody"',
+                            b'"q6", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "nobody"')  # fmt: skip
+        file_id = await upload(client, rows)
+        created = (await client.post("/v1/batches", json={"input_file_id": file_id,
+                   "endpoint": "/v1/chat/completions", "completion_window": "24h"})).json()  # fmt: skip
+        batch = await runner.wait(created["id"])
+        assert batch["status"] == "completed"
+        assert batch["request_counts"] == {"total": 7, "completed": 6, "failed": 1}
+        out = (await client.get(f"/v1/files/{batch['output_file_id']}/content")).text.splitlines()
+        records = [json.loads(line) for line in out]
+        assert [r["custom_id"] for r in records] == [f"q{i}" for i in range(6)]
+        answer = records[1]["response"]["body"]["choices"][0]["message"]["content"]
+        assert answer == "mathematician: math 2"
+        err = (await client.get(f"/v1/files/{batch['error_file_id']}/content")).text
+        assert json.loads(err)["response"]["status_code"] == 404
+        # Batch by expert: all of one expert's questions, then all of the other's.
+        experts = ["court" in c for c in calls]
+        assert sum(a != b for a, b in itertools.pairwise(experts)) == 1
+        missing = await client.get("/v1/batches/batch_nope")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_cancel_stops_the_batch_and_keeps_what_finished(tmp_path):
+    calls: list[str] = []
+    gate = asyncio.Event()
+    client, runner = client_for(service(calls, gate, free=2), tmp_path)
+    async with client:
+        file_id = await upload(client, jsonl(QUESTIONS))
+        created = (await client.post("/v1/batches", json={"input_file_id": file_id,
+                   "endpoint": "/v1/chat/completions"})).json()  # fmt: skip
+        for _ in range(200):
+            progress = (await client.get(f"/v1/batches/{created['id']}")).json()
+            if progress["request_counts"]["completed"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert progress["status"] == "in_progress" and progress["request_counts"]["completed"] == 2
+        cancelling = (await client.post(f"/v1/batches/{created['id']}/cancel")).json()
+        assert cancelling["status"] == "cancelling"
+        batch = await runner.wait(created["id"])
+        assert batch["status"] == "cancelled"
+        assert batch["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
+        out = (await client.get(f"/v1/files/{batch['output_file_id']}/content")).text
+        assert len(out.splitlines()) == 2
+
+
+async def test_a_restarted_service_resumes_without_losing_or_repeating_work(tmp_path):
+    calls: list[str] = []
+    gate = asyncio.Event()  # never set: the first service stops after 3 answers
+    first = BatchRunner(BatchStore(tmp_path), service(calls, gate, free=3), concurrency=2)
+    file_id = first.store.create_file(jsonl(QUESTIONS), "in.jsonl", "batch")["id"]
+    batch_id = first.create({"input_file_id": file_id, "endpoint": "/v1/chat/completions"})["id"]
+    for _ in range(200):
+        if len(first.store.read_results(batch_id)) == 3:
+            break
+        await asyncio.sleep(0.01)
+    await first.close()  # the service goes down with the batch in progress
+    assert first.store.get_batch(batch_id)["status"] == "in_progress"
+    answered_before = list(calls)
+    # A torn line from the crash must not cost a finished result.
+    with open(tmp_path / "batches" / f"{batch_id}.results.jsonl", "a") as fh:
+        fh.write('{"custom_id": "q9", "resp')
+
+    second = BatchRunner(BatchStore(tmp_path), service(calls), concurrency=2)
+    second.start()
+    batch = await second.wait(batch_id)
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 6, "completed": 6, "failed": 0}
+    assert sorted(calls) == sorted(QUESTIONS)  # each question answered exactly once overall
+    assert not set(calls[len(answered_before):]) & set(answered_before)
+    out = second.store.file_content(batch["output_file_id"]).decode().splitlines()
+    assert [json.loads(line)["custom_id"] for line in out] == [f"q{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}, 404),
+    ({"input_file_id": "file-x", "endpoint": "/v1/embeddings"}, 400),
+])  # fmt: skip
+async def test_bad_batch_requests_get_openai_errors(tmp_path, body, code):
+    client, _ = client_for(service([]), tmp_path)
+    async with client:
+        r = await client.post("/v1/batches", json=body)
+    assert r.status_code == code and "message" in r.json()["error"]
