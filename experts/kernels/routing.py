@@ -77,9 +77,13 @@ def _route_block(
             v = tl.where((mg == j // (TOP_K // MOGE_GROUPS))[None, :], choice, -float("inf"))
         else:
             v = choice
-        a = tl.argmax(v, axis=1).to(tl.int32)  # [BT]
+        vmax, a = tl.max(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        a = a.to(tl.int32)  # [BT]
         sel = cols[None, :] == a[:, None]
-        wj = tl.sum(tl.where(sel, scores, 0.0), axis=1)
+        if HAS_BIAS:  # the selection score carries the bias; the weight must not
+            wj = tl.sum(tl.where(sel, scores, 0.0), axis=1)
+        else:  # one reduction less per slot (decode latency is a chain of reductions)
+            wj = vmax
         choice = tl.where(sel, -float("inf"), choice)
         ids = tl.where(karange[None, :] == j, a[:, None], ids)
         w = tl.where(karange[None, :] == j, wj[:, None], w)
