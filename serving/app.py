@@ -19,14 +19,18 @@ from typing import Any
 from experts.engine import Delta
 from ray import serve
 
+from experts._paths import quorum_home
 from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, Router, RoutingDecision, load_head
 from serving.audit import AuditObserver, make_audit_log
 from serving.auth import build_authenticator, load_keys
+from serving.batches import install_batches
 from serving.engines import ExpertClient, ExpertRequest, HandleExpertClient, OpenAIHTTPExpertClient
 from serving.ingress import ChatService, create_api
 from serving.metrics import FanOutObserver, RayMetricsObserver
+from serving.residency import expert_pool_deployment
+from serving.schedule import PoolExpertClient
 from skills.store import InMemoryStateStore, StateStore
 
 log = logging.getLogger(__name__)
@@ -141,7 +145,9 @@ class QuorumIngress:
         )
         clients: dict[str, ExpertClient] = {}
         for expert in self.registry.experts:
-            if expert.backend == "vllm":
+            if expert.backend == "vllm" and self.registry.residency is not None:
+                clients[expert.name] = PoolExpertClient(expert.name, experts[expert.name])
+            elif expert.backend == "vllm":
                 clients[expert.name] = HandleExpertClient(expert.name, experts[expert.name])
             else:
                 clients[expert.name] = OpenAIHTTPExpertClient(expert)
@@ -157,7 +163,9 @@ class QuorumIngress:
         self.service = ChatService(self.registry, route, clients, observer)
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.service, self.audit, auth=self.auth)
+        api = create_api(self.service, self.audit, auth=self.auth)
+        install_batches(api, self.service, quorum_home() / "batches")  # /v1/files, /v1/batches
+        return api
 
 
 def expert_deployment(expert: Expert):
@@ -185,6 +193,9 @@ def build_app(args: dict[str, Any] | None = None):
     data = registry.model_dump(mode="json")
     experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
                for e in registry.experts if e.backend == "vllm"}  # fmt: skip
+    if registry.residency is not None:  # S slots shared by all hosted experts, batch by expert
+        pool = expert_pool_deployment(registry).bind(data)
+        experts = {name: pool for name in experts}
     router = RouterServer.bind(data, args.get("redis_url"))
     keys = [k.to_dict() for k in load_keys(registry.auth)]  # a bad key file fails here, at start
     if keys:

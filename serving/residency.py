@@ -143,3 +143,41 @@ class SlotManager:
                 await asyncio.to_thread(engine.shutdown)
             except Exception:
                 log.exception("engine shutdown failed")
+
+
+def expert_pool_deployment(registry: Any) -> Any:
+    """The Serve deployment that hosts every vllm expert of `registry` in `residency.slots`
+    slots behind the scheduler (serving/schedule.py): one replica owns the device pool. Its
+    resources are `slots` x the largest expert's."""
+    from ray import serve
+
+    hosted = [e for e in registry.experts if e.backend == "vllm"]
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for e in hosted:
+        env |= e.env
+    slots = registry.residency.slots
+
+    @serve.deployment(name="expert-pool", num_replicas=1, max_ongoing_requests=4096,
+                      health_check_timeout_s=120,
+                      ray_actor_options={"num_cpus": slots * max(e.resources.cpus for e in hosted),
+                                         "num_gpus": slots * max(e.resources.gpus for e in hosted),
+                                         "runtime_env": {"env_vars": env}})  # fmt: skip
+    class ExpertPool:
+        def __init__(self, registry: dict[str, Any]) -> None:
+            from experts.registry import parse_registry
+            from serving.schedule import scheduler_for
+
+            try:
+                from serving import metrics as sink  # record_batch, record_swap, ...
+            except ImportError:
+                sink = None
+            self.scheduler = scheduler_for(parse_registry(registry), sink=sink)
+
+        async def stream_chat(self, expert: str, request: Any) -> AsyncIterator[Delta]:
+            async for delta in self.scheduler.submit(expert, request):
+                yield delta
+
+        async def snapshot(self) -> dict[str, Any]:
+            return self.scheduler.snapshot()
+
+    return ExpertPool

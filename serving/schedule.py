@@ -34,8 +34,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from experts.engine import Delta
-from experts.errors import ExpertError, ExpertUnavailableError, QuorumError
+from experts.engine import ContextLengthError, Delta
+from experts.errors import (
+    ContextLengthExceededError,
+    ExpertError,
+    ExpertUnavailableError,
+    QuorumError,
+)
 from serving.engines import ExpertClient, ExpertRequest
 from serving.residency import SlotManager
 
@@ -420,6 +425,8 @@ class Scheduler:
                 job.out.put_nowait(delta)
         except QuorumError as exc:
             job.out.put_nowait(exc)
+        except ContextLengthError as exc:
+            job.out.put_nowait(ContextLengthExceededError(str(exc), param="messages"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -464,3 +471,41 @@ class ScheduledExpertClient(ExpertClient):
 
     def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
         return self.scheduler.submit(self.name, request)
+
+
+class PoolExpertClient(ExpertClient):
+    """An expert served by the shared expert pool deployment (`serving.residency.ExpertPool`)."""
+
+    def __init__(self, name: str, handle: Any) -> None:  # ray.serve.handle.DeploymentHandle
+        self.name = name
+        self._handle = handle.options(stream=True)
+
+    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        try:
+            async for delta in self._handle.stream_chat.remote(self.name, request):
+                yield delta
+        except QuorumError:
+            raise
+        except Exception as exc:  # Ray wraps remote errors; a QuorumError is its cause
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, QuorumError):
+                raise cause from None
+            raise ExpertUnavailableError(
+                f"expert '{self.name}' failed in the expert pool: {type(exc).__name__}: "
+                f"{str(exc)[:300]}"
+            ) from None
+
+
+def scheduler_for(registry: Any, factory: Any = None, sink: Any = None) -> Scheduler:
+    """The scheduler of a registry with a `residency` section, over its hosted (vllm) experts."""
+    from serving.residency import VLLMEngineFactory
+
+    r = registry.residency
+    hosted = [e for e in registry.experts if e.backend == "vllm"]
+    config = SchedulerConfig(slots=r.slots, max_batch_size=r.max_batch_size,
+                             max_batch_wait_s=r.max_batch_wait_s, max_wait_s=r.max_wait_s,
+                             swap_cost_s=r.swap_cost_s,
+                             min_residency_factor=r.min_residency_factor)  # fmt: skip
+    slots = SlotManager(factory or VLLMEngineFactory(hosted), r.slots, r.max_sleeping)
+    return Scheduler(POLICIES[r.policy](config), slots, [e.name for e in hosted],
+                     SchedulerStats(sink=sink))  # fmt: skip
