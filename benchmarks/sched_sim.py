@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--costs", type=Path, default=COSTS, help="measured costs (JSON)")
     p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--rate", type=float, default=1.0, help="arrivals per second")
+    p.add_argument("--rate", type=float, default=0.03, help="arrivals per second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-s", type=float, default=600.0)
