@@ -1,34 +1,37 @@
 """Experts: the registry of expert LLMs, their engines, and the kernels of the MoE ones.
 
-Heavy pieces are imported from their modules on use: `experts.engine` (vLLM),
-`experts.models` (model preparation), `experts.kernels` / `experts.moe` (Triton).
+Names are imported on first use (PEP 562), so `import experts.kernels` works on a GPU image that
+has torch and triton but not the service's dependencies (pydantic, yaml). Heavy pieces live in
+their modules: `experts.engine` (vLLM), `experts.models` (model preparation),
+`experts.kernels` / `experts.moe` (Triton).
 """
 
-from experts.errors import (
-    ContextLengthExceededError,
-    ExpertError,
-    ExpertTimeoutError,
-    ExpertUnavailableError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    QuorumError,
-    RegistryError,
-    RequestTooLargeError,
-)
-from experts.registry import Expert, Registry, load_registry, parse_registry
+from __future__ import annotations
 
-__all__ = [
-    "ContextLengthExceededError",
-    "Expert",
-    "ExpertError",
-    "ExpertTimeoutError",
-    "ExpertUnavailableError",
-    "InvalidRequestError",
-    "ModelNotFoundError",
-    "QuorumError",
-    "Registry",
-    "RegistryError",
-    "RequestTooLargeError",
-    "load_registry",
-    "parse_registry",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ContextLengthExceededError": "experts.errors",
+    "ExpertError": "experts.errors",
+    "ExpertTimeoutError": "experts.errors",
+    "ExpertUnavailableError": "experts.errors",
+    "InvalidRequestError": "experts.errors",
+    "ModelNotFoundError": "experts.errors",
+    "QuorumError": "experts.errors",
+    "RegistryError": "experts.errors",
+    "RequestTooLargeError": "experts.errors",
+    "Expert": "experts.registry",
+    "Registry": "experts.registry",
+    "load_registry": "experts.registry",
+    "parse_registry": "experts.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'experts' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
