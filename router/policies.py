@@ -13,7 +13,8 @@ and, for k > 1 experts, through `vote` (see router/_policy_recruit.py).
 | `symbolic`  | Symbolic-MoE: skill-weighted local competence plus global competence           |
 
 `correct` is `[N, E]` with NaN where an outcome is unknown; every fit masks those entries, so a
-missing outcome never counts as wrong.
+missing outcome never counts as wrong. Default hyper-parameters were chosen by 5-fold
+cross-fitting on the train half of the bundled MMLU-Pro dev split only (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
