@@ -162,3 +162,37 @@ async def test_aggregated_answer_reads_mode_and_aggregator_from_the_decision():
     text = "".join([d.text async for d in answer])
     assert answer.expert == "m" and answer.info["mode"] == "synthesis"
     assert text == "(A)" and "Expert 2: (B)" in clients["m"].seen[-1].messages[-1]["content"]
+
+
+async def test_three_experts_one_wrong_through_the_http_api_vote_and_streamed_synthesis():
+    import httpx
+
+    from serving.ingress import ChatService, create_api
+
+    registry = parse_registry({"skills": ["law", "math"],
+                               "router": {"experts_per_query": 3, "aggregation": "vote"},
+                               "experts": [{"name": n, "model": "x", "can_aggregate": n == "m"}
+                                           for n in ("m", "j", "g")]})  # fmt: skip
+    recruiter = Recruiter(registry, InMemoryStateStore())
+
+    async def route(text, model):
+        rec = recruiter.recruit(np.array([0.5, 0.5]), model)
+        return RoutingDecision(model, rec.experts, [], 0.1, rec.to_dict())
+
+    clients = {"m": Scripted("m", "The answer is (B)."), "j": Scripted("j", "The answer is (C)."),
+               "g": Scripted("g", "(C) because 7 is prime")}  # fmt: skip
+    app = create_api(ChatService(registry, route, clients))
+    body = {"model": "auto", "messages": REQ.messages}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q") as c:
+        r = (await c.post("/v1/chat/completions", json=body)).json()
+        assert extract_answer(r["choices"][0]["message"]["content"]) == "C"
+        assert r["quorum"]["aggregation"]["winner"] == "C" and len(r["usage"]) == 3
+        clients["m"].text = "Two of three say C: the answer is (C)"
+        recruiter.registry = parse_registry(registry.model_dump(mode="json") | {
+            "router": {"experts_per_query": 3, "aggregation": "synthesis"}})  # fmt: skip
+        async with c.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as s:
+            lines = [line async for line in s.aiter_lines() if line.startswith("data: {")]
+    contents = [__import__("json").loads(x[6:])["choices"][0]["delta"].get("content")
+                for x in lines if '"choices": [{' in x or '"choices":[{' in x]  # fmt: skip
+    text = "".join(c for c in contents if c)
+    assert text == "Two of three say C: the answer is (C)" and sum(1 for c in contents if c) > 3
