@@ -375,12 +375,17 @@ class Scheduler:
         while True:
             self._wake.clear()
             now = self.clock()
-            plan = self.policy.plan(now, [e.view() for e in self._experts.values()], self.slots.slots)
-            for action in plan.actions:
-                if isinstance(action, Dispatch):
-                    self._dispatch(action, now)
-                else:
-                    self._swap(action)
+            try:
+                plan = self.policy.plan(now, [e.view() for e in self._experts.values()],
+                                        self.slots.slots)  # fmt: skip
+                for action in plan.actions:
+                    if isinstance(action, Dispatch):
+                        self._dispatch(action, now)
+                    else:
+                        self._swap(action)
+            except Exception:  # a policy bug must not stop every queue for good
+                log.exception("scheduler policy %s failed; retrying in 1 s", self.policy.name)
+                plan = Plan([], now + 1.0)
             timeout = None if plan.wake_at is None else max(plan.wake_at - self.clock(), 0.001)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
