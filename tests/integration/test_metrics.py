@@ -22,7 +22,8 @@ from serving.metrics import METRICS, exported_names
 from tests.integration.redis_fixture import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.unit.test_grafana import dashboard_exprs, queried_series
 
-pytestmark = pytest.mark.integration
+# The first test also waits for the shared service to start: minutes on a loaded CPU machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 Sample = tuple[str, dict[str, str], float]
 
