@@ -93,7 +93,9 @@ def traffic(quorum_default):
     routed = [api.post("/v1/chat/completions", json={"model": "quality", **math}) for _ in range(2)]
     streamed = api.post("/v1/chat/completions", json={"model": "quality", "stream": True,
                         "stream_options": {"include_usage": True}, **math})  # fmt: skip
-    direct = api.post("/v1/chat/completions", json={"model": "gemma3-270m", **math})
+    # the other expert, named directly: its series must not mix with the routed ones
+    other = next(e for e in ("gemma3-270m", "smollm2-135m") if e != routed[0].json()["model"])
+    direct = api.post("/v1/chat/completions", json={"model": other, **math})
     unknown = api.post("/v1/chat/completions", json={"model": "no-such-model", **math})
     for r in [*routed, streamed, direct]:
         assert r.status_code == 200, r.text
@@ -113,7 +115,7 @@ def test_requests_are_counted_by_model_skill_expert_and_status(traffic):
     name = "ray_quorum_requests_total"
     cases = [
         ({"model": "quality", "skill": skill, "expert": expert, "status": "ok"}, 3),
-        ({"model": "gemma3-270m", "skill": "none", "expert": direct, "status": "ok"}, 1),
+        ({"model": direct, "skill": "none", "expert": direct, "status": "ok"}, 1),
         ({"model": "none", "expert": "none", "status": "model_not_found"}, 1),
     ]
 
