@@ -120,6 +120,9 @@ def test_measured_profile_reaches_the_live_router_through_redis(redis_url, tmp_p
     }
     RedisStateStore.from_url(redis_url).publish_profile(constructed)
     flipped = router.route(QUESTION, "auto")
+    for label, d in [("before", before), ("measured", after), ("constructed", flipped)]:
+        scores = ", ".join(f"{x['expert']} {x['quality']:.3f}" for x in d.recruitment["scores"])
+        print(f"{label:<12} -> {d.experts[0]:<14} ({d.recruitment['competence_source']}; {scores})")
     assert flipped.experts == [other]
     assert flipped.recruitment["competence_source"] == f"profile:{constructed['version']}"
     assert RedisStateStore.from_url(redis_url).profile_versions() == [
