@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -75,7 +76,7 @@ async def replay(policy: str, trace: list[Arrival], registry: Registry, cfg: Sch
             "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95),
             "swaps": len(slots.swap_log), "swap_log": slots.swap_log,
             "batches": len(sched.stats.batches), "batch_times": sched.stats.batch_times,
-            "timed_out": bool(pending)}  # fmt: skip
+            "timed_out": bool(pending), "loadavg": os.getloadavg()[0]}  # fmt: skip
 
 
 async def synthesis_demo(max_tokens: int) -> dict[str, Any]:
@@ -171,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--swap-cost-s", type=float, default=60.0, help="the policy's swap estimate")
     p.add_argument("--fifo-time-limit", type=float, default=3600.0)
     p.add_argument("--no-demo", action="store_true")
+    p.add_argument("--policies", default="batch,fifo", help="comma-separated, run in this order")
+    p.add_argument("--merge", default=None,
+                   help="a previous run's JSON (same trace arguments): keep its rows and demo, "
+                   "run only --policies (to finish a run that was stopped between policies)")
     p.add_argument("--out", default="benchmarks/out/scheduling.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -184,7 +189,18 @@ def main(argv: list[str] | None = None) -> None:
                           max_wait_s=30 * args.swap_cost_s, swap_cost_s=args.swap_cost_s)  # fmt: skip
     result: dict[str, Any] = {"args": vars(args), "sleep_supported": _platform_supports_sleep()}
     rows = []
-    for policy, limit in (("batch", 3600.0), ("fifo", args.fifo_time_limit)):
+    if args.merge:
+        with open(args.merge) as fh:
+            previous = json.load(fh)
+        keep = ("experts", "slots", "requests", "rate", "max_tokens", "seed")
+        if any(previous["args"][k] != getattr(args, k) for k in keep):
+            raise SystemExit(f"--merge {args.merge}: it ran another trace ({previous['args']})")
+        rows = [r for r in previous["rows"] if r["policy"] not in args.policies.split(",")]
+        result |= {k: previous[k] for k in ("demo",) if k in previous}
+        result["merged_from"] = previous["args"]
+    limits = {"batch": 3600.0, "fifo": args.fifo_time_limit}
+    for policy in args.policies.split(","):
+        limit = limits[policy]
         rows.append(asyncio.run(replay(policy, trace, registry, cfg, args.max_tokens, limit)))
         log.info("%s: %s", policy, {k: v for k, v in rows[-1].items() if "log" not in k and "times" not in k})
         result["rows"] = rows
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         if policy == "batch" and not args.no_demo:
             result["demo"] = asyncio.run(synthesis_demo(args.max_tokens))
             log.info("demo: %s", result["demo"])
+    rows.sort(key=lambda r: list(POLICIES).index(r["policy"]))
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
     swaps = [s for r in rows for s in r["swap_log"]]
@@ -202,15 +219,20 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.experts} experts (copies of SmolLM2-135M-Instruct under other names, each its own "
         f"vLLM CPU engine), {args.slots} slot(s); one trace of {args.requests} requests "
         f"(Poisson, {args.rate:g}/s, MMLU-Pro dev prompts, expert by category), max_tokens "
-        f"{args.max_tokens}, greedy; both policies in the same run.\n\n{_table(rows)}\n\n"
+        f"{args.max_tokens}, greedy; "
+        + ("both policies in the same run" if not args.merge else "FIFO in a second process "
+           "right after the first (stopped after batch + demo so the run fits its time budget)")
+        + f".\n\n{_table(rows)}\n\n"
         f"Swap cost on vLLM CPU (sleep mode supported: {result['sleep_supported']}; every swap is "
         f"shutdown + start): load (engine start) mean {statistics.mean(s['load_s'] for s in swaps):.0f} s "
         f"(min {min(s['load_s'] for s in swaps):.0f}, max {max(s['load_s'] for s in swaps):.0f}, "
         f"n={len(swaps)}), evict (shutdown) mean {costs['swap_s'] - statistics.mean(costs['load_s']):.1f} s. "
         "Batch time by size (mean s): "
         + ", ".join(f"{b}: {v:.1f}" for b, v in costs["batch_s"].items())
-        + ". The machine's 2 cores are shared with other jobs (load average during the run is in "
-        "the log), which inflates every number; the ratio is the result."
+        + ". The machine's 2 cores are shared with other jobs (1-minute load average at the end of "
+        "each policy's run: " + ", ".join(f"{r['policy']} {r['loadavg']:.0f}" for r in rows
+                                           if "loadavg" in r) + "; 20-40 seen during the first "
+        "run), which inflates every number; the ratio is the result."
     )
     if "demo" in result:
         d = result["demo"]
@@ -222,8 +244,12 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     from benchmarks._results import machine_description, write_section
 
-    command = (f"python -m benchmarks.scheduling --experts {args.experts} --slots {args.slots} "
-               f"--requests {args.requests} --rate {args.rate:g} --max-tokens {args.max_tokens}")  # fmt: skip
+    command = "python -m benchmarks.scheduling " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.merge:  # the rows kept came from the earlier command, stopped after its first policies
+        prev = result["merged_from"]
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in prev.items()
+                         if k in ("experts", "slots", "requests", "rate", "max_tokens", "swap_cost_s"))  # fmt: skip
+        command = f"python -m benchmarks.scheduling {flags}` (stopped after batch + demo), then `{command}"
     write_section("scheduling", "Scheduling, live (batch-by-expert vs FIFO, vLLM CPU)", command,
                   machine_description(), body)  # fmt: skip
 
