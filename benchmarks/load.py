@@ -10,7 +10,8 @@ Without `--url` it starts `quorum serve` on the embedded default registry with t
 - `probe`: 30 s closed-loop at concurrency 1, 2, 4; picks the rate for the next phases (70% of the
   best measured throughput) unless `--rate` is given.
 - `steady`: `--duration` s at `--rate` req/s (non-streaming, 16 tokens) plus, halfway, a burst of
-  20 requests with the `burst` key (15 of them must get the deliberate 429). Resident memory of
+  20 requests with the `burst` key (5/minute: all but 5 per minute window they reach the ingress
+  in get the deliberate 429). Resident memory of
   every Quorum process (driver, Ray, ingress, router, expert replicas, engine cores) at start/end.
 - `kill-replica`: 120 s of load; after 30 s the replica of the expert that answers is SIGKILLed.
 - `redis-restart`: 90 s of load; after 30 s redis-server is killed and 5 s later restarted empty
@@ -27,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -197,8 +199,10 @@ def rss_table(start: dict, end: dict) -> str:
 
 def kill_replica(driver_pid: int, expert: str) -> str:
     """SIGKILL the Serve replica process hosting `expert`; what was killed."""
+    # The process title is `ray::ServeReplica:<app>:<deployment>[.<method being run>]`.
+    pattern = re.compile(rf"ServeReplica:[^:\s]+:expert-{re.escape(expert)}(\.|$)")
     for pid, (label, _) in quorum_processes(driver_pid).items():
-        if label.startswith("ServeReplica:") and label.endswith(f"expert-{expert}"):
+        if pattern.match(label):
             os.kill(pid, signal.SIGKILL)
             return f"{label} (pid {pid})"
     raise RuntimeError(f"no replica process of expert {expert} found")
