@@ -29,7 +29,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from experts.engine import Delta
@@ -140,13 +140,19 @@ class FallbackStream:
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    def _plan(self) -> list[str]:
-        """Healthy experts first (breaker closed, or this request is the probe), open ones last."""
-        policy = self._policy
-        limit = 1 + policy.config.max_fallbacks if len(self._ranked) > 1 else 1
-        ranked = self._ranked[:limit]
-        allowed = [name for name in ranked if policy.breaker(name).allow()]
-        return allowed + [name for name in ranked if name not in allowed]
+    def _plan(self) -> Iterator[str]:
+        """Experts in rank order whose breaker lets this request through, then the open ones.
+
+        Lazy: a breaker is asked only when its expert is next, so a half-open one hands its
+        single probe slot only to a request that really tries it."""
+        limit = 1 + self._policy.config.max_fallbacks if len(self._ranked) > 1 else 1
+        deferred = []
+        for name in self._ranked[:limit]:
+            if self._policy.breaker(name).allow():
+                yield name
+            else:
+                deferred.append(name)
+        yield from deferred
 
     async def _run(self) -> AsyncIterator[Delta]:
         policy = self._policy

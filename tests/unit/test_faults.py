@@ -259,3 +259,14 @@ def test_a_timeout_is_not_retried_on_a_single_replica_expert():
     r = ask(client)
     assert r.status_code == 200 and experts["best"].calls == 1
     assert seen == [("best", "second", "expert_timeout")]
+
+
+def test_a_half_open_expert_keeps_its_probe_slot_when_a_better_expert_answers():
+    clock = Clock()
+    experts = healthy("best", "second", "third")
+    client, policy, _ = make(experts, clock)
+    policy.breaker("second").failure()
+    policy.breaker("second").failure()
+    clock.now += 10  # half-open
+    assert ask(client).json()["model"] == "best"  # never reached 'second'
+    assert policy.breaker("second").allow()  # so its probe is still available
