@@ -8,15 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from experts.registry import Expert, Registry
+from skills.competence import beta_interval, posterior
 from skills.profile import (
     AGGREGATE_HEADER,
     AnswerBackend,
     ExpertAnswer,
     ExpertSession,
     ProfileConfig,
-    beta_interval,
     main,
-    posterior,
     run_profile,
 )
 from skills.store import InMemoryStateStore
