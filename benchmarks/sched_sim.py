@@ -5,8 +5,7 @@
 A discrete-event simulation of one device pool with S slots and E experts. Everything the
 scheduler decides is decided by the same `Policy.plan` the live `Scheduler` calls; only time is
 simulated: a swap takes the measured evict + load time, a batch of b requests the measured time
-of a batch of that size on a vLLM CPU engine (linear interpolation between measured sizes, linear
-extrapolation beyond the largest). The trace (Poisson arrivals, prompts drawn from the bundled
+of a batch of that size on a vLLM CPU engine (a least-squares line through the measured sizes). The trace (Poisson arrivals, prompts drawn from the bundled
 MMLU-Pro dev data, the expert given by the prompt's category) comes from `make_trace`, which the
 live benchmark (`benchmarks/scheduling.py`) uses too.
 """
@@ -71,15 +70,19 @@ class Costs:
         return cls(float(data["swap_s"]), {int(k): float(v) for k, v in data["batch_s"].items()})
 
     def batch(self, size: int) -> float:
+        """Seconds for a batch of `size`: the least-squares line through the measured (size,
+        seconds) points (live batches are few and noisy, so a line rather than interpolation),
+        never below 10 % of the smallest measured time."""
         sizes = sorted(self.batch_s)
-        if size in self.batch_s:
-            return self.batch_s[size]
-        lo = max([s for s in sizes if s < size], default=sizes[0])
-        hi = min([s for s in sizes if s > size], default=None)
-        if hi is None:  # extrapolate from the two largest sizes
-            lo, hi = sizes[-2], sizes[-1]
-        slope = (self.batch_s[hi] - self.batch_s[lo]) / (hi - lo)
-        return max(self.batch_s[sizes[0]], self.batch_s[lo] + slope * (size - lo))
+        if len(sizes) == 1:
+            return self.batch_s[sizes[0]]
+        mb = sum(sizes) / len(sizes)
+        mt = sum(self.batch_s[b] for b in sizes) / len(sizes)
+        slope = sum((b - mb) * (self.batch_s[b] - mt) for b in sizes) / sum(
+            (b - mb) ** 2 for b in sizes
+        )
+        floor = 0.1 * min(self.batch_s.values())
+        return max(floor, mt + max(slope, 0.0) * (size - mb))
 
 
 @dataclass
