@@ -328,7 +328,9 @@ class RayMetricsObserver(Observer):
         try:
             skill = decision.skills[0]["skill"] if decision.skills else NONE
             expert = decision.experts[0] if decision.experts else NONE
-            self._pending.put(request_id, (decision.model, skill))
+            # In flight is counted against the routed expert and released from that same expert,
+            # even when a fallback or an aggregator ends up answering.
+            self._pending.put(request_id, (decision.model, skill, expert))
             self.metrics.routing_latency("total", route_s)
             for stage in ("classify", "recruit"):
                 if stage in decision.latency_ms:
@@ -349,7 +351,7 @@ class RayMetricsObserver(Observer):
         self, request_id: str, expert: str, status: str, last: Delta | None, latency_s: float
     ) -> None:
         try:
-            model, skill = self._pending.pop(request_id) or (NONE, NONE)
+            model, skill, routed_to = self._pending.pop(request_id) or (NONE, NONE, None)
             self.metrics.request(model, skill, expert, status)
             self.metrics.request_latency(expert, status, latency_s)
             if last is not None:
@@ -362,7 +364,8 @@ class RayMetricsObserver(Observer):
                 )
             if status not in ("ok", "cancelled"):
                 self.metrics.error(status, expert)
-            self._move_inflight(expert, -1)
+            if routed_to is not None:
+                self._move_inflight(routed_to, -1)
         except Exception:
             log.exception("metrics: finished hook failed")
 

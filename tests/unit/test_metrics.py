@@ -202,6 +202,17 @@ def test_inflight_goes_up_while_answering_and_back_to_zero(client, recorder):
     assert values == [1, 0]
 
 
+def test_inflight_is_released_from_the_routed_expert_when_another_one_answered(recorder):
+    observer = RayMetricsObserver(REGISTRY, QuorumMetrics(recorder))
+    decision = RoutingDecision("auto", ["mathematician", "jurist"], [], None, None)
+    observer.routed("r1", decision, 0.01)
+    observer.finished("r1", "jurist", "ok", None, 1.0)  # a fallback answered
+    assert recorder.last("quorum_expert_inflight", expert="mathematician") == 0
+    assert recorder.count("quorum_expert_inflight", expert="jurist") == 0
+    observer.finished("unknown", "jurist", "ok", None, 1.0)  # never routed: nothing to release
+    assert recorder.count("quorum_expert_inflight", expert="jurist") == 0
+
+
 def test_labels_never_carry_request_ids_or_prompt_text(client, recorder):
     chat(client, "my secret prompt about x")
     for metric in recorder.metrics.values():
