@@ -16,10 +16,10 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from experts.engine import Delta
 from ray import serve
 
 from experts._paths import quorum_home
+from experts.engine import Delta
 from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, Router, RoutingDecision, load_head
@@ -90,7 +90,6 @@ class VLLMExpertServer:
 
     def __init__(self, expert: dict[str, Any]) -> None:
         from experts.engine import VLLMEngine
-
         from experts.models import resolve_model
 
         self.expert = Expert.model_validate(expert)
