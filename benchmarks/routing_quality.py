@@ -56,7 +56,19 @@ NOTES = """What limits it, and what was tried (train half, 5-fold cross-fitted):
 - A shared rank-4 correctness model over all experts (IRT-like: one linear map of the
   embedding, masked BCE): worse (81%, APGR 0.54 vs 0.58-0.61), so it was not added.
 - Voting over k = 3 or 5 recruited experts costs their summed price and does not beat the
-  70B model alone: the cheap experts' agreement is wrong about as often as it corrects it."""
+  70B model alone: the cheap experts' agreement is wrong about as often as it corrects it.
+- Second round (train half, 5-fold; share of the best single model's train accuracy 0.632 at
+  <= 50% cost; fold seed 0 unless noted): kNN 0.843 (seed 1: 0.852). Per-expert logistic
+  regression (C=1) on MiniLM 0.846 (seed 1: 0.838; AUC 0.62-0.68); on word 1-2-gram TF-IDF
+  0.843 (AUC 0.62-0.68, 10x slower); MiniLM + hand features (length, digits, math symbols,
+  lines) 0.827 (seed 1). kNN/logistic averages 0.848-0.852 (seed 1: 0.848-0.849, below kNN), so
+  fold noise (+-0.01) swamps any gain: no new policy was added.
+- The missing signal is the *difference* between the 70B and the cheap models. Routing only
+  between the 70B and one cheap model at the 50% budget (43-47% of queries to the 70B): sending
+  the queries with the largest predicted gain (kNN difference, logistic difference, or a ridge
+  "gain" regressor on y_70B - y_cheap) gives 0.83-0.85 of the best single model, the same as
+  random assignment (0.81-0.84); perfect gain knowledge would give 1.08-1.12. With MiniLM or
+  lexical features of the prompt, 95% at 50% cost looks out of reach on this pool."""
 
 
 class _Precomputed(Encoder):
