@@ -4,9 +4,10 @@ Between recruit and the expert engines. `FaultPolicy.stream(request, ranked)` st
 the first expert of `ranked` (the router's candidates, best first) and, while no token has reached
 the client yet, handles a failure by
 
-1. retrying the same expert (`router.faults.retries` times; for a Serve-hosted expert the retry
-   usually lands on another replica, since Serve stops routing to a dead one; a timeout is
-   retried only when the expert has more than one replica), then
+1. retrying the same expert (`router.faults.retries` times; meant for experts with several
+   replicas, where Serve's router can send the retry to another one; a timeout is retried only
+   on those: with one replica, Serve queues requests while it replaces a dead replica, and the
+   first-token timeout is what notices), then
 2. falling back to the next expert of `ranked` (at most `max_fallbacks` of them).
 
 An expert whose last `breaker_failures` answers all failed has its breaker opened: for
