@@ -130,6 +130,13 @@ async def synthesis_demo(max_tokens: int) -> dict[str, Any]:
     return out
 
 
+def _command(args: dict[str, Any]) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items()
+                     if k in ("experts", "slots", "requests", "rate", "max_tokens", "swap_cost_s",
+                              "policies", "merge") and v is not None)  # fmt: skip
+    return f"python -m benchmarks.scheduling {flags}"
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| policy | answered | throughput (req/min) | vs FIFO | p50 latency (s) | "
              "p95 latency (s) | swaps | batches | makespan (s) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [r for r in previous["rows"] if r["policy"] not in args.policies.split(",")]
         result |= {k: previous[k] for k in ("demo",) if k in previous}
         result["merged_from"] = previous["args"]
+        result["commands"] = previous.get("commands") or [_command(previous["args"])]
     limits = {"batch": 3600.0, "fifo": args.fifo_time_limit}
     for policy in args.policies.split(","):
         limit = limits[policy]
@@ -220,8 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         f"vLLM CPU engine), {args.slots} slot(s); one trace of {args.requests} requests "
         f"(Poisson, {args.rate:g}/s, MMLU-Pro dev prompts, expert by category), max_tokens "
         f"{args.max_tokens}, greedy; "
-        + ("both policies in the same run" if not args.merge else "FIFO in a second process "
-           "right after the first (stopped after batch + demo so the run fits its time budget)")
+        + ("both policies in the same run" if not args.merge else "the rows come from the "
+           "commands listed above, run one after another on the same trace (see the load note)")
         + f".\n\n{_table(rows)}\n\n"
         f"Swap cost on vLLM CPU (sleep mode supported: {result['sleep_supported']}; every swap is "
         f"shutdown + start): load (engine start) mean {statistics.mean(s['load_s'] for s in swaps):.0f} s "
@@ -245,11 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks._results import machine_description, write_section
 
     command = "python -m benchmarks.scheduling " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.merge:  # the rows kept came from the earlier command, stopped after its first policies
-        prev = result["merged_from"]
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in prev.items()
-                         if k in ("experts", "slots", "requests", "rate", "max_tokens", "swap_cost_s"))  # fmt: skip
-        command = f"python -m benchmarks.scheduling {flags}` (stopped after batch + demo), then `{command}"
+    if args.merge:  # rows kept from earlier commands on the same trace
+        command = "`, then `".join([*result["commands"], command])
     write_section("scheduling", "Scheduling, live (batch-by-expert vs FIFO, vLLM CPU)", command,
                   machine_description(), body)  # fmt: skip
 
