@@ -140,11 +140,15 @@ class ClassifierConfig(_Strict):
 
 class FaultConfig(_Strict):
     retries: int = Field(
-        1, ge=0, le=5, description="Extra attempts on the same expert (another replica) before "
+        1,
+        ge=0,
+        le=5,
+        description="Extra attempts on the same expert (another replica) before "
         "falling back; only failures before the first token are retried.",
     )
     fallback: bool = Field(
-        True, description="After the retries, try the next-best expert for the request's skills "
+        True,
+        description="After the retries, try the next-best expert for the request's skills "
         "(requests that name an expert directly never change expert).",
     )
     max_fallbacks: int = Field(2, ge=0, description="Most other experts tried for one request.")
@@ -163,7 +167,9 @@ class AuthConfig(_Strict):
         "this, $QUORUM_API_KEYS_FILE or $QUORUM_API_KEYS names at least one key; off otherwise.",
     )
     requests_per_minute: int | None = Field(
-        600, ge=1, description="Default per-key request rate; a key may set its own. None: no limit."
+        600,
+        ge=1,
+        description="Default per-key request rate; a key may set its own. None: no limit.",
     )
     tokens_per_day: int | None = Field(
         None, ge=1, description="Default per-key token budget per UTC day (prompt + completion)."
@@ -171,7 +177,9 @@ class AuthConfig(_Strict):
 
 
 class RouterConfig(_Strict):
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="The skill classifier's trained head."
+    )
     cost_weight: float = Field(
         0.1,
         ge=0,
@@ -181,11 +189,15 @@ class RouterConfig(_Strict):
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when a request omits it.")
     experts_per_query: int = Field(
-        1, ge=1, le=16,
+        1,
+        ge=1,
+        le=16,
         description="k: experts that answer each routed query (fixed k; see adaptive_confidence).",
     )
     adaptive_confidence: float | None = Field(
-        None, gt=0, le=1,
+        None,
+        gt=0,
+        le=1,
         description="p: adaptive k. Experts are added, best first, until their cumulative routing "
         "probability reaches p (one expert when the router is confident), at most max_experts. "
         "Set it to use adaptive k instead of the fixed experts_per_query.",
@@ -234,12 +246,14 @@ class Residency(_Strict):
         0.05, ge=0, description="How long a partial batch waits for more requests."
     )
     max_wait_s: float = Field(
-        300.0, gt=0,
+        300.0,
+        gt=0,
         description="A request queued this long makes its expert urgent: it takes the next slot "
         "that comes free at a batch boundary (bounds every request's wait).",
     )
     swap_cost_s: float = Field(
-        40.0, gt=0,
+        40.0,
+        gt=0,
         description="Expected evict + load time, s (measured on vLLM CPU: shutdown + start; "
         "benchmarks/RESULTS.md). The policy weighs work against it.",
     )
@@ -247,7 +261,8 @@ class Residency(_Strict):
         1.0, ge=0, description="A loaded expert with work keeps its slot >= this x swap_cost_s."
     )
     max_sleeping: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Evicted engines kept asleep in host memory (vLLM sleep mode; only where the "
         "platform has it, not on CPU); beyond it engines are shut down.",
     )
@@ -268,7 +283,9 @@ class Registry(_Strict):
         min_length=1,
         description="The skill taxonomy; the classifier head must produce exactly these.",
     )
-    router: RouterConfig = Field(default_factory=RouterConfig)
+    router: RouterConfig = Field(
+        default_factory=RouterConfig, description="Routing, limits and fault handling."
+    )
     auth: AuthConfig = Field(
         default_factory=AuthConfig, description="API keys, rate limits and token budgets."
     )

@@ -88,3 +88,12 @@ def test_competence_matrix_uses_priors_and_defaults():
     row = registry.competence_matrix()[0]
     assert row[registry.skills.index("math")] == 0.9
     assert row[registry.skills.index("law")] == 0.2
+
+
+def test_every_registry_field_is_documented():
+    from experts._registry_doc import reference_markdown
+
+    rows = [line for line in reference_markdown().splitlines() if line.startswith("| `")]
+    assert len(rows) > 40
+    undocumented = [row.split("|")[1].strip() for row in rows if not row.split("|")[3].strip()]
+    assert undocumented == []
