@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from experts.engine import Delta
 
+from experts.engine import Delta
 from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError, QuorumError
 from experts.registry import Expert
 
