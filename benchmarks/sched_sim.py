@@ -238,9 +238,10 @@ def main(argv: list[str] | None = None) -> None:
         f"prompts, expert by category; batch policy: max batch {args.max_batch_size}, "
         f"max_wait_s {args.max_wait_s:g}. FIFO = arrival order, one request per dispatch. "
         "Throughput is answered / (last answer - first arrival); a policy that keeps up shows the "
-        "arrival rate. The wait bound holds where max_wait_s covers a full rotation of urgent "
-        "experts, about (E / S) x (swap + batch); with more experts per slot than that, urgent "
-        "experts wait behind each other and the max queue wait exceeds it (those rows say so).\n\n"
+        "arrival rate. The wait bound holds when arrivals are below the policy's capacity and "
+        "max_wait_s covers a full rotation of urgent experts, about (E / S) x (swap + batch); "
+        "in overload (here: S = 1, where batch also serves less than the arrival rate) queues "
+        "grow without bound under any policy and the max queue wait exceeds it.\n\n"
         + table(rows)
     )
     print(body)
