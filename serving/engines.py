@@ -71,13 +71,14 @@ class HandleExpertClient(ExpertClient):
         try:
             async for delta in self._handle.stream_chat.remote(request):
                 yield delta
-        except QuorumError:
-            raise
         except Exception as exc:
-            # Ray wraps remote exceptions; a QuorumError raised in the replica is its `cause`.
+            # Ray wraps remote exceptions (as a RayTaskError subclass of the original's class);
+            # a QuorumError raised in the replica is its `cause`: re-raise that, unwrapped.
             cause = getattr(exc, "cause", None)
             if isinstance(cause, QuorumError):
                 raise cause from None
+            if isinstance(exc, QuorumError):
+                raise
             raise ExpertUnavailableError(
                 f"expert '{self.name}' failed: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from experts.engine import Delta
-from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError
+from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError, QuorumError
 from experts.registry import FaultConfig, Registry
 from serving.engines import ExpertClient, ExpertRequest
 
@@ -305,7 +305,9 @@ class FaultPolicy:
                         f"expert '{expert}' gave no {stage} within {limit:g}s (registry: "
                         f"{'timeout_s' if seen else 'router.first_token_timeout_s'})"
                     ) from None
-                except ExpertError:
+                except (
+                    QuorumError
+                ):  # typed already (e.g. the prompt is too long: a 400, no fallback)
                     raise
                 except Exception as exc:  # a client broke its contract; treat as unavailable
                     raise ExpertUnavailableError(

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from experts.engine import Delta
-from experts.errors import ExpertError
+from experts.errors import ContextLengthExceededError, ExpertError
 from experts.registry import parse_registry
 from router import Router
 from router.classify import CentroidHead, EmbeddingSkillClassifier
@@ -57,6 +57,18 @@ class FailingExpert(ExpertClient):
         raise ExpertError("expert 'flaky' failed: engine died")
 
 
+class TooLongExpert(ExpertClient):
+    """Refuses every prompt as too long, as a vLLM replica does past its context."""
+
+    name = "jurist"
+
+    async def stream_chat(self, request):
+        raise ContextLengthExceededError(
+            "expert 'jurist': the prompt is 5031 tokens; limit 2047", param="messages"
+        )
+        yield  # pragma: no cover - makes this an async generator
+
+
 class StalledExpert(ExpertClient):
     name = "slow"
 
@@ -65,7 +77,7 @@ class StalledExpert(ExpertClient):
         yield Delta("never", "stop", 0, 0)
 
 
-def make_client(flaky_after: int = 0, observer=None):
+def make_client(flaky_after: int = 0, observer=None, overrides=None):
     encoder = KeywordEncoder()
     head = CentroidHead(
         ["law", "math"], encoder.encode(["court contract judge", "solve equation x"]), 0.05
@@ -77,6 +89,7 @@ def make_client(flaky_after: int = 0, observer=None):
 
     experts = {"mathematician": ScriptedExpert("mathematician"), "jurist": ScriptedExpert("jurist"),
                "flaky": FailingExpert(flaky_after), "slow": StalledExpert()}  # fmt: skip
+    experts |= overrides or {}
     service = ChatService(REGISTRY, route, experts, observer)
     return TestClient(create_api(service)), experts
 
@@ -229,3 +242,12 @@ def test_observer_sees_route_first_token_end_and_rejections():
     assert observer.events[2] == ("finished", rid, "mathematician", "ok")
     assert observer.events[4][3] == "expert_failed"
     assert observer.events[5] == ("rejected", "model_not_found")
+
+
+def test_prompt_too_long_is_a_400_for_the_client_not_an_expert_failure():
+    client, _ = make_client(overrides={"jurist": TooLongExpert()})
+    for stream in (False, True):
+        r = chat(client, model="jurist", stream=stream)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+        assert r.json()["error"]["param"] == "messages"
