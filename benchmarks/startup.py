@@ -78,7 +78,8 @@ def main() -> int:
         f"`quorum models prepare` before the runs took {prepare_s:.1f}s (models already prepared "
         "take about a second; a first preparation converts both GGUF files).",
     ]
-    write_section("startup", "Time from `quorum serve` to the first answer (issue 2)", COMMAND,
+    command = " ".join([COMMAND, *sys.argv[1:]])
+    write_section("startup", "Time from `quorum serve` to the first answer (issue 2)", command,
                   machine_description(), "\n".join(lines))  # fmt: skip
     return 0
 
