@@ -3,6 +3,10 @@
     [Router] logits -> route() -> [Dispatch] align() -> [Experts] gate_up() + down()
     -> [Combine] combine()
 
+At decode, where the tuned config for the bucket has a "decode" entry, the whole chain after the
+router GEMM is one launch instead (`experts.kernels.decode`: routing, both GEMMs and an atomic
+combine in one kernel; it removes the gaps between dependent launches).
+
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
 can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
 """
@@ -58,9 +62,13 @@ def moe_experts(
     returns [T, H] in x.dtype.
     """
     from experts.kernels.align import align
+    from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
 
     x = x.contiguous()
     cfg = _config(x, w13, topk_ids.shape[1], config)
+    if cfg.get("decode") and x.shape[0] <= MAX_DECODE_TOKENS:
+        return moe_decode(x, w13, w2, topk_ids=topk_ids, topk_weights=topk_weights,
+                          config=cfg["decode"])
     layout = align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
     return _experts_aligned(x, w13, w2, topk_weights, layout, cfg)
 
@@ -78,12 +86,16 @@ def moe_from_logits(
     """Route `logits` [T, C] and run the experts. `local_experts` = (first, count): this GPU
     holds only those experts (w13/w2 have `count` rows); other slots cost nothing here."""
     from experts.kernels.align import align
+    from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
     from experts.kernels.route_align import MAX_FUSED_SLOTS, route_align
     from experts.kernels.routing import route
 
     x = x.contiguous()
     e = w13.shape[0]
     cfg = _config(x, w13, routing.top_k, config)
+    if cfg.get("decode") and x.shape[0] <= MAX_DECODE_TOKENS:  # one launch after the router
+        return moe_decode(x, w13, w2, logits=logits, routing=routing, bias=bias,
+                          local_experts=local_experts, config=cfg["decode"])
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts)
     else:

@@ -65,6 +65,17 @@ def _graph(fn):
     return g
 
 
+def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
+    """A device copy of the layer's floor bytes (half read, half written), timed like a layer:
+    what any kernel can reach at this size under this timing (graph launch, ramp, tail)."""
+    src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
+    dst = torch.empty_like(src)
+    g = _graph(partial(dst.copy_, src))
+    t = _bench(g.replay, rep_ms)
+    g.reset()
+    return t
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     dev = torch.device("cuda")
     bw, mm = measure_ceilings(dev)
@@ -96,6 +107,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                     ("eager_loop_s", eager_loop_layer)):
                         row[key] = _bench(partial(fn, x, shape, params), args.rep)
                     g.reset()
+                if t <= args.copy_ref_max_t:
+                    row["copy_same_bytes_s"] = _copy_time(nbytes, dev, args.rep)
                 rows.append(row)
                 _save(args.out, [meta, *rows])  # partial results survive a timeout
                 logger.warning(
@@ -118,6 +131,11 @@ def _save(out: Path | None, records: list[dict]) -> None:
     (out / "moe_bench.md").write_text(markdown(records))
 
 
+def _copy_pct(r: dict) -> str:
+    c = r.get("copy_same_bytes_s")
+    return f"{100 * r['floor_s'] / c:.0f}%" if c else "-"
+
+
 def markdown(records: list[dict]) -> str:
     meta, rows = records[0], records[1:]
     lines = [
@@ -130,11 +148,13 @@ def markdown(records: list[dict]) -> str:
         "from Python; `loop` = transformers-style per-expert eager loop; `gmm` = "
         "`torch._grouped_mm` layer. % floor = roofline floor / time (floor = max(bytes / copy BW,"
         " FLOPs / matmul rate); bytes = touched experts' weights + router + x + out). "
-        "Skewed routing: Zipf-like logit offsets (max share = busiest expert's slot share).",
+        "Skewed routing: Zipf-like logit offsets (max share = busiest expert's slot share). "
+        "`copy` = a device-to-device copy of the floor's bytes timed the same way: the share of "
+        "the floor that a plain copy of this size reaches (decode rows).",
         "",
         "| model | T | routing | max share | ours us | TFLOP/s | GB/s | % floor | bound | "
-        "ours eager us | gmm us | loop us | speedup vs best baseline | err |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "copy % floor | ours eager us | gmm us | loop us | speedup vs best baseline | err |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["ours_graph_s"]
@@ -142,7 +162,8 @@ def markdown(records: list[dict]) -> str:
         lines.append(
             f"| {r['shape']} | {r['T']} | {r['routing']} | {r['max_share']:.2f} | {fmt_us(t)} | "
             f"{r['flops'] / t / 1e12:.1f} | {r['bytes'] / t / 1e9:,.0f} | "
-            f"{100 * r['floor_s'] / t:.0f}% | {r['bound']} | {fmt_us(r['ours_eager_s'])} | "
+            f"{100 * r['floor_s'] / t:.0f}% | {r['bound']} | {_copy_pct(r)} | "
+            f"{fmt_us(r['ours_eager_s'])} | "
             f"{fmt_us(r['grouped_mm_s'])} | {fmt_us(r['eager_loop_s'])} | {best / t:.2f}x | "
             f"{r['rel_err_vs_grouped_mm']:.1e}{'' if r['correct'] else ' FAIL'} |"
         )
@@ -156,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
     ap.add_argument("--routings", nargs="+", default=["uniform", "skewed"],
                     choices=["uniform", "skewed"])
+    ap.add_argument("--copy-ref-max-t", type=int, default=8,
+                    help="time a same-bytes device copy for rows with T <= this")
     ap.add_argument("--rep", type=int, default=60, help="do_bench repetition time, ms")
     ap.add_argument("--results-from", type=Path,
                     help="write this moe_bench.md into benchmarks/RESULTS.md and exit")

@@ -1,0 +1,127 @@
+"""The one-launch decode kernel against the plain-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+from experts.kernels.reference import (
+    TOLERANCE,
+    RoutingConfig,
+    experts_reference,
+    localize,
+    rel_err,
+    route_reference,
+)
+from experts.moe import moe_experts, moe_from_logits
+
+DSV3 = RoutingConfig(
+    top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2, routed_scaling=2.5
+)
+CASES = {
+    # name: (routing, logit columns, shard (first, count) or None, T, H, I)
+    "one_token": (RoutingConfig(top_k=2, renormalize=True), 8, None, 1, 64, 32),
+    "decode_batch": (RoutingConfig(top_k=4, renormalize=True), 16, None, 8, 64, 48),
+    "max_tokens": (RoutingConfig(top_k=2), 6, None, MAX_DECODE_TOKENS, 32, 32),
+    "prime_e_odd_dims": (RoutingConfig(top_k=3), 13, None, 5, 40, 24),
+    "k_equals_e": (RoutingConfig(top_k=5), 5, None, 3, 32, 16),
+    "null_top_p": (RoutingConfig(top_k=4, top_p=0.6, num_null_experts=2), 10, None, 7, 32, 32),
+    "deepseek_shard": (DSV3, 32, (8, 8), 6, 32, 32),
+    "moge": (RoutingConfig(top_k=4, moge_groups=2, renormalize=True), 8, None, 4, 32, 32),
+    "all_one_expert": (RoutingConfig(top_k=1), 6, None, 16, 32, 32),
+}
+
+
+def _problem(name: str, dtype: torch.dtype, device: torch.device):
+    cfg, c, shard, t, h, inter = CASES[name]
+    g = torch.Generator().manual_seed(len(name))
+    e = shard[1] if shard else c - cfg.num_null_experts
+    x = torch.randn(t, h, generator=g).to(dtype)
+    w13 = (torch.randn(e, 2 * inter, h, generator=g) * h**-0.5).to(dtype)
+    w2 = (torch.randn(e, h, inter, generator=g) * inter**-0.5).to(dtype)
+    logits = torch.randn(t, c, generator=g) * 2
+    if name == "all_one_expert":
+        logits[:, 3] += 50.0
+    bias = torch.randn(c, generator=g) * 0.1 if cfg.n_groups > 1 else None
+    ids, w = route_reference(logits, cfg, bias)
+    if shard is not None:
+        ids, w = localize(ids, w, *shard)
+    ref = experts_reference(x.float(), w13.float(), w2.float(), ids, w)
+    on = lambda v: None if v is None else v.to(device)  # noqa: E731
+    return cfg, shard, on(x), on(w13), on(w2), on(logits), on(bias), on(ids), on(w), ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(CASES))
+def test_decode_routes_and_matches_reference(name, dtype, device: torch.device) -> None:
+    cfg, shard, x, w13, w2, logits, bias, _, _, ref = _problem(name, dtype, device)
+    out = moe_decode(x, w13, w2, logits=logits, routing=cfg, bias=bias, local_experts=shard)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert rel_err(out.float(), ref) < TOLERANCE[dtype]  # inf if any row was left unwritten
+
+
+@pytest.mark.parametrize("name", ["one_token", "null_top_p", "deepseek_shard", "all_one_expert"])
+def test_decode_from_given_ids(name, device: torch.device) -> None:
+    *_, x, w13, w2, _, _, ids, w, ref = _problem(name, torch.float32, device)
+    out = moe_decode(x, w13, w2, topk_ids=ids, topk_weights=w)
+    assert rel_err(out, ref) < TOLERANCE[torch.float32]
+
+
+def test_all_null_slots_give_zeros(device: torch.device) -> None:
+    *_, x, w13, w2, _, _, ids, w, _ = _problem("decode_batch", torch.float32, device)
+    out = moe_decode(x, w13, w2, topk_ids=torch.full_like(ids, -1), topk_weights=w * 0)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_layer_entry_points_take_the_decode_config(device: torch.device) -> None:
+    cfg, shard, x, w13, w2, logits, bias, ids, w, ref = _problem(
+        "deepseek_shard", torch.float32, device
+    )
+    layer_cfg = {
+        "BLOCK_M": 16,
+        "gate_up": {},
+        "down": {},  # unused: decode runs instead
+        "decode": dict(BLOCK_I=16, BLOCK_K=16, BLOCK_H=16, num_warps=4, num_stages=1),
+    }
+    out = moe_from_logits(x, logits, w13, w2, cfg, bias, layer_cfg, shard)
+    assert rel_err(out, ref) < TOLERANCE[torch.float32]
+    assert rel_err(moe_experts(x, w13, w2, ids, w, layer_cfg), ref) < TOLERANCE[torch.float32]
+
+
+def test_bad_arguments_say_what_to_fix(device: torch.device) -> None:
+    cfg, _, x, w13, w2, logits, *_ = _problem("one_token", torch.float32, device)
+    with pytest.raises(ValueError, match="tokens"):
+        moe_decode(
+            torch.zeros(0, x.shape[1], device=device), w13, w2, logits=logits[:0], routing=cfg
+        )
+    big = x.expand(MAX_DECODE_TOKENS + 1, -1)
+    with pytest.raises(ValueError, match="tokens"):
+        moe_decode(big, w13, w2, logits=logits.expand(big.shape[0], -1), routing=cfg)
+    with pytest.raises(ValueError, match="do not fit"):
+        moe_decode(x, w13, w2[:, :-1], logits=logits, routing=cfg)
+    with pytest.raises(ValueError, match="routing"):
+        moe_decode(x, w13, w2, logits=logits)
+    with pytest.raises(ValueError, match="topk_ids"):
+        moe_decode(x, w13, w2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_decode_replays_from_a_cuda_graph() -> None:
+    cfg, _, x, w13, w2, logits, *_ = _problem("decode_batch", torch.bfloat16, torch.device("cuda"))
+    run = lambda: moe_decode(x, w13, w2, logits=logits, routing=cfg)  # noqa: E731
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    for _ in range(20):  # fresh accumulator every replay, no lost atomic update
+        x.copy_(torch.randn_like(x))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        ids, w = route_reference(logits, cfg)
+        ref = experts_reference(x.float(), w13.float(), w2.float(), ids, w)
+        assert rel_err(captured.float(), ref) < TOLERANCE[torch.bfloat16]
