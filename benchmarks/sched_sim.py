@@ -1,4 +1,4 @@
-"""Scheduling simulator: the live scheduler's policy code (`serving.schedule`) over measured costs.
+"""Scheduling simulator: the live scheduler's policy code (`serving.policy`) over measured costs.
 
     python -m benchmarks.sched_sim [--costs benchmarks/sched_costs.json] [--requests 2000]
 
@@ -18,11 +18,11 @@ import heapq
 import json
 import math
 import random
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from serving.schedule import POLICIES, Dispatch, ExpertView, Policy, SchedulerConfig, Swap
+from serving.policy import POLICIES, Dispatch, ExpertState, Policy, SchedulerConfig, Swap
 
 COSTS = Path(__file__).with_name("sched_costs.json")
 
@@ -100,26 +100,15 @@ class SimResult:
         return self.answered / self.makespan if self.makespan else 0.0
 
 
-@dataclass
-class _State:
-    name: str
-    queue: deque = field(default_factory=deque)  # (arrival time, index)
-    resident: bool = False
-    loading: bool = False
-    inflight: int = 0
-    loaded_at: float = 0.0
-    last_used: float = 0.0
-    served: int = 0
-
-    def view(self) -> ExpertView:
-        return ExpertView(self.name, tuple(a for a, _ in self.queue), self.resident, self.loading,
-                          self.inflight, self.loaded_at, self.last_used, self.served)  # fmt: skip
+class _Queued(NamedTuple):
+    enqueued: float  # arrival time
+    index: int  # position in the trace
 
 
 def simulate(policy: Policy, trace: list[Arrival], slots: int, costs: Costs) -> SimResult:
     """Replay `trace` under `policy`; every request is answered (or this raises)."""
     names = sorted({a.expert for a in trace})
-    states = {n: _State(n) for n in names}
+    states = {n: ExpertState(n) for n in names}
     events: list[tuple[float, int, str, object]] = []
     seq = 0
 
@@ -141,29 +130,25 @@ def simulate(policy: Policy, trace: list[Arrival], slots: int, costs: Costs) -> 
             _, _, kind, payload = heapq.heappop(events)
             if kind == "arrive":
                 a = trace[payload]
-                states[a.expert].queue.append((a.t, payload))
+                states[a.expert].queue.append(_Queued(a.t, payload))
             elif kind == "batch":
                 name, idx = payload
-                states[name].inflight -= 1
-                states[name].last_used = now
+                states[name].batch_done(now)
                 for i in idx:
                     done[i] = now
             elif kind == "swap":
-                s = states[payload]
-                s.loading, s.resident, s.loaded_at, s.last_used, s.served = False, True, now, now, 0
+                states[payload].loaded(now)
             else:
                 timers.discard(payload)
         plan = policy.plan(now, [s.view() for s in states.values()], slots)
         for action in plan.actions:
             if isinstance(action, Dispatch):
                 s = states[action.expert]
-                jobs = [s.queue.popleft() for _ in range(min(action.size, len(s.queue)))]
-                waits.extend(now - t for t, _ in jobs)
-                s.inflight += 1
-                s.served += 1
-                s.last_used = now
+                jobs = s.take(action.size)
+                waits.extend(now - j.enqueued for j in jobs)
+                s.dispatched(now)
                 batches += 1
-                push(now + costs.batch(len(jobs)), "batch", (s.name, [i for _, i in jobs]))
+                push(now + costs.batch(len(jobs)), "batch", (s.name, [j.index for j in jobs]))
             elif isinstance(action, Swap):
                 if action.evict is not None:
                     states[action.evict].resident = False
@@ -231,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     config = SchedulerConfig(max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_s)
     rows = run_grid(costs, args.requests, args.rate, grid, args.seed, config)
     body = (
-        f"Simulated with the live scheduler's policy code (`serving.schedule`) and costs measured "
+        f"Simulated with the live scheduler's policy code (`serving.policy`) and costs measured "
         f"on vLLM CPU (`{args.costs.name}`): swap {costs.swap_s:.1f} s; batch time by size "
         + ", ".join(f"{b}: {t:.2f} s" for b, t in sorted(costs.batch_s.items()))
         + f". {args.requests} requests per row, Poisson arrivals at {args.rate:g}/s, MMLU-Pro dev "

@@ -8,7 +8,8 @@ The request pipeline, one module per stage:
     ingress            serving/ingress.py     HTTP, validation, limits, errors mapped once, SSE
     classify           router/classify.py     MiniLM embedding + trained head → P(skill), confidence
     recruit            router/recruit.py      skill-weighted competence − λ·cost → expert(s)
-    schedule           serving/schedule.py    per-expert queues, batches, residency (serving/residency.py)
+    schedule           serving/schedule.py    per-expert queues, batches, residency (serving/residency.py);
+                       the policy (batch-by-expert / FIFO) in serving/policy.py
     expert engines     serving/engines.py     ExpertClient: hosted vLLM (experts/engine.py) or HTTP
     aggregate          serving/aggregate.py   vote / synthesis / most confident
 

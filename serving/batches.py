@@ -33,6 +33,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from experts.errors import InvalidRequestError, QuorumError
+from router import RoutingDecision
 from serving import protocol
 from serving._batch_store import BatchStore, NotFoundError
 
@@ -164,13 +165,13 @@ class BatchRunner:
     async def _execute(self, batch: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         done = self.store.read_results(batch["id"])
         pending = [row for row in lines if row["custom_id"] not in done]
-        groups = await self._group_by_expert(pending)
+        groups, decisions = await self._group_by_expert(pending)
         counts = self._counts(batch, len(lines))
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(row: dict[str, Any]) -> None:
             async with gate:
-                record = await self._answer(row)
+                record = await self._answer(row, decisions.get(row["custom_id"]))
             cancelling = self.store.get_batch(batch["id"])["status"] == "cancelling"
             if cancelling and record["response"]["status_code"] != 200:
                 return  # cut short by the cancel, not a failure of the request
@@ -185,24 +186,28 @@ class BatchRunner:
         if current["status"] == "in_progress":
             self.store.save_batch(current | {"status": "finalizing", "finalizing_at": int(time.time())})
 
-    async def _group_by_expert(self, rows: Iterable[dict[str, Any]]) -> dict[str, list[dict]]:
-        """Route every request once to learn its (first) expert; unroutable rows form a group of
-        their own and fail with their error when answered."""
+    async def _group_by_expert(
+        self, rows: Iterable[dict[str, Any]]
+    ) -> tuple[dict[str, list[dict]], dict[str, RoutingDecision]]:
+        """Route every request once: groups by (first) expert, and each row's decision, which
+        answering reuses. Unroutable rows form a group of their own and fail with their error
+        when answered."""
         rows = list(rows)
+        decisions: dict[str, RoutingDecision] = {}
 
         async def expert_of(row: dict[str, Any]) -> str:
             try:
-                request = self._request(row)
-                decision = await self.service.route(request.last_user_text(), request.model)
-                return ",".join(decision.experts)
+                decision = await self.service.decide(self._request(row))
             except QuorumError:
                 return ""
+            decisions[row["custom_id"]] = decision
+            return ",".join(decision.experts)
 
         keys = await asyncio.gather(*(expert_of(r) for r in rows))
         groups: dict[str, list[dict]] = {}
         for key, row in zip(keys, rows, strict=True):
             groups.setdefault(key, []).append(row)
-        return groups
+        return groups, decisions
 
     def _request(self, row: dict[str, Any]) -> protocol.ChatCompletionRequest:
         from serving.ingress import check_limits
@@ -212,11 +217,11 @@ class BatchRunner:
         check_limits(request, limits)
         return request
 
-    async def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, row: dict[str, Any], decision: RoutingDecision | None) -> dict[str, Any]:
         record: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex[:24]}",
                                   "custom_id": row["custom_id"], "error": None}  # fmt: skip
         try:
-            body, _headers = await self.service.complete(self._request(row))
+            body, _headers = await self.service.complete(self._request(row), decision)
             record["response"] = {"status_code": 200, "request_id": body["id"], "body": body}
         except QuorumError as exc:
             record["response"] = {"status_code": exc.status, "request_id": None,

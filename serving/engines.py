@@ -15,6 +15,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -60,6 +61,34 @@ async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
     return "".join(parts), last
 
 
+async def stream_from_handle(name: str, response: Any) -> AsyncIterator[Delta]:
+    """Deltas of a streaming Ray Serve call (`DeploymentResponseGenerator`), typed errors unwrapped.
+
+    A consumer that stops early (client gone, batch cancelled, timeout) cancels the replica's
+    request: Ray does not do that by itself, and the engine would generate to the end.
+    """
+    finished = False
+    try:
+        async for delta in response:
+            yield delta
+        finished = True
+    except Exception as exc:
+        finished = True  # the call is over; nothing to cancel
+        # Ray wraps remote exceptions (as a RayTaskError subclass of the original's class);
+        # a QuorumError raised in the replica is its `cause`: re-raise that, unwrapped.
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, QuorumError):
+            raise cause from None
+        if isinstance(exc, QuorumError):
+            raise
+        raise ExpertUnavailableError(
+            f"expert '{name}' failed: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+    finally:
+        if not finished:
+            response.cancel()
+
+
 class HandleExpertClient(ExpertClient):
     """An expert hosted by Quorum: a Ray Serve deployment (`serving.app.VLLMExpertServer`)."""
 
@@ -67,21 +96,8 @@ class HandleExpertClient(ExpertClient):
         self.name = name
         self._handle = handle.options(stream=True)
 
-    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        try:
-            async for delta in self._handle.stream_chat.remote(request):
-                yield delta
-        except Exception as exc:
-            # Ray wraps remote exceptions (as a RayTaskError subclass of the original's class);
-            # a QuorumError raised in the replica is its `cause`: re-raise that, unwrapped.
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, QuorumError):
-                raise cause from None
-            if isinstance(exc, QuorumError):
-                raise
-            raise ExpertUnavailableError(
-                f"expert '{self.name}' failed: {type(exc).__name__}: {str(exc)[:300]}"
-            ) from None
+    def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        return stream_from_handle(self.name, self._handle.stream_chat.remote(request))
 
 
 class OpenAIHTTPExpertClient(ExpertClient):

@@ -78,14 +78,11 @@ class ChatService:
         ]  # fmt: skip
         return rows
 
-    async def _prepare(
-        self, request: protocol.ChatCompletionRequest
-    ) -> tuple[str, RoutingDecision, AsyncIterator[Delta], dict]:
-        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        t0 = time.perf_counter()
+    async def decide(self, request: protocol.ChatCompletionRequest) -> RoutingDecision:
+        """Route `request` (classify + recruit) within `router.route_timeout_s`."""
         limit = self.registry.router.route_timeout_s
         try:
-            decision = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 self.route(request.last_user_text(), request.model), limit
             )
         except TimeoutError:
@@ -93,6 +90,14 @@ class ChatService:
                 f"routing took longer than {limit:g}s (router.route_timeout_s); the router is "
                 "overloaded: retry, or add router replicas"
             ) from None
+
+    async def _prepare(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> tuple[str, RoutingDecision, AsyncIterator[Delta], dict]:
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        t0 = time.perf_counter()
+        if decision is None:
+            decision = await self.decide(request)
         route_ms = (time.perf_counter() - t0) * 1000
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = ExpertRequest(
@@ -148,9 +153,12 @@ class ChatService:
                 request_id, answer.expert, status, last, time.perf_counter() - started
             )
 
-    async def complete(self, request: protocol.ChatCompletionRequest) -> tuple[dict, dict]:
-        """Non-streaming: the completion body and the response headers."""
-        request_id, decision, deltas, extension = await self._prepare(request)
+    async def complete(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> tuple[dict, dict]:
+        """Non-streaming: the completion body and the response headers. A caller that already
+        routed the request (the batch runner) passes its `decision`."""
+        request_id, decision, deltas, extension = await self._prepare(request, decision)
         parts: list[str] = []
         last: Delta | None = None
         async for delta in deltas:
@@ -201,9 +209,10 @@ class ChatService:
                 log.exception("request %s: stream failed", request_id)
                 yield protocol.sse(internal_error(request_id).to_openai())
                 return
-            yield protocol.sse(
-                protocol.chunk(request_id, model, created, {}, last.finish_reason or "stop")
-            )
+            # k > 1: the aggregation record is complete only now (failed experts, the winner).
+            final = {"aggregation": extension["aggregation"]} if "aggregation" in extension else None
+            yield protocol.sse(protocol.chunk(request_id, model, created, {},
+                                              last.finish_reason or "stop", extension=final))  # fmt: skip
             if include_usage:
                 yield protocol.sse(protocol.chunk(request_id, model, created, None,
                                                   usage=protocol.usage(last.prompt_tokens, last.completion_tokens)))  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -192,7 +193,12 @@ async def test_three_experts_one_wrong_through_the_http_api_vote_and_streamed_sy
             "router": {"experts_per_query": 3, "aggregation": "synthesis"}})  # fmt: skip
         async with c.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as s:
             lines = [line async for line in s.aiter_lines() if line.startswith("data: {")]
-    contents = [__import__("json").loads(x[6:])["choices"][0]["delta"].get("content")
-                for x in lines if '"choices": [{' in x or '"choices":[{' in x]  # fmt: skip
+    chunks = [json.loads(x[6:]) for x in lines]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     text = "".join(c for c in contents if c)
     assert text == "Two of three say C: the answer is (C)" and sum(1 for c in contents if c) > 3
+    # The aggregation record rides on the first chunk (who answered) and, complete, on the last.
+    first, last = chunks[0]["quorum"]["aggregation"], chunks[-1]["quorum"]["aggregation"]
+    assert first["mode"] == "synthesis" and first["aggregator"] == "m"
+    assert sorted(a["expert"] for a in last["answers"]) == ["g", "j", "m"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -105,6 +105,23 @@ async def test_batch_runs_grouped_by_expert_and_writes_output_in_input_order(tmp
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+async def test_each_request_is_routed_once(tmp_path):
+    routed: list[str] = []
+
+    async def counting_route(text: str, model: str) -> RoutingDecision:
+        routed.append(text)
+        return await route(text, model)
+
+    calls: list[str] = []
+    experts = {n: Expert(n, calls) for n in ("jurist", "mathematician")}
+    runner = BatchRunner(BatchStore(tmp_path), ChatService(REGISTRY, counting_route, experts))
+    file_id = runner.store.create_file(jsonl(QUESTIONS), "in.jsonl", "batch")["id"]
+    batch_id = runner.create({"input_file_id": file_id, "endpoint": "/v1/chat/completions"})["id"]
+    batch = await runner.wait(batch_id)
+    assert batch["request_counts"]["completed"] == len(QUESTIONS)
+    assert sorted(routed) == sorted(QUESTIONS)  # grouping's decision is the one answered with
+
+
 async def test_cancel_stops_the_batch_and_keeps_what_finished(tmp_path):
     calls: list[str] = []
     gate = asyncio.Event()
