@@ -40,6 +40,7 @@ __all__ = [
     "Delta",
     "SleepNotSupportedError",
     "VLLMEngine",
+    "cpu_has_native_bf16",
     "vllm_available",
 ]
 
@@ -58,6 +59,21 @@ _CPU_DEFAULTS: dict[str, Any] = {
     "kv_cache_memory_bytes": 1 * _GiB,
     "distributed_executor_backend": "uni",
 }
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 avx512_bf16 / amx_bf16, Arm bf16).
+
+    Without it vLLM's CPU build emulates bf16, and float32 is much faster: SmolLM2-135M on this
+    project's 2-core AVX2 machine, 8 MMLU-Pro prompts (1,666 tokens) with 16 new tokens each,
+    took 76.5 s in bf16 and 14.4 s in float32; one prompt 10.5 s vs 3.2 s.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return True  # unknown: keep the model's own dtype
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,9 @@ class VLLMEngine:
         if current_platform.is_cpu():
             for key, value in _CPU_DEFAULTS.items():
                 kwargs.setdefault(key, value)
+            if kwargs.get("dtype", "auto") == "auto" and not cpu_has_native_bf16():
+                kwargs["dtype"] = "float32"
+                logger.info("this CPU has no native bf16 (avx512_bf16 / amx_bf16): float32 weights")
         if kwargs.get("enable_sleep_mode") and not _platform_supports_sleep():
             raise SleepNotSupportedError(
                 f"enable_sleep_mode=True was requested but vLLM's {current_platform.device_name} "

@@ -143,9 +143,11 @@ class QuorumIngress:
             auth_keys or [], redis_url or os.environ.get("QUORUM_REDIS_URL")
         )
         clients: dict[str, ExpertClient] = {}
+        self.scheduler = None  # the expert pool's snapshot, with residency
         for expert in self.registry.experts:
             if expert.backend == "vllm" and self.registry.residency is not None:
                 clients[expert.name] = PoolExpertClient(expert.name, experts[expert.name])
+                self.scheduler = experts[expert.name].snapshot.remote
             elif expert.backend == "vllm":
                 clients[expert.name] = HandleExpertClient(expert.name, experts[expert.name])
             else:
@@ -162,7 +164,7 @@ class QuorumIngress:
         self.service = ChatService(self.registry, route, clients, observer)
 
     def __serve_build_asgi_app__(self):
-        api = create_api(self.service, self.audit, auth=self.auth)
+        api = create_api(self.service, self.audit, auth=self.auth, scheduler=self.scheduler)
         install_batches(api, self.service, quorum_home() / "batches")  # /v1/files, /v1/batches
         return api
 

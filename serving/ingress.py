@@ -221,6 +221,14 @@ class ChatService:
         return events(), routing_headers(request_id, decision, extension)
 
 
+class SchedulerNotConfiguredError(QuorumError):
+    """`GET /admin/scheduler` on a server without expert residency."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "scheduler_not_configured"
+
+
 def answered_by(decision: RoutingDecision, extension: dict) -> str:
     """The expert whose answer is returned: the chosen one, or the last fallback's target."""
     fallbacks = extension.get("routing", {}).get("fallbacks") or []
@@ -320,10 +328,12 @@ def create_api(
     audit: AuditLog | None = None,
     admin_auth: AdminAuth | None = None,
     auth: Authenticator | None = None,
+    scheduler: Callable[[], Awaitable[dict]] | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible HTTP API over `service`, plus `GET /admin/routing/{request_id}` when
-    an `audit` log is given. `admin_auth` guards `/admin/...`; without it they are open (admin
-    authentication arrives with its own issue: pass its check here)."""
+    an `audit` log is given and `GET /admin/scheduler` (the expert pool's queues, residency and
+    totals) when a `scheduler` snapshot function is. `admin_auth` guards `/admin/...`; without it
+    they are open, unless `auth` (API keys) requires an admin key for them."""
     limits = service.registry.router
     api = FastAPI(
         title="Quorum", version="0.1.0", description="Skill-routed mixture of expert LLMs."
@@ -379,6 +389,21 @@ def create_api(
         check_limits(chat_request, limits)
         decision = await service.route(chat_request.last_user_text(), chat_request.model)
         return decision.to_dict()
+
+    @api.get("/admin/scheduler")
+    async def scheduler_state(request: Request) -> Response:
+        """Quorum extension: per expert queue depth, oldest wait, residency; batches and swaps."""
+        try:
+            if admin_auth is not None:
+                await admin_auth(request)
+            if scheduler is None:
+                raise SchedulerNotConfiguredError(
+                    "this server has no `residency` section: every hosted expert keeps its own "
+                    "engine and nothing queues per expert; add `residency: {slots: N}` to the "
+                    "registry to share N slots batch by expert")  # fmt: skip
+            return JSONResponse(await scheduler())
+        except QuorumError as exc:
+            return error_response(exc)
 
     @api.get("/admin/routing/{request_id}")
     async def routing_record(request_id: str, request: Request) -> Response:

@@ -202,3 +202,38 @@ async def test_closing_a_queued_stream_removes_it_from_the_queue():
     await stream.aclose()
     assert sched.snapshot()["experts"]["a"]["queued"] == 0
     await sched.close()
+
+
+async def test_admin_scheduler_endpoint_shows_queues_and_totals():
+    import httpx
+
+    from experts.registry import parse_registry
+    from router import RoutingDecision
+    from serving.ingress import ChatService, create_api
+
+    registry = parse_registry({"skills": ["law", "math"],
+                               "experts": [{"name": n, "model": "m"} for n in "ab"]})  # fmt: skip
+    cfg = SchedulerConfig(slots=1, max_batch_size=8, max_batch_wait_s=0.02, swap_cost_s=0.05)
+    sched = Scheduler(BatchByExpertPolicy(cfg), SlotManager(FakeFactory(), 1), ["a", "b"])
+
+    async def route(text: str, model: str) -> RoutingDecision:
+        return RoutingDecision(model, [model], [], None, None)
+
+    async def snapshot() -> dict:
+        return sched.snapshot()
+
+    service = ChatService(registry, route, {n: ScheduledExpertClient(n, sched) for n in "ab"})
+    transport = httpx.ASGITransport(app=create_api(service, scheduler=snapshot))
+    plain = httpx.ASGITransport(app=create_api(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://q") as c:
+        bodies = [{"model": m, "messages": [{"role": "user", "content": "hi"}]} for m in "aab"]
+        answers = await asyncio.gather(*(c.post("/v1/chat/completions", json=b) for b in bodies))
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        state = (await c.get("/admin/scheduler")).json()
+    assert state["policy"] == "batch" and state["swaps"] == 2 and state["batches"] == 2
+    assert {n: e["queued"] for n, e in state["experts"].items()} == {"a": 0, "b": 0}
+    async with httpx.AsyncClient(transport=plain, base_url="http://q") as c:
+        missing = await c.get("/admin/scheduler")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "scheduler_not_configured"
+    await sched.close()
