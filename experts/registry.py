@@ -223,7 +223,9 @@ class RouterConfig(_Strict):
         gt=0,
         description="Time limit for an expert's first token, per attempt; a late expert counts as "
         "failed and the next one is tried (an expert with no live replica queues requests rather "
-        "than refusing them, so this is what notices it). None: the expert's own `timeout_s`.",
+        "than refusing them, so this is what notices it). None: the expert's own `timeout_s`. "
+        "With `residency`, a hosted expert's first-token and answer limits also allow "
+        "`max_wait_s` + 2 x `swap_cost_s` of queueing.",
     )
     faults: FaultConfig = Field(
         default_factory=FaultConfig,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from experts.engine import Delta
 from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError, QuorumError
-from experts.registry import FaultConfig, Registry
+from experts.registry import Expert, FaultConfig, Registry
 from serving.engines import ExpertClient, ExpertRequest
 
 __all__ = ["CircuitBreaker", "FallbackStream", "FaultPolicy", "fallback_order", "metric_fallback"]
@@ -282,11 +282,25 @@ class FaultPolicy:
             ranked = ranked[:1]
         return FallbackStream(self, request, ranked, buffered)
 
+    def queue_allowance(self, spec: Expert) -> float:
+        """Seconds a request may wait in the scheduler's queue before its expert starts on it.
+
+        With `residency`, a hosted expert's request waits for its batch and, when the expert is
+        not loaded, for a swap; the policy bounds that wait by about `max_wait_s` plus a batch
+        and a swap. That much is added to the first-token and answer deadlines, which otherwise
+        would count an engine load (30-90 s on vLLM CPU) as a dead expert."""
+        r = self.registry.residency
+        if r is None or spec.backend != "vllm":
+            return 0.0
+        return r.max_wait_s + 2 * r.swap_cost_s
+
     async def attempt(self, expert: str, request: ExpertRequest) -> AsyncIterator[Delta]:
         """One try on one expert, with the per-stage deadlines: first token, then the whole answer."""
         spec = self.registry.expert(expert)
-        total = spec.timeout_s
-        first = min(self.registry.router.first_token_timeout_s or total, total)
+        queued = self.queue_allowance(spec)
+        total = spec.timeout_s + queued
+        first = min(self.registry.router.first_token_timeout_s or spec.timeout_s, spec.timeout_s)
+        first += queued
         loop = asyncio.get_running_loop()
         start = loop.time()
         iterator = aiter(self.clients[expert].stream_chat(request))
@@ -301,9 +315,11 @@ class FaultPolicy:
                     break
                 except TimeoutError:
                     stage, limit = ("answer", total) if seen else ("first token", first)
+                    field = "timeout_s" if seen else "router.first_token_timeout_s"
+                    if queued:
+                        field += " + the residency queue allowance"
                     raise ExpertTimeoutError(
-                        f"expert '{expert}' gave no {stage} within {limit:g}s (registry: "
-                        f"{'timeout_s' if seen else 'router.first_token_timeout_s'})"
+                        f"expert '{expert}' gave no {stage} within {limit:g}s (registry: {field})"
                     ) from None
                 except (
                     QuorumError

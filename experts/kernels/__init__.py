@@ -1,4 +1,5 @@
-"""Triton kernels for the sparse MoE layer: route -> align -> gate_up -> down -> combine.
+"""Triton kernels for the sparse MoE layer: route -> align -> gate_up -> down -> combine, and
+for decode (T <= 16) `moe_decode`, all of it after the router GEMM in one launch.
 
 The plain-PyTorch references (`experts.kernels.reference`) import anywhere; the kernels need
 Triton and are loaded on first use, so importing this package never requires it.
@@ -25,6 +26,7 @@ _LAZY = {
     "down": "experts.kernels.grouped_gemm",
     "combine": "experts.kernels.grouped_gemm",
     "get_config": "experts.kernels.configs",
+    "moe_decode": "experts.kernels.decode",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "experts_reference",
     "gate_up",
     "get_config",
+    "moe_decode",
     "moe_reference",
     "route",
     "route_reference",

@@ -11,7 +11,7 @@ from experts.errors import ExpertError, ExpertUnavailableError
 from experts.registry import parse_registry
 from router import Router
 from router.classify import CentroidHead, EmbeddingSkillClassifier
-from serving.engines import ExpertClient
+from serving.engines import ExpertClient, ExpertRequest
 from serving.faults import CircuitBreaker, FaultPolicy, fallback_order
 from serving.ingress import ChatService, create_api
 from skills.store import InMemoryStateStore
@@ -270,3 +270,32 @@ def test_a_half_open_expert_keeps_its_probe_slot_when_a_better_expert_answers():
     clock.now += 10  # half-open
     assert ask(client).json()["model"] == "best"  # never reached 'second'
     assert policy.breaker("second").allow()  # so its probe is still available
+
+
+def test_residency_queueing_is_not_a_first_token_timeout():
+    # A hosted expert behind the scheduler waits for its batch or a swap before any token: the
+    # deadlines allow max_wait_s + 2 x swap_cost_s on top of the first-token limit.
+    class Queued(Expert):
+        async def stream_chat(self, request):
+            await asyncio.sleep(0.6)  # an engine load, longer than first_token_timeout_s (0.3)
+            async for delta in super().stream_chat(request):
+                yield delta
+
+    queued = parse_registry(registry().model_dump(mode="json") | {
+        "residency": {"slots": 1, "max_wait_s": 0.4, "swap_cost_s": 0.2}})  # fmt: skip
+    plain = registry()
+    for reg, status in ((queued, 200), (plain, 504)):
+        policy = FaultPolicy({"best": Queued("best")}, reg, retry_delay_s=0)
+        assert policy.queue_allowance(reg.expert("best")) == (0.8 if reg is queued else 0.0)
+        request = ExpertRequest("r", [{"role": "user", "content": "x"}], max_tokens=4)
+
+        async def run(p=policy, r=request):
+            return [d.text async for d in p.attempt("best", r)]
+
+        try:
+            assert asyncio.run(run()) == ["best ok", ""]
+            got = 200
+        except ExpertError as exc:
+            got = exc.status
+            assert "first token within 0.3s" in exc.message
+        assert got == status
