@@ -184,7 +184,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="a previous run's JSON (same trace arguments): keep its rows and demo, "
                    "run only --policies (to finish a run that was stopped between policies)")
     p.add_argument("--out", default="benchmarks/out/scheduling.json")
+    p.add_argument("--report-from", default=None,
+                   help="rewrite the RESULTS.md section from a finished run's JSON (--out) and "
+                   "benchmarks/sched_costs.json, without running anything")
     args = p.parse_args(argv)
+    if args.report_from:
+        with open(args.report_from) as fh:
+            done = json.load(fh)
+        cmd = "python -m benchmarks.scheduling " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in done["args"].items()
+            if v not in (None, False) and k not in ("report_from", "policies", "seed", "swap_cost_s"))
+        report(done, json.loads(COSTS.read_text()), cmd.replace(" True", ""))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from experts.engine import _platform_supports_sleep
@@ -222,10 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     rows.sort(key=lambda r: list(POLICIES).index(r["policy"]))
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
+    command = "python -m benchmarks.scheduling " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.merge:  # rows kept from earlier commands on the same trace
+        command = "`, then `".join([*result["commands"], command])
+    report(result, costs, command)
+
+
+def report(result: dict[str, Any], costs: dict, command: str) -> None:
+    """Print the run's table and write it to benchmarks/RESULTS.md."""
+    from experts.engine import cpu_has_native_bf16
+
+    args = argparse.Namespace(**result["args"])
+    rows = result["rows"]
     swaps = [s for r in rows for s in r["swap_log"]]
     body = (
         f"{args.experts} experts (copies of SmolLM2-135M-Instruct under other names, each its own "
-        f"vLLM CPU engine), {args.slots} slot(s); one trace of {args.requests} requests "
+        f"vLLM CPU engine, {'bf16' if cpu_has_native_bf16() else 'float32: this CPU has no native bf16'}), "
+        f"{args.slots} slot(s); one trace of {args.requests} requests "
         f"(Poisson, {args.rate:g}/s, MMLU-Pro dev prompts, expert by category), max_tokens "
         f"{args.max_tokens}, greedy; "
         + ("both policies in the same run" if not args.merge else "the rows come from the "
@@ -237,10 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         f"n={len(swaps)}), evict (shutdown) mean {costs['swap_s'] - statistics.mean(costs['load_s']):.1f} s. "
         "Batch time by size (mean s): "
         + ", ".join(f"{b}: {v:.1f}" for b, v in costs["batch_s"].items())
-        + ". The machine's 2 cores are shared with other jobs (1-minute load average at the end of "
-        "each policy's run: " + ", ".join(f"{r['policy']} {r['loadavg']:.0f}" for r in rows
-                                           if "loadavg" in r) + "; 20-40 seen during the first "
-        "run), which inflates every number; the ratio is the result."
+        + ". 1-minute load average of the 2 shared cores at the end of each policy's run: "
+        + ", ".join(f"{r['policy']} {r['loadavg']:.1f}" for r in rows if "loadavg" in r)
+        + " (other jobs inflate every time; the ratio is the result)."
     )
     if "demo" in result:
         d = result["demo"]
@@ -252,9 +275,6 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     from benchmarks._results import machine_description, write_section
 
-    command = "python -m benchmarks.scheduling " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.merge:  # rows kept from earlier commands on the same trace
-        command = "`, then `".join([*result["commands"], command])
     write_section("scheduling", "Scheduling, live (batch-by-expert vs FIFO, vLLM CPU)", command,
                   machine_description(), body)  # fmt: skip
 
