@@ -112,6 +112,28 @@ async def run_load(url: str, seconds: float, rate: float | None, concurrency: in
     """`concurrency` workers for `seconds`, paced to `rate` req/s in total (None: as fast as the
     service answers). `events`: (second, fn) — `fn(client, t0)` coroutine functions, or plain
     functions run in a thread — started that many seconds into the run."""
+    t0 = time.perf_counter()
+    return await _load(url, lambda: time.perf_counter() - t0 < seconds, rate, concurrency, events)
+
+
+async def run_load_until(url: str, event, after_s: float, rate: float | None, concurrency: int,
+                         limit_s: float = 900) -> Stats:  # fmt: skip
+    """Like `run_load`, but until `event` (a `threading.Event`) is set and `after_s` seconds
+    more; at most `limit_s` in all, so a test waiting on state that never comes still ends."""
+    t0 = time.perf_counter()
+    seen: list[float] = []
+
+    def running() -> bool:
+        now = time.perf_counter()
+        if event.is_set() and not seen:
+            seen.append(now)
+        return now - t0 < limit_s and (not seen or now - seen[0] < after_s)
+
+    return await _load(url, running, rate, concurrency, None)
+
+
+async def _load(url: str, running, rate: float | None, concurrency: int,
+                events: list[tuple[float, object]] | None) -> Stats:  # fmt: skip
     import httpx
 
     stats = Stats()
@@ -119,11 +141,11 @@ async def run_load(url: str, seconds: float, rate: float | None, concurrency: in
     next_slot = [t0]
 
     async def worker(client) -> None:
-        while time.perf_counter() - t0 < seconds:
+        while running():
             if rate:
                 slot = next_slot[0] = max(next_slot[0] + 1 / rate, time.perf_counter())
                 await asyncio.sleep(max(0.0, slot - time.perf_counter()))
-                if time.perf_counter() - t0 >= seconds:
+                if not running():
                     return
             await one_request(client, url, LOAD_KEY, stats, t0)
 
@@ -197,15 +219,22 @@ def rss_table(start: dict, end: dict) -> str:
     return "\n".join(rows)
 
 
-def kill_replica(driver_pid: int, expert: str) -> str:
-    """SIGKILL the Serve replica process hosting `expert`; what was killed."""
+def replica_pid(driver_pid: int, expert: str) -> int:
+    """The pid of the Serve replica process hosting `expert` (its engine core is a child)."""
     # The process title is `ray::ServeReplica:<app>:<deployment>[.<method being run>]`.
     pattern = re.compile(rf"ServeReplica:[^:\s]+:expert-{re.escape(expert)}(\.|$)")
     for pid, (label, _) in quorum_processes(driver_pid).items():
         if pattern.match(label):
-            os.kill(pid, signal.SIGKILL)
-            return f"{label} (pid {pid})"
+            return pid
     raise RuntimeError(f"no replica process of expert {expert} found")
+
+
+def kill_replica(driver_pid: int, expert: str) -> str:
+    """SIGKILL the Serve replica process hosting `expert`; what was killed."""
+    pid = replica_pid(driver_pid, expert)
+    label = quorum_processes(driver_pid).get(pid, ("?", 0))[0]
+    os.kill(pid, signal.SIGKILL)
+    return f"{label} (pid {pid})"
 
 
 # -- setup ------------------------------------------------------------------------------------

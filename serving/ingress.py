@@ -360,7 +360,9 @@ def create_api(
 
     @api.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "experts": [e.name for e in service.registry.experts]}
+        # `breakers`: each used expert's circuit breaker (closed, open or half_open) on this replica.
+        return {"status": "ok", "experts": [e.name for e in service.registry.experts],
+                "breakers": service.faults.states()}  # fmt: skip
 
     @api.get("/v1/models")
     async def models() -> dict:

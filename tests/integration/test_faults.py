@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -16,9 +17,10 @@ import pytest
 
 from benchmarks.load import (
     LOAD_KEY,
-    kill_replica,
     publish_profile,
+    replica_pid,
     run_load,
+    run_load_until,
     wait_ready,
     write_keys,
 )
@@ -95,15 +97,56 @@ def quorum_with_keys(own_redis, tmp_path):
     stop(proc)
 
 
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    """Poll `check()` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} did not happen within {timeout:g}s")
+
+
+def breaker_state(url: str, expert: str) -> str | None:
+    import httpx
+
+    return httpx.get(f"{url}/health", timeout=10).json()["breakers"].get(expert)
+
+
 def test_killing_an_expert_replica_and_restarting_redis_under_load(quorum_with_keys, own_redis):
+    """The expert `auto` picks is made unavailable for certain, not by racing Ray's restart:
+    its replica is frozen (SIGSTOP), so Serve keeps sending it requests that never start, and only
+    Quorum's first-token timeout and breaker can move traffic to the fallback. Once the breaker is
+    seen open, the frozen replica is SIGKILLed; Ray replaces it, and the expert must come back."""
     url, proc, _ = quorum_with_keys
+    target, fallback = "smollm2-135m", "gemma3-270m"  # `auto` picks smollm2 (equal priors, cheaper)
     asyncio.run(run_load(url, 10, None, 2))  # warm-up
-    killed: list[str] = []
-    stats = asyncio.run(run_load(url, 60, 1.0, 4, [
-        (15, lambda: killed.append(kill_replica(proc.pid, "smollm2-135m")))]))  # fmt: skip
-    assert killed, "no replica was killed"
+    pid = replica_pid(proc.pid, target)
+    os.kill(pid, signal.SIGSTOP)
+    opened = threading.Event()
+    try:
+        # Load until the breaker is open, then 20 s more: those requests skip the frozen expert.
+        def watch() -> None:
+            wait_for(f"{target}'s breaker opening", lambda: breaker_state(url, target) == "open",
+                     timeout=240)  # fmt: skip
+            opened.set()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        stats = asyncio.run(run_load_until(url, opened, after_s=20, rate=1.0, concurrency=4))
+        watcher.join(1)
+    finally:
+        os.kill(pid, signal.SIGKILL)  # Ray replaces the replica: a fresh engine loads
+    assert opened.is_set(), f"{target}'s breaker never opened: {stats.summary()}"
     assert stats.failed() <= max(1, stats.total // 100), stats.errors[:5]
-    assert stats.status[200] > 0 and "gemma3-270m" in stats.experts  # the fallback answered
+    assert stats.experts[fallback] > 0, stats.summary()  # the fallback answered
+    assert any(k.startswith(f"{target}→{fallback}") for k in stats.fallbacks), stats.summary()
+    # The expert comes back: a request naming it is answered (which also closes its breaker).
+    wait_ready(url, [target], timeout=600)
+    assert breaker_state(url, target) == "closed"
+    back = asyncio.run(run_load(url, 10, 1.0, 1))
+    assert back.failed() == 0 and back.experts[target] > 0, back.summary()
 
     restarted = threading.Event()
     stats = asyncio.run(run_load(url, 45, 1.0, 4, [
