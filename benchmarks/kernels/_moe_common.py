@@ -8,7 +8,7 @@ from functools import partial
 
 import torch
 
-from experts.kernels.reference import RoutingConfig, route_reference
+from experts.moe.kernels.reference import RoutingConfig, route_reference
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def grouped_mm_layer(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tenso
 
 def triton_layer(x: torch.Tensor, shape: MoEShape, p: Params, config: dict | None = None):
     """The Quorum layer: Triton routing, alignment, grouped GEMMs and combine."""
-    from experts.moe import moe_from_logits
+    from experts.moe.layer import moe_from_logits
 
     return moe_from_logits(x, logits_of(x, shape, p), p.w13, p.w2, shape.routing, p.bias, config,
                            shape.local)

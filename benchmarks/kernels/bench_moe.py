@@ -34,7 +34,7 @@ from benchmarks.kernels._moe_common import (
     triton_layer,
     work,
 )
-from experts.kernels.reference import TOLERANCE, rel_err
+from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
 

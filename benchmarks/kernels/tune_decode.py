@@ -4,9 +4,9 @@
 
 For each (shape, T) it times the whole layer (router GEMM to output, replayed from a CUDA graph,
 L2 flushed) on uniform plus skewed routing: first the current path from the checked-in table,
-then `experts.kernels.decode.moe_decode` over a small tile sweep. When the best decode config
+then `experts.moe.kernels.decode.moe_decode` over a small tile sweep. When the best decode config
 is at least 3% faster, it is written as the bucket's "decode" entry of DIR/<device>.json (copy it to
-experts/kernels/configs/); otherwise any old "decode" entry is dropped. The winner is then run
+experts/moe/kernels/configs/); otherwise any old "decode" entry is dropped. The winner is then run
 50 times against `torch._grouped_mm`'s layer (its fp32 atomics must never lose an update).
 """
 
@@ -25,8 +25,8 @@ import torch
 from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels.bench_moe import _graph
-from experts.kernels.configs import _load, device_key, get_config, shape_key
-from experts.kernels.reference import TOLERANCE, rel_err
+from experts.moe.kernels.configs import _load, device_key, get_config, shape_key
+from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.97  # the decode kernel must be at least 3% faster to be chosen

@@ -4,7 +4,7 @@
 
 For every (shape, T) it times `gate_up` and `down` alone over a small candidate set for each
 BLOCK_M, keeps the BLOCK_M with the least summed time, and writes the winners to
-DIR/<device>.json (copy it to experts/kernels/configs/). The time of a candidate is the sum over
+DIR/<device>.json (copy it to experts/moe/kernels/configs/). The time of a candidate is the sum over
 uniform and skewed routing (a config must not collapse when experts are unevenly loaded); bf16.
 """
 
@@ -28,7 +28,7 @@ from benchmarks.kernels._moe_common import (
     skew_offsets,
     to_local,
 )
-from experts.kernels.configs import _load, device_key, shape_key
+from experts.moe.kernels.configs import _load, device_key, shape_key
 
 logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
@@ -64,9 +64,9 @@ def _time(fn) -> float:
 
 
 def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict, dict]:
-    from experts.kernels.align import align
-    from experts.kernels.grouped_gemm import down, gate_up
-    from experts.kernels.routing import route
+    from experts.moe.kernels.align import align
+    from experts.moe.kernels.grouped_gemm import down, gate_up
+    from experts.moe.kernels.routing import route
 
     shape = SHAPES[name]
     p = make_params(shape, False, dev)

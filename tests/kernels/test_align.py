@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.align import align, align_chunk
-from experts.kernels.reference import align_reference, max_padded_rows
+from experts.moe.kernels.align import align, align_chunk
+from experts.moe.kernels.reference import align_reference, max_padded_rows
 
 
 def _ids(kind: str, t: int, k: int, e: int) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
-from experts.kernels.reference import (
+from experts.moe.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
     experts_reference,
@@ -14,7 +14,7 @@ from experts.kernels.reference import (
     rel_err,
     route_reference,
 )
-from experts.moe import moe_experts, moe_from_logits
+from experts.moe.layer import moe_experts, moe_from_logits
 
 DSV3 = RoutingConfig(
     top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2, routed_scaling=2.5

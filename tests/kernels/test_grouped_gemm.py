@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.align import align
-from experts.kernels.grouped_gemm import combine, down, gate_up
-from experts.kernels.reference import (
+from experts.moe.kernels.align import align
+from experts.moe.kernels.grouped_gemm import combine, down, gate_up
+from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
     experts_reference,
@@ -13,7 +13,7 @@ from experts.kernels.reference import (
     rel_err,
     route_reference,
 )
-from experts.moe import moe_experts
+from experts.moe.layer import moe_experts
 
 GEMM = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.reference import (
+from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
     experts_reference,
     rel_err,
     route_reference,
 )
-from experts.moe import MoELayer
+from experts.moe.layer import MoELayer
 
 ROUTINGS = {
     "topk": (RoutingConfig(top_k=2, renormalize=True), False),

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from experts.kernels.reference import rel_err
-from experts.moe_patch import TritonSparseMoeBlock, patch_moe
+from experts.moe.kernels.reference import rel_err
+from experts.moe.patch import TritonSparseMoeBlock, patch_moe
 
 transformers = pytest.importorskip("transformers")
 

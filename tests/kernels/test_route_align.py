@@ -3,16 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.align import align
-from experts.kernels.reference import (
+from experts.moe.kernels.align import align
+from experts.moe.kernels.reference import (
     RoutingConfig,
     align_reference,
     localize,
     max_padded_rows,
     route_reference,
 )
-from experts.kernels.route_align import MAX_FUSED_SLOTS, route_align
-from experts.kernels.routing import route
+from experts.moe.kernels.route_align import MAX_FUSED_SLOTS, route_align
+from experts.moe.kernels.routing import route
 
 DSV3 = RoutingConfig(top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2,
                      routed_scaling=2.5)

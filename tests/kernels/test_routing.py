@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.kernels.reference import RoutingConfig, route_reference
-from experts.kernels.routing import route
+from experts.moe.kernels.reference import RoutingConfig, route_reference
+from experts.moe.kernels.routing import route
 
 VARIANTS = {
     "mixtral": (RoutingConfig(top_k=2, renormalize=True), 8),

@@ -8,7 +8,7 @@ import torch
 import triton.testing
 
 from benchmarks.kernels._moe_common import SHAPES
-from experts.kernels.route_align import route_align
+from experts.moe.kernels.route_align import route_align
 
 
 def main() -> None:

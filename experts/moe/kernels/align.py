@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from experts.kernels._triton import tl, triton
-from experts.kernels.reference import max_padded_rows
+from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels.reference import max_padded_rows
 
 
 @triton.jit

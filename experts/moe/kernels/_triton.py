@@ -7,7 +7,7 @@ try:
     import triton.language as tl
 except ImportError as exc:  # pragma: no cover - exercised only on machines without triton
     raise ImportError(
-        "experts.kernels needs Triton: install it with `pip install triton` (it ships with the "
+        "experts.moe.kernels needs Triton: install it with `pip install triton` (it ships with the "
         "CUDA builds of PyTorch); on CPU-only machines run kernels with TRITON_INTERPRET=1"
     ) from exc
 

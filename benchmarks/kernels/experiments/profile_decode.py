@@ -1,6 +1,6 @@
 """Where the decode time goes: per-kernel GPU time of the Triton layer replayed from a graph.
 
-    python -m benchmarks.kernels.profile_decode [shape] [T ...]
+    python -m benchmarks.kernels.experiments.profile_decode [shape] [T ...]
 """
 
 from __future__ import annotations

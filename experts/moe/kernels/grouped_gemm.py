@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from experts.kernels._triton import tl, triton
+from experts.moe.kernels._triton import tl, triton
 
 
 def _interpret() -> bool:

@@ -1,6 +1,6 @@
 """How close can any kernel get to the copy-bandwidth floor at decode sizes?
 
-    python -m benchmarks.kernels.exp_small_copy
+    python -m benchmarks.kernels.experiments.exp_small_copy
 
 Times, the way bench_moe times a layer (graph replay, L2 flushed, do_bench median), a
 device-to-device copy and a read-only reduction of the byte counts of the decode floors, and

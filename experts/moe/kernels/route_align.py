@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from experts.kernels._triton import tl, triton
-from experts.kernels.align import _rank_in_expert, _write_layout, nb_tile
-from experts.kernels.reference import RoutingConfig, max_padded_rows
-from experts.kernels.routing import _route_block, local_range, route_meta
+from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels.align import _rank_in_expert, _write_layout, nb_tile
+from experts.moe.kernels.reference import RoutingConfig, max_padded_rows
+from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
 MAX_FUSED_SLOTS = 128
 
@@ -55,8 +55,9 @@ def _route_align_kernel(
 
 
 def _warps(num_slots: int) -> int:
-    # Measured on an H100 (benchmarks/kernels/exp_route_align.py, CUDA-graph timing): Qwen3
-    # shape T=1 1/2/4 warps 8.2/7.5/7.1 us, T=8 39.5/14.5/9.2 us; Mixtral 3.0/2.6/2.4 us.
+    # Measured on an H100 (benchmarks/kernels/experiments/exp_route_align.py, CUDA-graph
+    # timing): Qwen3 shape T=1 1/2/4 warps 8.2/7.5/7.1 us, T=8 39.5/14.5/9.2 us; Mixtral
+    # 3.0/2.6/2.4 us.
     return 4
 
 

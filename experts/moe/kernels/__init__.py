@@ -1,7 +1,7 @@
 """Triton kernels for the sparse MoE layer: route -> align -> gate_up -> down -> combine, and
 for decode (T <= 16) `moe_decode`, all of it after the router GEMM in one launch.
 
-The plain-PyTorch references (`experts.kernels.reference`) import anywhere; the kernels need
+The plain-PyTorch references (`experts.moe.kernels.reference`) import anywhere; the kernels need
 Triton and are loaded on first use, so importing this package never requires it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from experts.kernels.reference import (
+from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
     align_reference,
@@ -20,13 +20,13 @@ from experts.kernels.reference import (
 )
 
 _LAZY = {
-    "route": "experts.kernels.routing",
-    "align": "experts.kernels.align",
-    "gate_up": "experts.kernels.grouped_gemm",
-    "down": "experts.kernels.grouped_gemm",
-    "combine": "experts.kernels.grouped_gemm",
-    "get_config": "experts.kernels.configs",
-    "moe_decode": "experts.kernels.decode",
+    "route": "experts.moe.kernels.routing",
+    "align": "experts.moe.kernels.align",
+    "gate_up": "experts.moe.kernels.grouped_gemm",
+    "down": "experts.moe.kernels.grouped_gemm",
+    "combine": "experts.moe.kernels.grouped_gemm",
+    "get_config": "experts.moe.kernels.configs",
+    "moe_decode": "experts.moe.kernels.decode",
 }
 
 __all__ = [
@@ -49,4 +49,4 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'experts.kernels' has no attribute {name!r}")
+    raise AttributeError(f"module 'experts.moe.kernels' has no attribute {name!r}")

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from experts.kernels._triton import tl, triton
-from experts.kernels.grouped_gemm import _interpret, _precision
-from experts.kernels.reference import RoutingConfig
-from experts.kernels.routing import _route_block, local_range, route_meta
+from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels.grouped_gemm import _interpret, _precision
+from experts.moe.kernels.reference import RoutingConfig
+from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
 MAX_DECODE_TOKENS = 16
 _ROWS = 16  # tensor-core tile height: tokens are padded to this many rows

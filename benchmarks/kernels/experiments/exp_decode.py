@@ -1,6 +1,6 @@
 """Where the decode kernel's time goes: routing prologue vs streaming, per tile size.
 
-python -m benchmarks.kernels.exp_decode [shape] [T ...]
+python -m benchmarks.kernels.experiments.exp_decode [shape] [T ...]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import triton.testing
 
 from benchmarks.kernels._moe_common import SHAPES, logits_of, make_params, to_local, work
 from benchmarks.kernels.bench_moe import _graph
-from experts.kernels.decode import moe_decode
-from experts.kernels.routing import route
+from experts.moe.kernels.decode import moe_decode
+from experts.moe.kernels.routing import route
 
 
 def _t(fn) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
                     f"BI={bi} w={warps} s={stages}: routed in kernel {a:.1f} us, ids given "
                     f"{b:.1f} us"
                 )
-    from experts.kernels.decode import _decode_kernel
+    from experts.moe.kernels.decode import _decode_kernel
 
     for _key, k in list(_decode_kernel.device_caches[0][0].items())[:1]:
         ptx = k.asm["ptx"]

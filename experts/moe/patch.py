@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from experts.kernels.reference import RoutingConfig
+from experts.moe.kernels.reference import RoutingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TritonSparseMoeBlock(nn.Module):
         self.fp32_router = fp32_router
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        from experts.moe import moe_from_logits
+        from experts.moe.layer import moe_from_logits
 
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])  # [T, H]

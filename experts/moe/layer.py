@@ -1,10 +1,10 @@
-"""Sparse MoE layer on the Triton kernels of `experts.kernels`.
+"""Sparse MoE layer on the Triton kernels of `experts.moe.kernels`.
 
     [Router] logits -> route() -> [Dispatch] align() -> [Experts] gate_up() + down()
     -> [Combine] combine()
 
 At decode, where the tuned config for the bucket has a "decode" entry, the whole chain after the
-router GEMM is one launch instead (`experts.kernels.decode`: routing, both GEMMs and an atomic
+router GEMM is one launch instead (`experts.moe.kernels.decode`: routing, both GEMMs and an atomic
 combine in one kernel; it removes the gaps between dependent launches).
 
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experts.kernels.reference import RoutingConfig
+from experts.moe.kernels.reference import RoutingConfig
 
 
 def _config(x: torch.Tensor, w13: torch.Tensor, top_k: int, config: dict | None) -> dict:
-    from experts.kernels.configs import get_config
+    from experts.moe.kernels.configs import get_config
 
     e, two_i, h = w13.shape
     return config or get_config(x.shape[0], e, h, two_i // 2, top_k, x.device)
@@ -30,7 +30,7 @@ def _experts_aligned(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
     layout: tuple[torch.Tensor, ...], cfg: dict,
 ) -> torch.Tensor:
-    from experts.kernels.grouped_gemm import combine, down, gate_up
+    from experts.moe.kernels.grouped_gemm import combine, down, gate_up
 
     sorted_ids, block_expert, num_padded, slot_pos = layout
     t, top_k = topk_weights.shape
@@ -61,8 +61,8 @@ def moe_experts(
     | topk_weights | [T, K]     | fp32                |
     returns [T, H] in x.dtype.
     """
-    from experts.kernels.align import align
-    from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+    from experts.moe.kernels.align import align
+    from experts.moe.kernels.decode import MAX_DECODE_TOKENS, moe_decode
 
     x = x.contiguous()
     cfg = _config(x, w13, topk_ids.shape[1], config)
@@ -85,10 +85,10 @@ def moe_from_logits(
 ) -> torch.Tensor:
     """Route `logits` [T, C] and run the experts. `local_experts` = (first, count): this GPU
     holds only those experts (w13/w2 have `count` rows); other slots cost nothing here."""
-    from experts.kernels.align import align
-    from experts.kernels.decode import MAX_DECODE_TOKENS, moe_decode
-    from experts.kernels.route_align import MAX_FUSED_SLOTS, route_align
-    from experts.kernels.routing import route
+    from experts.moe.kernels.align import align
+    from experts.moe.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+    from experts.moe.kernels.route_align import MAX_FUSED_SLOTS, route_align
+    from experts.moe.kernels.routing import route
 
     x = x.contiguous()
     e = w13.shape[0]

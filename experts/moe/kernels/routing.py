@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from experts.kernels._triton import tl, triton
-from experts.kernels.reference import RoutingConfig
+from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels.reference import RoutingConfig
 
 
 @triton.jit
