@@ -17,8 +17,7 @@ import numpy as np
 
 from benchmarks._results import machine_description, write_section
 from router import EmbeddingSkillClassifier, load_head
-from router._embed import MiniLMEncoder, encode_cached
-from router.classify import HEADS
+from router.classify import HEADS, MiniLMEncoder, encode_cached
 from router.train import is_held_out, read_rows
 
 COMMAND = ".venv/bin/python -m benchmarks.classifier"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router._embed import Encoder
+from router.classify import Encoder
 from skills.outcomes import load_models, load_outcomes
 from skills.routing_eval import evaluate_routing, split_by_hash
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from router._embed import MiniLMEncoder, encode_cached
+    from router.classify import MiniLMEncoder, encode_cached
 
     questions = load_outcomes(DATA / "mmlu_pro_dev.jsonl.gz")
     models = load_models(DATA / "mmlu_pro_models.yaml")
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     report["split"] = f"sha256(id) bucket < {args.train_fraction} -> train"
 
     from benchmarks._results import machine_description, write_section
-    from skills._routing_report import write_plot
+    from skills.routing_eval import write_plot
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Scheduling simulator: the live scheduler's policy code (`serving.policy`) over measured costs.
+"""Scheduling simulator: the live scheduler's policy code (`serving.schedule_policy`) over measured costs.
 
     python -m benchmarks.sched_sim [--costs benchmarks/sched_costs.json] [--requests 2000]
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from serving.policy import POLICIES, Dispatch, ExpertState, Policy, SchedulerConfig, Swap
+from serving.schedule_policy import POLICIES, Dispatch, ExpertState, Policy, SchedulerConfig, Swap
 
 COSTS = Path(__file__).with_name("sched_costs.json")
 
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     config = SchedulerConfig(max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_s)
     rows = run_grid(costs, args.requests, args.rate, grid, args.seed, config)
     body = (
-        f"Simulated with the live scheduler's policy code (`serving.policy`) and costs measured "
+        f"Simulated with the live scheduler's policy code (`serving.schedule_policy`) and costs measured "
         f"on vLLM CPU (`{args.costs.name}`): swap {costs.swap_s:.1f} s; batch time by size "
         + ", ".join(f"{b}: {t:.2f} s" for b, t in sorted(costs.batch_s.items()))
         + f". {args.requests} requests per row, Poisson arrivals at {args.rate:g}/s, MMLU-Pro dev "

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.sched_sim import COSTS, Arrival, make_trace, percentile
 from experts.registry import Registry, parse_registry
-from serving.engines import ExpertRequest, collect
+from experts.stream import ExpertRequest, collect
 from serving.residency import SlotManager, VLLMEngineFactory
 from serving.schedule import POLICIES, ScheduledExpertClient, Scheduler, SchedulerConfig
 
@@ -86,7 +86,8 @@ async def synthesis_demo(max_tokens: int) -> dict[str, Any]:
 
     from router import RoutingDecision
     from router.recruit import Recruiter
-    from serving.ingress import ChatService, create_api
+    from serving.ingress import create_api
+    from serving.pipeline import Pipeline
     from skills.store import InMemoryStateStore
 
     registry = copies_registry(2, k=2, aggregation="synthesis")
@@ -101,7 +102,7 @@ async def synthesis_demo(max_tokens: int) -> dict[str, Any]:
 
     cfg = SchedulerConfig(slots=2, max_batch_wait_s=0.01)
     sched = Scheduler(POLICIES["batch"](cfg), SlotManager(VLLMEngineFactory(list(registry.experts)), 2), names)
-    service = ChatService(registry, route, {n: ScheduledExpertClient(n, sched) for n in names})
+    service = Pipeline(registry, route, {n: ScheduledExpertClient(n, sched) for n in names})
     app = create_api(service)
     question = "What is 17 + 25? Answer with just the number."
     body = {"model": "auto", "messages": [{"role": "user", "content": question}],
@@ -198,14 +199,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from experts.engine import _platform_supports_sleep
+    from experts.engine import platform_supports_sleep
 
     registry = copies_registry(args.experts)
     trace = make_trace(args.requests, args.rate, [e.name for e in registry.experts], args.seed)
     trace = [a for a in trace]
     cfg = SchedulerConfig(slots=args.slots, max_batch_size=32, max_batch_wait_s=0.05,
                           max_wait_s=30 * args.swap_cost_s, swap_cost_s=args.swap_cost_s)  # fmt: skip
-    result: dict[str, Any] = {"args": vars(args), "sleep_supported": _platform_supports_sleep()}
+    result: dict[str, Any] = {"args": vars(args), "sleep_supported": platform_supports_sleep()}
     rows = []
     if args.merge:
         with open(args.merge) as fh:

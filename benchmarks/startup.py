@@ -21,13 +21,14 @@ from pathlib import Path
 import httpx
 
 from benchmarks._results import machine_description, write_section
+from experts.paths import OFFLINE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ".venv/bin/python -m benchmarks.startup"
 
 
 def one_run(port: int) -> tuple[float, float, str]:
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env = os.environ | OFFLINE_ENV
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],

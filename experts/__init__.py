@@ -1,9 +1,22 @@
-"""Experts: the registry of expert LLMs, their engines, and the kernels of the MoE ones.
+"""Experts: what the expert LLMs are and how to talk to them (the bottom of the package stack:
+`experts` <- `router` <- `skills` <- `serving`; it imports none of the others).
 
-Names are imported on first use (PEP 562), so `import experts.kernels` works on a GPU image that
-has torch and triton but not the service's dependencies (pydantic, yaml). Heavy pieces live in
-their modules: `experts.engine` (vLLM), `experts.models` (model preparation),
-`experts.kernels` / `experts.moe` (Triton).
+| module        | what                                                                        |
+|---------------|-----------------------------------------------------------------------------|
+| `registry.py` | the YAML registry's experts and virtual models (pydantic); `config.py` its   |
+|               | service-wide sections (router, auth, residency)                              |
+| `stream.py`   | `ExpertRequest` in, `Delta`s out: the plain data every stage passes          |
+| `clients.py`  | `ExpertClient`: an OpenAI-compatible server over HTTP, or a hosted engine     |
+|               | through a Ray Serve handle                                                   |
+| `engine.py`   | `VLLMEngine` (vLLM's `AsyncLLM`) and `HostedExpert`, the server a deployment runs |
+| `answers.py`  | reading answers, voting, the synthesis prompt (live and in profiling)        |
+| `models.py`   | the built-in tiny models, prepared from their PyPI packages                  |
+| `errors.py`   | the typed errors, each with its HTTP status and OpenAI error type            |
+| `moe/`        | a different sense of "expert": the token-level sparse-MoE layer (Triton      |
+|               | kernels) that runs *inside* a hosted MoE model                               |
+
+Names are imported on first use (PEP 562), so `import experts.moe.kernels` works on a GPU image
+that has torch and triton but not the service's dependencies (pydantic, yaml).
 """
 
 from __future__ import annotations
@@ -21,6 +34,9 @@ _EXPORTS = {
     "QuorumError": "experts.errors",
     "RegistryError": "experts.errors",
     "RequestTooLargeError": "experts.errors",
+    "Delta": "experts.stream",
+    "ExpertClient": "experts.clients",
+    "ExpertRequest": "experts.stream",
     "Expert": "experts.registry",
     "Registry": "experts.registry",
     "load_registry": "experts.registry",

@@ -16,7 +16,7 @@ its CPU worker turns `sleep()`/`wake_up()` into no-ops that free no memory, so `
 False there and `sleep()` raises `SleepNotSupportedError`. On CUDA/ROCm it is True when the engine
 was built with `engine_kwargs={"enable_sleep_mode": True}`.
 
-Measured on 2 shared CPU cores (load average 4-10 from other jobs; `python -m experts.engine`):
+Measured on 2 shared CPU cores (load average 4-10 from other jobs; `python -m benchmarks.engine_start`):
 SmolLM2-135M starts in 35-60 s when the machine is calm, up to ~115 s when it is not (Gemma-3-270M
 about the same or up to 2x); a 20-token answer takes 3.4-5 s, of which 1.5-1.9 s before the first
 text. On CPU, AsyncLLM.sleep(1) + wake_up() return in ~10 ms but free nothing (RSS 3549 -> 3549
@@ -30,17 +30,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
+from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.models import read_model_meta
+from experts.stream import Delta, ExpertRequest
 
 __all__ = [
-    "ContextLengthError",
-    "Delta",
+    "HostedExpert",
     "SleepNotSupportedError",
     "VLLMEngine",
     "cpu_has_native_bf16",
+    "platform_supports_sleep",
     "vllm_available",
 ]
 
@@ -76,37 +77,6 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-@dataclass(frozen=True)
-class Delta:
-    """New text since the previous delta. The last delta has `finish_reason` set.
-
-    `prompt_tokens` is the prompt's length; `completion_tokens` counts generated tokens so far
-    (final on the last delta). `finish_reason` is "stop" (EOS or a stop string), "length"
-    (max_tokens or the context limit) or "abort".
-    """
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class ContextLengthError(ValueError):
-    """The chat-templated prompt does not leave room for a single generated token."""
-
-    def __init__(self, prompt_tokens: int, limit: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.limit = limit
-        super().__init__(
-            f"the prompt is {prompt_tokens} tokens after the chat template; this model accepts at "
-            f"most {limit} prompt tokens (max_model_len {limit + 1} minus 1 to generate); shorten "
-            "the messages"
-        )
-
-    def __reduce__(self) -> tuple[type, tuple[int, int]]:  # crosses Ray actors: must pickle
-        return (type(self), (self.prompt_tokens, self.limit))
-
-
 class SleepNotSupportedError(RuntimeError):
     """This engine cannot sleep (the platform lacks it, or enable_sleep_mode was not set)."""
 
@@ -131,7 +101,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def _platform_supports_sleep() -> bool:
+def platform_supports_sleep() -> bool:
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_sleep_mode_available())
@@ -150,7 +120,12 @@ class VLLMEngine:
     """
 
     def __init__(
-        self, model: str, *, max_model_len: int = 2048, engine_kwargs: dict[str, Any] | None = None
+        self,
+        model: str,
+        *,
+        max_model_len: int = 2048,
+        engine_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -164,13 +139,14 @@ class VLLMEngine:
             if kwargs.get("dtype", "auto") == "auto" and not cpu_has_native_bf16():
                 kwargs["dtype"] = "float32"
                 logger.info("this CPU has no native bf16 (avx512_bf16 / amx_bf16): float32 weights")
-        if kwargs.get("enable_sleep_mode") and not _platform_supports_sleep():
+        if kwargs.get("enable_sleep_mode") and not platform_supports_sleep():
             raise SleepNotSupportedError(
                 f"enable_sleep_mode=True was requested but vLLM's {current_platform.device_name} "
                 "platform has no sleep mode; drop it from engine_kwargs"
             )
         kwargs.setdefault("disable_log_stats", True)
         self.model = model
+        self.name = f"expert '{name}'" if name else "this model"  # for error messages
         self.max_model_len = max_model_len
         self._sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
         self._sleeping = False
@@ -186,12 +162,17 @@ class VLLMEngine:
 
     @classmethod
     async def create(
-        cls, model: str, *, max_model_len: int = 2048, engine_kwargs: dict[str, Any] | None = None
+        cls,
+        model: str,
+        *,
+        max_model_len: int = 2048,
+        engine_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> VLLMEngine:
         """Build an engine from async code without blocking the event loop (the load runs in a
         worker thread; vLLM starts its output task lazily on the loop that first generates)."""
         return await asyncio.to_thread(
-            lambda: cls(model, max_model_len=max_model_len, engine_kwargs=engine_kwargs)
+            lambda: cls(model, max_model_len=max_model_len, engine_kwargs=engine_kwargs, name=name)
         )
 
     @property
@@ -223,7 +204,7 @@ class VLLMEngine:
     ) -> AsyncIterator[Delta]:
         """Generate a chat answer, yielding text deltas as vLLM produces them.
 
-        Raises `ContextLengthError` (on first iteration) when the templated prompt exceeds
+        Raises `ContextLengthExceededError` (on first iteration) when the templated prompt exceeds
         `max_model_len - 1` tokens; `max_tokens` is clamped to the room left in the context.
         Closing or cancelling the iteration aborts the request in vLLM.
         """
@@ -235,6 +216,18 @@ class VLLMEngine:
         async with contextlib.aclosing(inner):
             async for delta in inner:
                 yield delta
+
+    def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        """`stream_chat` for an `ExpertRequest`: the one place a request becomes engine arguments."""
+        return self.stream_chat(
+            request.messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop,
+            seed=request.seed,
+            request_id=request.request_id,
+        )
 
     async def chat(
         self,
@@ -283,7 +276,7 @@ class VLLMEngine:
         prompt_ids = self._encode(messages)
         limit = self.max_model_len - 1
         if len(prompt_ids) > limit:
-            raise ContextLengthError(len(prompt_ids), limit)
+            raise ContextLengthExceededError.of_prompt(len(prompt_ids), limit, self.name)
         params = SamplingParams(
             max_tokens=min(max_tokens, self.max_model_len - len(prompt_ids)),
             temperature=temperature,
@@ -333,7 +326,7 @@ class VLLMEngine:
                 f"engine for {self.model} cannot sleep: "
                 + (
                     "it was not built with engine_kwargs={'enable_sleep_mode': True}"
-                    if _platform_supports_sleep()
+                    if platform_supports_sleep()
                     else "vLLM has no sleep mode on this platform (CPU); shut the engine down and "
                     "start a new one instead"
                 )
@@ -362,48 +355,29 @@ def _is_local_dir(model: str) -> bool:
     return Path(model).is_dir()
 
 
-async def _benchmark(spec: str, max_model_len: int, restart: bool) -> None:
-    """Startup, ~20-token answer latency and (optionally) shutdown + restart of one engine."""
-    from experts.models import resolve_model
+class HostedExpert:
+    """One hosted expert as a server: its engine, built from the registry entry, streaming
+    `Delta`s for `ExpertRequest`s. Plain Python; `serving/deployments.py` makes it a Ray Serve
+    deployment, so the request path goes from the ingress's client straight to this class."""
 
-    model = resolve_model(spec)
-    engine = await VLLMEngine.create(model, max_model_len=max_model_len)
-    print(f"{spec}: startup {engine.startup_s:.1f} s, sleep supported: {engine.supports_sleep}")
-    question = [{"role": "user", "content": "Explain photosynthesis in one paragraph."}]
-    for i in range(3):
-        t0, first, text = time.perf_counter(), None, ""
-        async for d in engine.stream_chat(
-            question,
-            max_tokens=20,
-            temperature=0.0,
-            top_p=1.0,
-            stop=None,
-            seed=0,
-            request_id=f"bench-{i}",
-        ):
-            first = first or time.perf_counter() - t0
-            text += d.text
-        print(
-            f"  answer {time.perf_counter() - t0:.2f} s (first text {first:.2f} s), "
-            f"{d.completion_tokens} tokens, {d.finish_reason}: {text!r}"
+    def __init__(self, expert: dict[str, Any]) -> None:
+        from experts.models import resolve_model
+        from experts.registry import Expert
+
+        self.expert = Expert.model_validate(expert)
+        self.engine = VLLMEngine(
+            resolve_model(self.expert.model),
+            max_model_len=self.expert.context_length,
+            engine_kwargs=self.expert.engine_args,
+            name=self.expert.name,
         )
-    t0 = time.perf_counter()
-    engine.shutdown()
-    print(f"  shutdown {time.perf_counter() - t0:.1f} s")
-    if restart:
-        again = await VLLMEngine.create(model, max_model_len=max_model_len)
-        print(f"  restart {again.startup_s:.1f} s")
-        again.shutdown()
 
-
-if __name__ == "__main__":  # python -m experts.engine builtin:smollm2-135m-instruct [--restart]
-    import argparse
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(description=_benchmark.__doc__)
-    parser.add_argument("model", help="builtin:<name>, an HF folder or an HF id")
-    parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--restart", action="store_true")
-    cli = parser.parse_args()
-    asyncio.run(_benchmark(cli.model, cli.max_model_len, cli.restart))
+    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        try:
+            async for delta in self.engine.stream_request(request):
+                yield delta
+        except QuorumError:
+            raise
+        except Exception as exc:
+            logger.exception("expert %s failed on %s", self.expert.name, request.request_id)
+            raise ExpertError(f"expert '{self.expert.name}' failed: {type(exc).__name__}") from None

@@ -54,8 +54,36 @@ class RequestTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
-class ContextLengthExceededError(InvalidRequestError):
+class ContextLengthExceededError(InvalidRequestError, ValueError):
+    """The chat-templated prompt leaves no room for a single generated token. Raised by the
+    engine itself (`experts/engine.py`), typed for the client: a 400 that says how long the
+    prompt was, the limit, and the fix; `prompt_tokens` and `limit` when the engine counted."""
+
     code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = "messages", code: str | None = None,
+                 prompt_tokens: int | None = None, limit: int | None = None) -> None:  # fmt: skip
+        super().__init__(message, param=param, code=code)
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+
+    @classmethod
+    def of_prompt(cls, prompt_tokens: int, limit: int, who: str = "this model"):
+        return cls(
+            f"{who}: the prompt is {prompt_tokens} tokens after the chat template; it accepts at "
+            f"most {limit} prompt tokens (max_model_len {limit + 1} minus 1 to generate); shorten "
+            "the messages",
+            prompt_tokens=prompt_tokens, limit=limit,
+        )  # fmt: skip
+
+    def __reduce__(self):  # crosses Ray actors: keep the counts too
+        return (_rebuild_context, (self.message, self.param, self.code, self.prompt_tokens,
+                                   self.limit))  # fmt: skip
+
+
+def _rebuild_context(message, param, code, prompt_tokens, limit) -> ContextLengthExceededError:
+    return ContextLengthExceededError(message, param=param, code=code,
+                                      prompt_tokens=prompt_tokens, limit=limit)  # fmt: skip
 
 
 class ModelNotFoundError(QuorumError):

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experts._paths import quorum_home
 from experts.errors import QuorumError
+from experts.paths import quorum_home
 
 __all__ = [
     "BUILTIN_MODELS",

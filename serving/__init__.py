@@ -1,18 +1,16 @@
 """Serving: the OpenAI-compatible service on Ray Serve.
 
-The request pipeline, one module per stage:
+One chat request, stage by stage (`serving/pipeline.py` is this list as code):
 
-    ingress → classify (skills) → recruit (experts, k, aggregator) → schedule (batch by expert)
-            → expert engines (vLLM) → aggregate → response
+    ingress   serving/ingress.py     HTTP, validation, limits, errors mapped once, SSE
+    route     router/router.py       classify (router/classify.py) → recruit (router/recruit.py)
+    dispatch  serving/dispatch.py    to the chosen expert, with retry, fallback, circuit breakers
+    aggregate serving/aggregate.py   k > 1 experts: synthesis / vote / most confident
+    experts   experts/clients.py     hosted vLLM (experts/engine.py) through a Serve handle, or HTTP
 
-    ingress            serving/ingress.py     HTTP, validation, limits, errors mapped once, SSE
-    classify           router/classify.py     MiniLM embedding + trained head → P(skill), confidence
-    recruit            router/recruit.py      skill-weighted competence − λ·cost → expert(s)
-    schedule           serving/schedule.py    per-expert queues, batches, residency (serving/residency.py);
-                       the policy (batch-by-expert / FIFO) in serving/policy.py
-    expert engines     serving/engines.py     ExpertClient: hosted vLLM (experts/engine.py) or HTTP
-    aggregate          serving/aggregate.py   vote / synthesis / most confident
-
-`serving.app.build_app` assembles the Ray Serve application (`import_path:
-serving.app:build_app`); `serving.cli` is the `quorum` command.
+Around the stages: `deployments.py` (the Ray Serve wiring, `import_path:
+serving.deployments:build_app`), `schedule.py` + `schedule_policy.py` + `residency.py` (with a
+registry `residency` section: per-expert queues, batches, engine swaps, in the expert pool's
+process), `auth.py`, `metrics.py`, `audit.py`, `observe.py`, `batches.py`, and `cli.py` (the
+`quorum` command).
 """

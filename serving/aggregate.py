@@ -15,7 +15,8 @@ so through the scheduler's per-expert queues when one is configured) and hands t
 
 `vote` and `confidence` cannot speak before every expert has answered, so they send the chosen
 answer as one delta. Answers that failed are left out (the `aggregation.failed` field names
-them); only when every expert fails does the request fail.
+them); only when every expert fails does the request fail. How answers are read, voted on and put
+before the aggregator is `experts/answers.py`: the rules the profiling job measures with.
 """
 
 from __future__ import annotations
@@ -23,47 +24,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from experts.engine import Delta
+from experts.answers import competence_weights, extract_answer, synthesis_messages, vote
+from experts.clients import ExpertClient
 from experts.errors import ExpertError, QuorumError
-from router._policy_recruit import competence_weights, vote
-from serving.engines import ExpertClient, ExpertRequest, collect, with_timeout
+from experts.stream import Delta, ExpertRequest, collect, with_timeout
 
 __all__ = ["AGGREGATORS", "Aggregator", "ExpertAnswer", "LLMSynthesis", "MajorityVote",
-           "MostConfident", "answer_with_experts", "extract_answer", "synthesis_messages"]  # fmt: skip
+           "MostConfident", "answer_with_experts"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-# The same header the profiling job uses when it measures aggregator ability (skills/profile.py),
-# so the measured ability is the ability of this prompt.
-AGGREGATE_HEADER = "Answers proposed by other experts:"
-
-_LETTER_PATTERNS = [
-    re.compile(r"answer\s*(?:is|:)?\s*:?\s*\(?\**\s*([A-J])\b\)?", re.I),
-    re.compile(r"^\s*\(?([A-J])[).:]\s", re.M),
-    re.compile(r"^\s*\(?([A-J])\)?\s*$", re.M),
-    re.compile(r"\(([A-J])\)"),
-]
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(text: str) -> str | None:
-    """The answer a text commits to: a multiple-choice letter ("The answer is (C)", "C.", "(C)")
-    or else its last number ("... so x = 1,024." → "1024"); None when it commits to neither."""
-    for pattern in _LETTER_PATTERNS:
-        m = pattern.search(text)
-        if m:
-            return m.group(1).upper()
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        value = numbers[-1].replace(",", "")
-        return value.rstrip("0").rstrip(".") if "." in value else value
-    return None
 
 
 @dataclass(frozen=True)
@@ -105,7 +79,7 @@ class MostConfident(Aggregator):
 
 
 class MajorityVote(Aggregator):
-    """Weighted plurality over extracted answers (router/_policy_recruit.vote); the winning
+    """Weighted plurality over extracted answers (experts/answers.vote); the winning
     answer's text is that of the best-ranked expert who gave it."""
 
     name = "vote"
@@ -127,21 +101,6 @@ class MajorityVote(Aggregator):
         return _one(chosen.text, answers)
 
 
-def synthesis_messages(
-    messages: list[dict[str, str]], answers: Sequence[ExpertAnswer]
-) -> list[dict[str, str]]:
-    """The conversation with the experts' answers appended to the last user turn."""
-    listed = "\n".join(
-        f"Expert {i + 1}: {a.text.strip() or '(no answer)'}" for i, a in enumerate(answers)
-    )
-    out = [dict(m) for m in messages]
-    last = max(i for i, m in enumerate(out) if m.get("role") == "user") if any(
-        m.get("role") == "user" for m in out) else len(out) - 1  # fmt: skip
-    out[last]["content"] = (f"{out[last]['content']}\n\n{AGGREGATE_HEADER}\n{listed}\n\n"
-                            "Weigh them and give the final answer in the format asked for.")  # fmt: skip
-    return out
-
-
 class LLMSynthesis(Aggregator):
     """An aggregator expert writes the final answer; its deltas stream through."""
 
@@ -153,7 +112,7 @@ class LLMSynthesis(Aggregator):
     async def combine(self, messages, answers, info):
         info["aggregator"] = self.client.name
         request = dataclasses.replace(self.request, request_id=f"{self.request.request_id}-agg",
-                                      messages=synthesis_messages(messages, answers))  # fmt: skip
+                                      messages=synthesis_messages(messages, [a.text for a in answers]))  # fmt: skip
         prompt = sum(a.prompt_tokens for a in answers)
         completion = sum(a.completion_tokens for a in answers)
         stream = with_timeout(self.client.stream_chat(request), self.client.name, self.timeout_s)

@@ -12,7 +12,7 @@ each expert's work arrives together (with the scheduler underneath, one load ser
 Progress is `request_counts`; cancel stops starting requests, cancels those in flight and
 finalises with what finished.
 
-Durability (serving/_batch_store.py): each finished request is appended to the batch's results
+Durability (serving/batch_store.py): each finished request is appended to the batch's results
 file, keyed by custom_id, before it counts. After a restart, `BatchRunner.start()` resumes every
 unfinished batch, skipping the custom_ids already there: nothing finished is lost or repeated.
 The output file (200s) and error file (the rest) are written in input order at the end.
@@ -35,7 +35,7 @@ from fastapi.responses import Response
 from experts.errors import InvalidRequestError, QuorumError
 from router import RoutingDecision
 from serving import protocol
-from serving._batch_store import BatchStore, NotFoundError
+from serving.batch_store import BatchStore, NotFoundError
 
 __all__ = ["BatchRunner", "BatchStore", "NotFoundError", "batch_routes", "install_batches"]
 
@@ -76,7 +76,7 @@ def parse_input(content: bytes) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 
 class BatchRunner:
-    """Runs batches through a `ChatService` (route → [scheduler] → experts → aggregate)."""
+    """Runs batches through the `Pipeline` (route → dispatch | aggregate → respond)."""
 
     def __init__(self, store: BatchStore, service: Any, concurrency: int = 8) -> None:
         self.store = store
@@ -197,7 +197,8 @@ class BatchRunner:
 
         async def expert_of(row: dict[str, Any]) -> str:
             try:
-                decision = await self.service.decide(self._request(row))
+                request = self._request(row)
+                decision = await self.service.route(request.last_user_text(), request.model)
             except QuorumError:
                 return ""
             decisions[row["custom_id"]] = decision

@@ -18,6 +18,7 @@ import sys
 import time
 
 from experts.errors import QuorumError
+from experts.paths import go_offline
 
 log = logging.getLogger("quorum")
 
@@ -27,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from experts.registry import load_registry
-    from serving.app import build_app
+    from serving.deployments import build_app
 
     registry = load_registry(args.registry)  # fail fast, before Ray starts
     builtin = sorted({e.model.removeprefix("builtin:") for e in registry.experts
@@ -36,12 +37,12 @@ def _serve(args: argparse.Namespace) -> int:
         from experts.models import prepare_builtin_models
 
         prepare_builtin_models(builtin)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    go_offline()
     metrics_socket = _reserve_metrics_port(args.metrics_port)
     metrics_port = metrics_socket.getsockname()[1]
     started = time.perf_counter()
     # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
-    # ingress and router replicas (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
+    # ingress replica (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
     ray.init(
         num_cpus=max(os.cpu_count() or 1, int(sum(e.resources.cpus for e in registry.experts)) + 2),
         include_dashboard=True,
@@ -105,7 +106,7 @@ def _reserve_metrics_port(wanted: int) -> socket.socket:
 
 def _route(args: argparse.Namespace) -> int:
     from experts.registry import load_registry
-    from serving.app import build_router, make_store
+    from serving.deployments import build_router, make_store
 
     registry = load_registry(args.registry)
     router = build_router(registry, make_store(args.redis_url))

@@ -9,11 +9,11 @@ quantiles from `_bucket` and exact totals from counters (tokens, cost), not mean
 
 Two ways in:
 
-- `RayMetricsObserver`, the `serving.observe.Observer` the ingress hands to `ChatService`:
+- `RayMetricsObserver`, the `serving.observe.Observer` the ingress hands to the `Pipeline`:
   requests, routing latency, end-to-end latency, time to first token, tokens, cost, errors and
   requests in flight per expert.
-- For the scheduler and the aggregator (issue 4), one call per event, on the process's
-  `QuorumMetrics` (`default_metrics()`, created on first use) or on one passed in:
+- For the scheduler and the aggregator, one call per event, on the process's `QuorumMetrics`
+  (`default_metrics()`, created on first use) or on one passed in:
 
       from serving import metrics
       metrics.set_queue_depth("smollm2-135m", 3)       # requests waiting for this expert now
@@ -33,19 +33,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from experts.engine import Delta
 from experts.errors import QuorumError
 from experts.registry import Registry
+from experts.stream import Delta
 from router import RoutingDecision
 from serving.observe import Observer
 
 __all__ = [
     "METRICS",
-    "FanOutObserver",
     "MetricSpec",
     "QuorumMetrics",
     "RayMetricsObserver",
@@ -376,29 +375,3 @@ class RayMetricsObserver(Observer):
             self.metrics.error(code)
         except Exception:
             log.exception("metrics: rejected hook failed")
-
-
-class FanOutObserver(Observer):
-    """Calls several observers in turn (metrics, audit, ...); one failing does not stop the rest."""
-
-    def __init__(self, observers: Iterable[Observer]) -> None:
-        self.observers = list(observers)
-
-    def _each(self, hook: str, *args: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, hook)(*args)
-            except Exception:
-                log.exception("observer %s.%s failed", type(observer).__name__, hook)
-
-    def routed(self, request_id, decision, route_s):
-        self._each("routed", request_id, decision, route_s)
-
-    def first_token(self, request_id, expert, ttft_s):
-        self._each("first_token", request_id, expert, ttft_s)
-
-    def finished(self, request_id, expert, status, last, latency_s):
-        self._each("finished", request_id, expert, status, last, latency_s)
-
-    def rejected(self, error):
-        self._each("rejected", error)

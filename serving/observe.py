@@ -1,15 +1,21 @@
 """What the pipeline reports as it runs: one `Observer` with no-op defaults.
 
-`ChatService` calls these hooks at each step; implementations turn them into metrics (Ray's
+`Pipeline` calls these hooks at each step; implementations turn them into metrics (Ray's
 metrics API → dashboard and Prometheus), audit records or test assertions. Hooks must be cheap
 and must not raise: they run on the request path.
 """
 
 from __future__ import annotations
 
-from experts.engine import Delta
+import logging
+from collections.abc import Iterable
+from typing import Any
+
 from experts.errors import QuorumError
+from experts.stream import Delta
 from router import RoutingDecision
+
+log = logging.getLogger(__name__)
 
 
 class Observer:
@@ -47,3 +53,29 @@ class RecordingObserver(Observer):
 
     def rejected(self, error):
         self.events.append(("rejected", error.code or error.type))
+
+
+class FanOutObserver(Observer):
+    """Calls several observers in turn (metrics, audit, ...); one failing does not stop the rest."""
+
+    def __init__(self, observers: Iterable[Observer]) -> None:
+        self.observers = list(observers)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                log.exception("observer %s.%s failed", type(observer).__name__, hook)
+
+    def routed(self, request_id, decision, route_s):
+        self._each("routed", request_id, decision, route_s)
+
+    def first_token(self, request_id, expert, ttft_s):
+        self._each("first_token", request_id, expert, ttft_s)
+
+    def finished(self, request_id, expert, status, last, latency_s):
+        self._each("finished", request_id, expert, status, last, latency_s)
+
+    def rejected(self, error):
+        self._each("rejected", error)

@@ -1,4 +1,4 @@
-"""OpenAI chat-completions wire format: request validation and response/chunk builders.
+"""OpenAI chat-completions wire format: request validation, response/chunk builders, error bodies.
 
 Quorum's extension: every completion, and the first chunk of every stream, carries the routing
 decision in a top-level `quorum` field (`{"routing": RoutingDecision, "request_id": ...}`);
@@ -9,12 +9,18 @@ the official `openai` client keeps unknown fields, so `completion.quorum` (or
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from experts.errors import InvalidRequestError
+from experts.errors import InvalidRequestError, QuorumError
+from experts.stream import Delta
+
+log = logging.getLogger(__name__)
 
 
 class TextPart(BaseModel):
@@ -179,3 +185,56 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def error_response(exc: QuorumError) -> JSONResponse:
+    """The one way an error reaches a client: `exc`'s status and OpenAI's
+    `{"error": {message, type, param, code}}`, with its headers (`Retry-After`, ...); a 401 also
+    says how to authenticate. A Starlette response, so ASGI middleware can send it too."""
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status == 401:
+        headers.setdefault("www-authenticate", "Bearer")
+    return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers or None)
+
+
+def internal_error(request_id: str) -> QuorumError:
+    """What a client sees of an unexpected failure: a 500 naming the request; never a traceback."""
+    return QuorumError(f"internal error while serving request {request_id}; see the server log")
+
+
+async def sse_events(
+    request_id: str,
+    model: str,
+    created: int,
+    first: Delta,
+    rest: AsyncIterator[Delta],
+    extension: dict,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """An answer as OpenAI's SSE chunks: the role chunk (with the `quorum` extension), a chunk per
+    delta, the final chunk (finish reason; for k > 1 the completed aggregation record), usage when
+    asked, `[DONE]`. A failure after the first byte ends the stream with an error event."""
+    yield sse(chunk(request_id, model, created, {"role": "assistant", "content": ""},
+                    extension=extension))  # fmt: skip
+    delta: Delta | None = first
+    last = first
+    try:
+        while delta is not None:
+            last = delta
+            if delta.text:
+                yield sse(chunk(request_id, model, created, {"content": delta.text}))
+            delta = await anext(rest, None)
+    except QuorumError as exc:
+        log.warning("request %s: stream failed: %s", request_id, exc.message)
+        yield sse(exc.to_openai())
+        return
+    except Exception:
+        log.exception("request %s: stream failed", request_id)
+        yield sse(internal_error(request_id).to_openai())
+        return
+    final = {"aggregation": extension["aggregation"]} if "aggregation" in extension else None
+    yield sse(chunk(request_id, model, created, {}, last.finish_reason or "stop", extension=final))
+    if include_usage:
+        yield sse(chunk(request_id, model, created, None,
+                        usage=usage(last.prompt_tokens, last.completion_tokens)))  # fmt: skip
+    yield sse("[DONE]")

@@ -23,8 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from experts.engine import Delta
 from experts.registry import Expert
+from experts.stream import Delta, ExpertRequest
 
 __all__ = ["Engine", "EngineFactory", "SlotManager", "VLLMEngineFactory"]
 
@@ -37,9 +37,7 @@ class Engine(Protocol):
     @property
     def supports_sleep(self) -> bool: ...
 
-    def stream_chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
-                    top_p: float, stop: list[str] | None, seed: int | None,
-                    request_id: str) -> AsyncIterator[Delta]: ...  # fmt: skip
+    def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]: ...
 
     async def sleep(self, level: int = 1) -> None: ...
 
@@ -65,16 +63,15 @@ class VLLMEngineFactory(EngineFactory):
         self.experts = {e.name: e for e in experts}
 
     async def start(self, expert: str) -> Engine:
-        from experts.engine import VLLMEngine, _platform_supports_sleep
+        from experts.engine import VLLMEngine, platform_supports_sleep
         from experts.models import resolve_model
 
         spec = self.experts[expert]
         kwargs = dict(spec.engine_args)
-        if _platform_supports_sleep():
+        if platform_supports_sleep():
             kwargs.setdefault("enable_sleep_mode", True)
-        return await VLLMEngine.create(
-            resolve_model(spec.model), max_model_len=spec.context_length, engine_kwargs=kwargs
-        )
+        return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
+                                      engine_kwargs=kwargs, name=spec.name)  # fmt: skip
 
 
 class SlotManager:
@@ -143,41 +140,3 @@ class SlotManager:
                 await asyncio.to_thread(engine.shutdown)
             except Exception:
                 log.exception("engine shutdown failed")
-
-
-def expert_pool_deployment(registry: Any) -> Any:
-    """The Serve deployment that hosts every vllm expert of `registry` in `residency.slots`
-    slots behind the scheduler (serving/schedule.py): one replica owns the device pool. Its
-    resources are `slots` x the largest expert's."""
-    from ray import serve
-
-    hosted = [e for e in registry.experts if e.backend == "vllm"]
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for e in hosted:
-        env |= e.env
-    slots = registry.residency.slots
-
-    @serve.deployment(name="expert-pool", num_replicas=1, max_ongoing_requests=4096,
-                      health_check_timeout_s=120,
-                      ray_actor_options={"num_cpus": slots * max(e.resources.cpus for e in hosted),
-                                         "num_gpus": slots * max(e.resources.gpus for e in hosted),
-                                         "runtime_env": {"env_vars": env}})  # fmt: skip
-    class ExpertPool:
-        def __init__(self, registry: dict[str, Any]) -> None:
-            from experts.registry import parse_registry
-            from serving.schedule import scheduler_for
-
-            try:
-                from serving import metrics as sink  # record_batch, record_swap, ...
-            except ImportError:
-                sink = None
-            self.scheduler = scheduler_for(parse_registry(registry), sink=sink)
-
-        async def stream_chat(self, expert: str, request: Any) -> AsyncIterator[Delta]:
-            async for delta in self.scheduler.submit(expert, request):
-                yield delta
-
-        async def snapshot(self) -> dict[str, Any]:
-            return self.scheduler.snapshot()
-
-    return ExpertPool

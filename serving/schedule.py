@@ -1,9 +1,9 @@
-"""Stage 4 of the pipeline: schedule (batch by expert), with expert residency.
+"""Below dispatch, with `residency`: schedule (batch by expert) in the expert pool's process.
 
 A request routed to an expert waits in that expert's queue. A dispatcher sends batches to the
 expert's engine, bounded in size (`max_batch_size`) and in how long a partial batch waits for
 company (`max_batch_wait_s`). When more experts have work than there are slots (engines that fit
-at once), the policy (`serving.policy`: batch-by-expert or the FIFO baseline) decides which
+at once), the policy (`serving.schedule_policy`: batch-by-expert or the FIFO baseline) decides which
 expert to load and which to evict; `SlotManager` (`serving.residency`) carries the swaps out.
 """
 
@@ -17,15 +17,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from experts.engine import ContextLengthError, Delta
-from experts.errors import (
-    ContextLengthExceededError,
-    ExpertError,
-    ExpertUnavailableError,
-    QuorumError,
-)
-from serving.engines import ExpertClient, ExpertRequest, stream_from_handle
-from serving.policy import (
+from experts.clients import ExpertClient
+from experts.errors import ExpertError, ExpertUnavailableError, QuorumError
+from experts.stream import Delta, ExpertRequest
+from serving.residency import SlotManager, VLLMEngineFactory
+from serving.schedule_policy import (
     POLICIES,
     BatchByExpertPolicy,
     Dispatch,
@@ -37,12 +33,24 @@ from serving.policy import (
     SchedulerConfig,
     Swap,
 )
-from serving.residency import SlotManager
 
 # The policy names are re-exported: callers configure a Scheduler from this one module.
-__all__ = ["POLICIES", "BatchByExpertPolicy", "Dispatch", "ExpertView", "FifoPolicy", "Plan",
-           "Policy", "PoolExpertClient", "ScheduledExpertClient", "Scheduler", "SchedulerConfig",
-           "SchedulerStats", "Swap", "scheduler_for"]  # fmt: skip
+__all__ = [
+    "POLICIES",
+    "BatchByExpertPolicy",
+    "Dispatch",
+    "ExpertPool",
+    "ExpertView",
+    "FifoPolicy",
+    "Plan",
+    "Policy",
+    "ScheduledExpertClient",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerStats",
+    "Swap",
+    "scheduler_for",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -224,21 +232,15 @@ class Scheduler:
             self._wake.set()
 
     async def _run_job(self, engine: Any, job: _Job) -> None:
-        r = job.request
         try:
-            async for delta in engine.stream_chat(
-                r.messages, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                stop=r.stop, seed=r.seed, request_id=r.request_id,
-            ):  # fmt: skip
+            async for delta in engine.stream_request(job.request):
                 job.out.put_nowait(delta)
-        except QuorumError as exc:
+        except QuorumError as exc:  # typed already (the prompt is too long: a 400)
             job.out.put_nowait(exc)
-        except ContextLengthError as exc:
-            job.out.put_nowait(ContextLengthExceededError(str(exc), param="messages"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("request %s failed in its batch", r.request_id)
+            log.exception("request %s failed in its batch", job.request.request_id)
             job.out.put_nowait(ExpertError(f"expert failed: {type(exc).__name__}: {exc}"[:400]))
         finally:
             job.out.put_nowait(_END)
@@ -280,27 +282,32 @@ class ScheduledExpertClient(ExpertClient):
         return self.scheduler.submit(self.name, request)
 
 
-class PoolExpertClient(ExpertClient):
-    """An expert served by the shared expert pool deployment (`serving.residency.ExpertPool`)."""
-
-    def __init__(self, name: str, handle: Any) -> None:  # ray.serve.handle.DeploymentHandle
-        self.name = name
-        self._handle = handle.options(stream=True)
-
-    def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        return stream_from_handle(self.name, self._handle.stream_chat.remote(self.name, request))
-
-
 def scheduler_for(registry: Any, factory: Any = None, sink: Any = None) -> Scheduler:
     """The scheduler of a registry with a `residency` section, over its hosted (vllm) experts."""
-    from serving.residency import VLLMEngineFactory
-
     r = registry.residency
     hosted = [e for e in registry.experts if e.backend == "vllm"]
-    config = SchedulerConfig(slots=r.slots, max_batch_size=r.max_batch_size,
-                             max_batch_wait_s=r.max_batch_wait_s, max_wait_s=r.max_wait_s,
-                             swap_cost_s=r.swap_cost_s,
-                             min_residency_factor=r.min_residency_factor)  # fmt: skip
     slots = SlotManager(factory or VLLMEngineFactory(hosted), r.slots, r.max_sleeping)
-    return Scheduler(POLICIES[r.policy](config), slots, [e.name for e in hosted],
+    return Scheduler(POLICIES[r.policy](r), slots, [e.name for e in hosted],
                      SchedulerStats(sink=sink))  # fmt: skip
+
+
+class ExpertPool:
+    """Every hosted expert of a registry with `residency`, in `residency.slots` slots behind the
+    scheduler: what the expert-pool deployment runs (`serving/deployments.py` wires it; one
+    replica owns the device pool). `PoolExpertClient` (experts/clients.py) calls it."""
+
+    def __init__(self, registry: dict[str, Any]) -> None:
+        from experts.registry import parse_registry
+
+        try:
+            from serving import metrics as sink  # record_batch, record_swap, ...
+        except ImportError:
+            sink = None
+        self.scheduler = scheduler_for(parse_registry(registry), sink=sink)
+
+    async def stream_chat(self, expert: str, request: ExpertRequest) -> AsyncIterator[Delta]:
+        async for delta in self.scheduler.submit(expert, request):
+            yield delta
+
+    async def snapshot(self) -> dict[str, Any]:
+        return self.scheduler.snapshot()

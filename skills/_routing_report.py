@@ -1,7 +1,9 @@
-"""Curve arithmetic and the plot for the routing-quality report (skills/routing_eval.py).
+"""Curves, their arithmetic and the plot for the routing-quality report (skills/routing_eval.py).
 
 A curve is a list of operating points `{knob, accuracy, cost}` (cost = average active_b per
-query). All summaries are relative to a reference: the best single model (accuracy A*, cost C*).
+query); `sweep` measures one from a policy's quality matrix, recruiting and (k > 1) voting with
+the live router's code. All summaries are relative to a reference: the best single model
+(accuracy A*, cost C*).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from experts.answers import competence_weights, vote
+from router.recruit import recruit
+from skills.outcomes import OutcomeTable
 
 #: The accuracy fractions (of the best single model's) that `cost_fraction_at` reports.
 FRACTIONS: tuple[str, ...] = ("0.8", "0.9", "0.95", "1.0")
@@ -107,6 +113,57 @@ def mix_curve(points: Sequence[tuple[float, float]], steps: int = 50) -> list[di
                 }
             )
     return curve
+
+
+def point(knob: float, accuracy: float, cost: float) -> dict:
+    """One operating point of a curve, rounded as the report stores it."""
+    return {
+        "knob": round(float(knob), 6),
+        "accuracy": round(float(accuracy), 4),
+        "cost": round(float(cost), 4),
+    }
+
+
+def summarise(curve: list[dict], ref: dict, weak: tuple[float, float]) -> dict:
+    """A curve with its `cost_fraction_at` and APGR against the reference `ref` (best single)."""
+    return {
+        "curve": curve,
+        "cost_fraction_at": cost_fraction_at(curve, ref["accuracy"], ref["cost"]),
+        "apgr": apgr(curve, weak, (ref["accuracy"], ref["cost"])),
+    }
+
+
+def sweep(
+    quality: np.ndarray,
+    table: OutcomeTable,
+    cost: np.ndarray,
+    k: int,
+    lambdas: Sequence[float],
+) -> list[dict]:
+    """Accuracy and average cost per λ; k > 1 votes over the experts' recorded answers."""
+    curve, seen = [], {}
+    weights = competence_weights(quality)  # [M, E]
+    rows = np.arange(len(table))[:, None]
+    for lam in lambdas:
+        chosen = recruit(quality, cost, lam, k)  # [M, k]
+        key = chosen.tobytes()
+        if key not in seen:
+            if k == 1:
+                acc = float(table.correct[rows[:, 0], chosen[:, 0]].mean())
+            else:
+                answers, w = table.predictions[rows, chosen], weights[rows, chosen]
+                voted = [vote(list(a), list(ww)) for a, ww in zip(answers, w, strict=True)]
+                acc = float(
+                    np.mean(
+                        [
+                            v is not None and v == g
+                            for v, g in zip(voted, table.answers, strict=True)
+                        ]
+                    )
+                )
+            seen[key] = (acc, float(cost[chosen].sum(axis=1).mean()))
+        curve.append(point(lam, *seen[key]))
+    return compact(curve)
 
 
 def write_plot(report: dict, path: str | Path) -> Path:

@@ -5,11 +5,11 @@
 
 Work is grouped by expert (batch-by-expert): one Ray actor per expert loads its vLLM engine once,
 answers all of that expert's pending questions in one batch and streams each answer back as it
-finishes; experts run one after another by default (`--concurrency`), which is what a 2-core
-machine affords. Each graded answer is appended to `<out>/results.jsonl` the moment it arrives,
-keyed by (kind, expert fingerprint, item id, item hash): a rerun of the same command skips what is
-there, so an interrupted job resumes without recomputing or losing results, and an expert whose
-work is all done does not even load its engine.
+finishes (skills/backends.py); experts run one after another by default (`--concurrency`), which
+is what a 2-core machine affords. Each graded answer is appended to `<out>/results.jsonl` the
+moment it arrives, keyed by (kind, expert fingerprint, item id, item hash): a rerun of the same
+command skips what is there, so an interrupted job resumes without recomputing or losing results,
+and an expert whose work is all done does not even load its engine.
 
 Competence (Symbolic-MoE's local competence, with uncertainty): per expert and skill, a Beta
 posterior over P(correct). Its prior mean is the registry's prior competence for that skill and
@@ -20,9 +20,10 @@ mean prior over the set's skills) plus `share`, its competence normalised over t
 (Symbolic-MoE's global competence). Items with several skills count fully for each.
 
 Aggregator ability, measured directly as Symbolic-MoE does: each `can_aggregate` expert gets the
-first `aggregate_items` questions with the other experts' answers appended, and its synthesis is
-graded like any answer. The profile records its Beta posterior, the best single expert's accuracy
-on the same items and the gain over it; the top-level `aggregator` is the best one.
+first `aggregate_items` questions with the other experts' answers appended (the service's own
+synthesis prompt, `experts.answers.synthesis_messages`), and its synthesis is graded like any
+answer. The profile records its Beta posterior, the best single expert's accuracy on the same
+items and the gain over it; the top-level `aggregator` is the best one.
 
 The profile is written to `<out>/profile.json` and, when Redis is configured, published to the
 state store, where running routers pick it up on their next decision (skills/redis_store.py).
@@ -38,15 +39,22 @@ import os
 import sys
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experts.answers import synthesis_messages
 from experts.errors import QuorumError
+from experts.paths import go_offline, quorum_home
 from experts.registry import Expert, Registry
+from skills.backends import (
+    AnswerBackend,
+    ExpertAnswer,
+    ExpertSession,
+    ProfileConfig,
+    RayVLLMBackend,
+)
 from skills.competence import compute_profile
 from skills.store import StateStore
 from skills.validation import ValidationItem, ValidationSet
@@ -55,194 +63,6 @@ __all__ = ["AnswerBackend", "ExpertAnswer", "ExpertSession", "ProfileConfig", "R
            "ResultsLog", "main", "run_profile"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProfileConfig:
-    """How the job samples and scores. Changing sampling fields starts fresh results."""
-
-    max_tokens: int = 16
-    temperature: float = 0.0  # greedy: a profile should not depend on luck
-    seed: int = 0
-    prior_strength: float = 2.0
-    aggregate_items: int = 8  # 0: do not measure aggregators
-    concurrency: int = 1  # experts running at once
-    progress: bool = True
-
-
-# -- answering: one session per expert ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExpertAnswer:
-    index: int  # position in the batch handed to `answer`
-    text: str
-    error: str | None = None  # the expert could not answer this one (it is graded wrong)
-
-
-class ExpertSession(ABC):
-    """One expert, loaded once, answering batches."""
-
-    @abstractmethod
-    def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
-        """Yield one `ExpertAnswer` per conversation, in any order, as each finishes."""
-
-    def close(self) -> None:  # noqa: B027 (optional hook; fakes need nothing)
-        """Release the expert (engine, actor)."""
-
-
-class AnswerBackend(ABC):
-    """Starts expert sessions: vLLM engines in Ray actors here, fakes in tests."""
-
-    @abstractmethod
-    def open(self, expert: Expert, config: ProfileConfig) -> ExpertSession: ...
-
-
-def _as_completed(loop: Any, coros: list[Any]) -> Iterator[Any]:
-    """Run `coros` together on `loop`, yielding each result as soon as it is ready."""
-    import asyncio
-
-    pending = {loop.create_task(c) for c in coros}
-    while pending:
-        done, pending = loop.run_until_complete(
-            asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        )
-        for task in done:
-            yield task.result()
-
-
-class _HTTPSession(ExpertSession):
-    """An expert already served elsewhere (`backend: openai`), asked over HTTP from this process."""
-
-    def __init__(self, expert: Expert, config: ProfileConfig, http: Any | None = None) -> None:
-        import asyncio
-
-        from serving.engines import OpenAIHTTPExpertClient
-
-        self.loop = asyncio.new_event_loop()
-        self.client = OpenAIHTTPExpertClient(expert, http)  # http: an httpx.AsyncClient (tests)
-        self.config = config
-
-    def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
-        from experts.errors import ExpertError
-        from serving.engines import ExpertRequest, collect
-
-        async def one(i: int, messages: list[dict[str, str]]) -> ExpertAnswer:
-            request = ExpertRequest(f"profile-{i}-{time.time_ns()}", messages, self.config.max_tokens,
-                                    self.config.temperature, 1.0, None, self.config.seed)  # fmt: skip
-            try:
-                text, _ = await collect(self.client.stream_chat(request))
-            except ExpertError as exc:  # recorded with the answer and graded wrong, not dropped
-                return ExpertAnswer(i, "", exc.message)
-            return ExpertAnswer(i, text)
-
-        yield from _as_completed(self.loop, [one(i, c) for i, c in enumerate(conversations)])
-
-    def close(self) -> None:
-        self.loop.close()
-
-
-class _VLLMWorker:
-    """Body of the Ray actor: one vLLM engine on an event loop of its own."""
-
-    def __init__(self, expert: dict[str, Any], config: dict[str, Any]) -> None:
-        import asyncio
-
-        from experts.engine import VLLMEngine
-        from experts.models import resolve_model
-
-        self.expert = Expert.model_validate(expert)
-        self.config = ProfileConfig(**config)
-        # vLLM binds its output task to the loop it is created on: create it on ours.
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.engine = self.loop.run_until_complete(VLLMEngine.create(
-            resolve_model(self.expert.model), max_model_len=self.expert.context_length,
-            engine_kwargs=self.expert.engine_args))  # fmt: skip
-
-    def startup_s(self) -> float:
-        return self.engine.startup_s
-
-    def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
-
-        from experts.engine import ContextLengthError
-
-        async def one(i: int, messages: list[dict[str, str]]) -> ExpertAnswer:
-            parts = []
-            try:
-                async for d in self.engine.stream_chat(
-                    messages, max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-                    top_p=1.0, stop=None, seed=self.config.seed, request_id=f"profile-{i}-{time.time_ns()}",
-                ):  # fmt: skip
-                    parts.append(d.text)
-            except ContextLengthError as exc:
-                return ExpertAnswer(i, "", f"context length: {exc}")
-            return ExpertAnswer(i, "".join(parts))
-
-        # All requests at once (vLLM batches them); hand each back the moment it completes.
-        yield from _as_completed(self.loop, [one(i, c) for i, c in enumerate(conversations)])
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()
-
-
-class _RaySession(ExpertSession):
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    def answer(self, conversations: list[list[dict[str, str]]]) -> Iterator[ExpertAnswer]:
-        import ray
-
-        for ref in self._actor.answer.options(num_returns="streaming").remote(conversations):
-            yield ray.get(ref)
-
-    def close(self) -> None:
-        import ray
-
-        try:
-            ray.get(self._actor.shutdown.remote(), timeout=60)
-        finally:
-            ray.kill(self._actor)
-
-
-class RayVLLMBackend(AnswerBackend):
-    """Each hosted expert in a Ray actor holding a vLLM engine, with the registry's resources and
-    env; `backend: openai` experts are asked over HTTP from this process.
-    Starts a local Ray instance unless one is running (or `RAY_ADDRESS` names a cluster)."""
-
-    def __init__(self, num_cpus: int | None = None) -> None:
-        self.num_cpus = num_cpus
-        self._connected = False
-
-    def shutdown(self) -> None:
-        """Disconnect from Ray (stopping the local instance if this backend started one)."""
-        if self._connected:
-            import ray
-
-            ray.shutdown()
-            self._connected = False
-
-    def open(self, expert: Expert, config: ProfileConfig) -> ExpertSession:
-        if expert.backend == "openai":
-            return _HTTPSession(expert, config)
-        import ray
-
-        if not ray.is_initialized():
-            local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": self.num_cpus}
-            ray.init(ignore_reinit_error=True, include_dashboard=False, **local)
-            self._connected = True
-        if expert.model.startswith("builtin:"):  # only when this expert has work to do
-            from experts.models import prepare_builtin_models
-
-            prepare_builtin_models([expert.model.removeprefix("builtin:")])
-        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **expert.env}
-        actor = ray.remote(_VLLMWorker).options(
-            num_cpus=expert.resources.cpus, num_gpus=expert.resources.gpus,
-            runtime_env={"env_vars": env}, name=f"profile-{expert.name}-{os.getpid()}",
-        ).remote(expert.model_dump(mode="json"), config.__dict__)  # fmt: skip
-        startup = ray.get(actor.startup_s.remote())  # engine load errors surface here
-        log.info("expert %s loaded in %.1f s", expert.name, startup)
-        return _RaySession(actor)
 
 
 # -- the results log: append-only, what makes resume work ---------------------------------------
@@ -303,19 +123,6 @@ class ResultsLog:
 
 # -- the job ------------------------------------------------------------------------------------
 
-AGGREGATE_HEADER = "Answers proposed by other experts:"
-
-
-def aggregation_conversation(item: ValidationItem, answers: Sequence[str]) -> list[dict[str, str]]:
-    """The item's question with the other experts' answers appended, asking for a final answer."""
-    messages = item.conversation()
-    listed = "\n".join(
-        f"Expert {i + 1}: {a.strip() or '(no answer)'}" for i, a in enumerate(answers)
-    )
-    messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{AGGREGATE_HEADER}\n"
-                    f"{listed}\n\nWeigh them and give the final answer in the format asked for."}  # fmt: skip
-    return messages
-
 
 class _Job:
     def __init__(self, registry: Registry, data: ValidationSet, backend: AnswerBackend,
@@ -360,7 +167,7 @@ class _Job:
             )
             aggs = self._ready_aggregations(expert)
             self._run(session, expert, "aggregate",
-                      [(it, aggregation_conversation(it, a)) for it, a in aggs], position)  # fmt: skip
+                      [(it, synthesis_messages(it.conversation(), a)) for it, a in aggs], position)  # fmt: skip
         finally:
             session.close()
 
@@ -431,8 +238,6 @@ def run_profile(registry: Registry, data: ValidationSet, backend: AnswerBackend,
 
 def default_out_dir(registry: Registry, data: ValidationSet) -> Path:
     """`$QUORUM_HOME/profiles/<registry hash>-<data hash>`: rerunning a command resumes it."""
-    from experts._paths import quorum_home
-
     reg = hashlib.sha256(json.dumps(registry.model_dump(mode="json"), sort_keys=True).encode())
     return quorum_home() / "profiles" / f"{reg.hexdigest()[:10]}-{data.digest[:10]}"
 
@@ -484,7 +289,7 @@ def main(argv: Sequence[str] | None = None, *, backend: AnswerBackend | None = N
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    go_offline()
     out: Path | None = None
     try:
         from experts.registry import load_registry

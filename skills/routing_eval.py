@@ -25,24 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from router._embed import Encoder
-from router.policies import (
-    LAMBDA_GRID,
-    POLICIES,
-    calibrate_quality,
-    competence_weights,
-    make_policy,
-    recruit,
-    vote,
-)
-from skills._routing_report import (
-    apgr,
-    compact,
-    cost_fraction_at,
-    first_above,
-    mix_curve,
-    write_plot,
-)
+from router.classify import Encoder
+from router.policies import POLICIES, make_policy
+from router.recruit import LAMBDA_GRID, calibrate_quality, recruit
+from skills._routing_report import first_above, mix_curve, summarise, sweep, write_plot
 from skills.outcomes import (
     ModelsFile,
     OutcomesError,
@@ -52,7 +38,7 @@ from skills.outcomes import (
     load_outcomes,
 )
 
-__all__ = ["HashingEncoder", "evaluate_routing", "main", "split_by_hash"]
+__all__ = ["HashingEncoder", "evaluate_routing", "main", "split_by_hash", "write_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -95,55 +81,6 @@ def split_by_hash(
         bucket = int.from_bytes(hashlib.sha256(q.id.encode()).digest()[:8], "big") / 2.0**64
         (train if bucket < train_fraction else test).append(q)
     return train, test
-
-
-def _point(knob: float, accuracy: float, cost: float) -> dict:
-    return {
-        "knob": round(float(knob), 6),
-        "accuracy": round(float(accuracy), 4),
-        "cost": round(float(cost), 4),
-    }
-
-
-def _summary(curve: list[dict], ref: dict, weak: tuple[float, float]) -> dict:
-    return {
-        "curve": curve,
-        "cost_fraction_at": cost_fraction_at(curve, ref["accuracy"], ref["cost"]),
-        "apgr": apgr(curve, weak, (ref["accuracy"], ref["cost"])),
-    }
-
-
-def _sweep(
-    quality: np.ndarray,
-    table: OutcomeTable,
-    cost: np.ndarray,
-    k: int,
-    lambdas: Sequence[float],
-) -> list[dict]:
-    """Accuracy and average cost per λ; k > 1 votes over the experts' recorded answers."""
-    curve, seen = [], {}
-    weights = competence_weights(quality)  # [M, E]
-    rows = np.arange(len(table))[:, None]
-    for lam in lambdas:
-        chosen = recruit(quality, cost, lam, k)  # [M, k]
-        key = chosen.tobytes()
-        if key not in seen:
-            if k == 1:
-                acc = float(table.correct[rows[:, 0], chosen[:, 0]].mean())
-            else:
-                answers, w = table.predictions[rows, chosen], weights[rows, chosen]
-                voted = [vote(list(a), list(ww)) for a, ww in zip(answers, w, strict=True)]
-                acc = float(
-                    np.mean(
-                        [
-                            v is not None and v == g
-                            for v, g in zip(voted, table.answers, strict=True)
-                        ]
-                    )
-                )
-            seen[key] = (acc, float(cost[chosen].sum(axis=1).mean()))
-        curve.append(_point(lam, *seen[key]))
-    return compact(curve)
 
 
 def _out_of_fold(
@@ -214,7 +151,7 @@ def evaluate_routing(
             )
 
     if use_cache:
-        from router._embed import encode_cached
+        from router.classify import encode_cached
 
         emb_tr = encode_cached(encoder, tr.prompts, cache_dir)
         emb_te = encode_cached(encoder, te.prompts, cache_dir)
@@ -266,7 +203,7 @@ def evaluate_routing(
             "accuracy >= f * best_single.accuracy; null if none",
             "apgr": f"RouteLLM APGR on a cost axis from the cheapest pool model ({pool[cheap]}) "
             f"to the best single model; see skills/_routing_report.apgr",
-            "knob": "λ in utility = quality - λ·cost/max(cost) (router/_scoring.py)",
+            "knob": "λ in utility = quality - λ·cost/max(cost) (router/recruit.py)",
             "calibrated": "λ chosen on cross-fitted training predictions only, for a target "
             "cost fraction; the test accuracy/cost it then gives",
         },
@@ -275,8 +212,10 @@ def evaluate_routing(
     per_cat = _category_quality(tr, te)
     report["baselines"] = {
         "best_single": ref,
-        "random_mix": _summary(mix_curve([(s["cost"], s["accuracy"]) for s in singles]), ref, weak),
-        "per_category_best": _summary(_sweep(per_cat, te, cost, 1, lambdas), ref, weak),
+        "random_mix": summarise(
+            mix_curve([(s["cost"], s["accuracy"]) for s in singles]), ref, weak
+        ),
+        "per_category_best": summarise(sweep(per_cat, te, cost, 1, lambdas), ref, weak),
     }
 
     has_predictions = any(p is not None for p in te.predictions.ravel())
@@ -287,7 +226,7 @@ def evaluate_routing(
         quality = policy.predict_quality(emb_te)  # [M, E]
         entry = {
             "params": dict(params),
-            **_summary(_sweep(quality, te, cost, 1, lambdas), ref, weak),
+            **summarise(sweep(quality, te, cost, 1, lambdas), ref, weak),
         }
         oof = _out_of_fold(name, params, emb_tr, tr, folds, seed)
         entry["calibrated"] = []
@@ -306,10 +245,10 @@ def evaluate_routing(
         for k in ks if has_predictions else ():
             if k > len(pool):
                 continue
-            curve = _sweep(quality, te, cost, k, lambdas[::4])  # voting is slower; coarser
+            curve = sweep(quality, te, cost, k, lambdas[::4])  # voting is slower; coarser
             beat = first_above(curve, ref["accuracy"])
             entry["multi_expert"][str(k)] = {
-                **_summary(curve, ref, weak),
+                **summarise(curve, ref, weak),
                 "best_accuracy": max(curve, key=lambda p: (p["accuracy"], -p["cost"])),
                 "beats_best_single_at": beat,
             }
@@ -323,7 +262,7 @@ def _encoder(name: str) -> Encoder:
     if name == "hash":
         return HashingEncoder()
     if name.startswith("minilm"):
-        from router._embed import MiniLMEncoder
+        from router.classify import MiniLMEncoder
 
         _, _, length = name.partition(":")
         return MiniLMEncoder(max_seq_length=int(length) if length else 256)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import re
-import string
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experts.answers import extract_choice, normalise_text, parse_number
 from experts.errors import QuorumError
 
 __all__ = [
@@ -82,31 +82,12 @@ class Grader(ABC):
         return None
 
 
-def _is_word(text: str, m: re.Match) -> bool:
-    """Whether the letter matched by `m` is the English word "I" or "A"/"a" ("I think…")."""
-    return m.group(1) in "AIa" and re.match(r" [a-z]", text[m.end() :]) is not None
-
-
 class MultipleChoiceGrader(Grader):
     """The first option letter in the answer. `args.choices`: the valid letters (default A-J)."""
 
-    _ANSWER_IS = re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*[\(\[]?([A-Za-z])(?![A-Za-z])", re.I)
-
     def extract(self, answer: str, choices: str) -> str | None:
         """The chosen letter, or None when the answer names none of `choices`."""
-        text = answer.strip()
-        # "B", "(B)", "B.", "b) …": a letter that opens the answer.
-        lead = re.match(r"[\s\(\[\*]*([A-Za-z])(?![A-Za-z])", text)
-        if lead and lead.group(1).upper() in choices and not _is_word(text, lead):
-            return lead.group(1).upper()
-        said = self._ANSWER_IS.search(text)
-        if said and said.group(1).upper() in choices:
-            return said.group(1).upper()
-        # Else the first capital option letter standing alone ("I think C is right").
-        for m in re.finditer(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])", text):
-            if m.group(1) in choices and not _is_word(text, m):
-                return m.group(1)
-        return None
+        return extract_choice(answer, choices)
 
     def grade(self, answer: str, reference: str, args: dict[str, Any]) -> Grade:
         letter = self.extract(answer, str(args.get("choices", "ABCDEFGHIJ")))
@@ -119,16 +100,6 @@ class MultipleChoiceGrader(Grader):
         return None
 
 
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalise_text(text: str) -> str:
-    """Lowercase, drop punctuation and English articles, collapse whitespace (SQuAD's rule)."""
-    text = text.lower().translate(_PUNCT)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 class ExactMatchGrader(Grader):
     """Normalised equality with the reference or one of `args.aliases`."""
 
@@ -136,23 +107,6 @@ class ExactMatchGrader(Grader):
         got = normalise_text(answer)
         wanted = {normalise_text(r) for r in [reference, *args.get("aliases", [])]}
         return Grade(float(got in wanted), got)
-
-
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-
-def parse_number(text: str) -> float | None:
-    """The last number in `text` ("1,234.5", "-3", "2/3", "1e-3", "45%" → 45), or None."""
-    fractions = list(re.finditer(r"([-+]?\d+)\s*/\s*(\d+)", text))
-    numbers = [m for m in _NUMBER.finditer(text) if re.search(r"\d", m.group())]
-    if not numbers and not fractions:
-        return None
-    last_fraction = fractions[-1] if fractions else None
-    last_number = numbers[-1] if numbers else None
-    if last_fraction and (last_number is None or last_fraction.end() >= last_number.end()):
-        den = int(last_fraction.group(2))
-        return None if den == 0 else int(last_fraction.group(1)) / den
-    return float(last_number.group().replace(",", ""))
 
 
 class NumberGrader(Grader):

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from router._embed import Encoder
+from router.classify import Encoder
 
 
 class KeywordEncoder(Encoder):

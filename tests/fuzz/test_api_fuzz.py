@@ -22,30 +22,20 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from experts.engine import Delta  # noqa: E402
 from experts.registry import parse_registry  # noqa: E402
 from router import Router  # noqa: E402
 from router.classify import CentroidHead, EmbeddingSkillClassifier  # noqa: E402
 from serving.auth import ApiKey, Authenticator, hash_key  # noqa: E402
-from serving.engines import ExpertClient  # noqa: E402
-from serving.ingress import ChatService, create_api  # noqa: E402
+from serving.ingress import create_api  # noqa: E402
+from serving.pipeline import Pipeline  # noqa: E402
 from skills.store import InMemoryStateStore  # noqa: E402
 from tests.conftest import KeywordEncoder  # noqa: E402
+from tests.fakes import FakeExpert  # noqa: E402
 
 KEY = "sk-fuzz-0123456789abcdef"
 EXAMPLES = int(os.environ.get("QUORUM_FUZZ_EXAMPLES", "100"))  # per operation and mode
 MODELS = ["auto", "mathematician", "jurist"]
 COUNTS: Counter[str] = Counter()
-
-
-class Echo(ExpertClient):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def stream_chat(self, request):
-        yield Delta(f"{self.name}: ", None, 0, 0)
-        yield Delta(request.messages[-1]["content"][:20], None, 0, 0)
-        yield Delta("", "stop", 5, 2)
 
 
 def build_app():
@@ -62,7 +52,10 @@ def build_app():
     async def route(text, model):
         return router.route(text, model)
 
-    service = ChatService(registry, route, {n: Echo(n) for n in ("mathematician", "jurist")})
+    # Each answers '<name>: ' and the question's first 20 characters, then an empty "stop" delta.
+    echo = {n: FakeExpert(n, ["{name}: ", "{question:.20}"], template=True, prompt_tokens=5,
+                          completion_tokens=2) for n in ("mathematician", "jurist")}  # fmt: skip
+    service = Pipeline(registry, route, echo)
     auth = Authenticator([ApiKey("fuzz", hash_key(KEY), admin=True)])
     return create_api(service, auth=auth)
 

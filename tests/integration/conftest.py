@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from experts.paths import OFFLINE_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,9 +25,14 @@ def free_port() -> int:
 
 
 def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subprocess.Popen, Path]:
-    """`quorum serve` in a subprocess, waited on until /health answers; its log file returned."""
+    """`quorum serve` in a subprocess, waited on until it is ready; its log file returned.
+
+    Ready means the banner ("Quorum is up"), which `quorum serve` prints once Serve reports every
+    deployment running (each hosted expert's engine loaded), and /health answering. /health alone
+    answers as soon as the ingress is up, while engines may load for minutes more on a loaded
+    machine: a first request then meets a first-token timeout (seen in a test run here)."""
     log = Path(os.environ.get("QUORUM_TEST_LOGS", "/tmp")) / f"quorum-serve-{port}.log"
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | OFFLINE_ENV | {"PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -37,7 +44,9 @@ def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subproces
                 f"quorum serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
             )
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            if "Quorum is up" in log.read_text() and (
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            ):
                 return proc, log
         except httpx.HTTPError:
             pass

@@ -14,14 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from experts.engine import (
-    ContextLengthError,
-    Delta,
-    SleepNotSupportedError,
-    VLLMEngine,
-    vllm_available,
-)
+from experts.engine import SleepNotSupportedError, VLLMEngine, vllm_available
+from experts.errors import ContextLengthExceededError
 from experts.models import prepare_builtin_models, resolve_model
+from experts.stream import Delta
 
 pytestmark = [
     pytest.mark.integration,
@@ -117,7 +113,7 @@ async def test_stop_string_ends_the_answer_early(smollm2: VLLMEngine) -> None:
 async def test_too_long_prompt_raises_context_length_error(smollm2: VLLMEngine) -> None:
     messages = [{"role": "user", "content": "word " * 1100}]
 
-    with pytest.raises(ContextLengthError) as info:
+    with pytest.raises(ContextLengthExceededError) as info:
         await smollm2.chat(messages, request_id="toolong", **_sampling())
 
     err = info.value

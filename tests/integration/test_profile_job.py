@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from experts.paths import OFFLINE_ENV
 from skills.validation import load_validation_set, write_validation_set
 from tests.integration.redis_fixture import redis_server, redis_url  # noqa: F401
 
@@ -34,11 +35,7 @@ def _profile_cmd(data: Path, out: Path, url: str) -> list[str]:
 
 
 def _run(cmd: list[str], log: Path) -> tuple[int, str, float]:
-    env = os.environ | {
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = os.environ | OFFLINE_ENV | {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     log.write_text(proc.stdout + proc.stderr)
@@ -57,7 +54,7 @@ def _registry_with_a_head(tmp_path: Path):
         return registry
     except FileNotFoundError:
         pass
-    from router._embed import MiniLMEncoder
+    from router.classify import MiniLMEncoder
     from router.train import read_rows, train_head
 
     per_category: dict[str, list[dict]] = {}
@@ -74,7 +71,7 @@ def _registry_with_a_head(tmp_path: Path):
 @pytest.mark.timeout(1800)  # two vLLM engine loads; ~7 min on 2 idle cores, far more when shared
 def test_measured_profile_reaches_the_live_router_through_redis(redis_url, tmp_path):  # noqa: F811
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'quorum[cpu]')")
-    from serving.app import build_router
+    from serving.deployments import build_router
     from skills.redis_store import RedisStateStore
 
     registry = _registry_with_a_head(tmp_path)

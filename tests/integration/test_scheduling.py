@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from benchmarks.scheduling import copies_registry
-from serving.engines import ExpertRequest, collect
+from experts.stream import ExpertRequest, collect
 from serving.residency import SlotManager, VLLMEngineFactory
 from serving.schedule import BatchByExpertPolicy, ScheduledExpertClient, Scheduler, SchedulerConfig
 

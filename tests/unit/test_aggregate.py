@@ -3,43 +3,35 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
-from experts.engine import Delta
+from experts.answers import AGGREGATE_HEADER, extract_answer
 from experts.errors import ExpertError, ExpertUnavailableError
 from experts.registry import parse_registry
+from experts.stream import Delta, ExpertRequest
 from router import RoutingDecision
 from router.recruit import Recruiter
 from serving.aggregate import (
-    AGGREGATE_HEADER,
     AggregatedAnswer,
     ExpertAnswer,
     MajorityVote,
     answer_with_experts,
-    extract_answer,
 )
-from serving.engines import ExpertClient, ExpertRequest
 from skills.store import InMemoryStateStore
+from tests.fakes import FakeExpert
 
 
-class Scripted(ExpertClient):
-    """Answers with a fixed text, in word-sized deltas; remembers what it was asked."""
+def scripted(name: str, text: str, fail: bool = False) -> FakeExpert:
+    """Answers `text` in word-sized deltas ('a ', 'b ', 'c': 10 prompt and 1 completion token
+    each, the last one "stop" and the word count); `fail`: unavailable before any token."""
+    return FakeExpert(name, text, words="trailing", final_delta=False, prompt_tokens=10,
+                      partial_tokens=(10, 1), error=down(name) if fail else None)  # fmt: skip
 
-    def __init__(self, name: str, text: str, fail: bool = False) -> None:
-        self.name, self.text, self.fail = name, text, fail
-        self.seen: list[ExpertRequest] = []
 
-    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        self.seen.append(request)
-        if self.fail:
-            raise ExpertUnavailableError(f"expert '{self.name}' is down")
-        words = self.text.split(" ")
-        for w in words[:-1]:
-            yield Delta(w + " ", None, 10, 1)
-        yield Delta(words[-1], "stop", 10, len(words))
+def down(name: str) -> ExpertUnavailableError:
+    return ExpertUnavailableError(f"expert '{name}' is down")
 
 
 REQ = ExpertRequest("r1", [{"role": "user", "content": "Which is prime? A. 4 B. 6 C. 7"}], 32)
@@ -59,8 +51,8 @@ async def _drain(stream) -> tuple[str, list[Delta]]:
 
 
 async def test_three_experts_one_wrong_vote_returns_the_majority_answer():
-    clients = {"a": Scripted("a", "The answer is (B)."),  # the best-ranked expert is the wrong one
-               "b": Scripted("b", "C. 7 has no divisors"), "c": Scripted("c", "The answer is C")}  # fmt: skip
+    clients = {"a": scripted("a", "The answer is (B)."),  # the best-ranked expert is the wrong one
+               "b": scripted("b", "C. 7 has no divisors"), "c": scripted("c", "The answer is C")}  # fmt: skip
     info: dict = {}
     text, deltas = await _drain(answer_with_experts(
         REQ, ["a", "b", "c"], clients, mode="vote", confidences=[0.6, 0.5, 0.5], timeouts={},
@@ -81,7 +73,7 @@ def test_vote_tie_goes_to_the_better_expert_and_no_answer_falls_back():
 
 
 async def test_most_confident_picks_the_highest_predicted_quality():
-    clients = {"a": Scripted("a", "A"), "b": Scripted("b", "B")}
+    clients = {"a": scripted("a", "A"), "b": scripted("b", "B")}
     info: dict = {}
     text, _ = await _drain(answer_with_experts(REQ, ["a", "b"], clients, mode="confidence",
                                                confidences=[0.4, 0.7], timeouts={}, info=info))  # fmt: skip
@@ -89,27 +81,27 @@ async def test_most_confident_picks_the_highest_predicted_quality():
 
 
 async def test_synthesis_streams_the_aggregators_answer_over_the_experts_answers():
-    agg = Scripted("agg", "Both say C so the answer is (C)")
-    clients = {"a": Scripted("a", "(C)"), "b": Scripted("b", "(C) prime"), "agg": agg}
+    agg = scripted("agg", "Both say C so the answer is (C)")
+    clients = {"a": scripted("a", "(C)"), "b": scripted("b", "(C) prime"), "agg": agg}
     info: dict = {}
     text, deltas = await _drain(answer_with_experts(
         REQ, ["a", "b"], clients, mode="synthesis", aggregator="agg", confidences=[0.5, 0.5],
         timeouts={}, info=info))  # fmt: skip
     assert text == "Both say C so the answer is (C)" and len(deltas) == 8  # streamed word by word
-    prompt = agg.seen[0].messages[-1]["content"]
+    prompt = agg.requests[0].messages[-1]["content"]
     assert AGGREGATE_HEADER in prompt and "Expert 1: (C)" in prompt and "Expert 2: (C) prime" in prompt
     assert deltas[-1].prompt_tokens == 30 and deltas[-1].completion_tokens == 1 + 2 + 8
     assert info["aggregator"] == "agg" and [a["expert"] for a in info["answers"]] == ["a", "b"]
 
 
 async def test_a_failed_expert_is_left_out_and_all_failed_is_an_error():
-    clients = {"a": Scripted("a", "", fail=True), "b": Scripted("b", "(B)"),
-               "c": Scripted("c", "(B)")}  # fmt: skip
+    clients = {"a": scripted("a", "", fail=True), "b": scripted("b", "(B)"),
+               "c": scripted("c", "(B)")}  # fmt: skip
     info: dict = {}
     text, _ = await _drain(answer_with_experts(REQ, ["a", "b", "c"], clients, mode="vote",
                                                confidences=[0.9, 0.5, 0.5], timeouts={}, info=info))  # fmt: skip
     assert text == "(B)" and "a" in info["failed"]
-    clients["b"].fail = clients["c"].fail = True
+    clients["b"].error, clients["c"].error = down("b"), down("c")
     with pytest.raises(ExpertError):
         await _drain(answer_with_experts(REQ, ["a", "b", "c"], clients, mode="vote",
                                          confidences=[0.5] * 3, timeouts={}))  # fmt: skip
@@ -157,18 +149,19 @@ async def test_aggregated_answer_reads_mode_and_aggregator_from_the_decision():
     registry = _registry(experts_per_query=2)
     rec = Recruiter(registry, InMemoryStateStore()).recruit(np.array([0.0, 1.0]), "auto")
     decision = RoutingDecision("auto", rec.experts, [], 0.5, rec.to_dict())
-    clients = {"m": Scripted("m", "(A)"), "g": Scripted("g", "(B)"),
-               "j": Scripted("j", "x")}  # fmt: skip
+    clients = {"m": scripted("m", "(A)"), "g": scripted("g", "(B)"),
+               "j": scripted("j", "x")}  # fmt: skip
     answer = AggregatedAnswer(registry, clients, decision, REQ)
     text = "".join([d.text async for d in answer])
     assert answer.expert == "m" and answer.info["mode"] == "synthesis"
-    assert text == "(A)" and "Expert 2: (B)" in clients["m"].seen[-1].messages[-1]["content"]
+    assert text == "(A)" and "Expert 2: (B)" in clients["m"].requests[-1].messages[-1]["content"]
 
 
 async def test_three_experts_one_wrong_through_the_http_api_vote_and_streamed_synthesis():
     import httpx
 
-    from serving.ingress import ChatService, create_api
+    from serving.ingress import create_api
+    from serving.pipeline import Pipeline
 
     registry = parse_registry({"skills": ["law", "math"],
                                "router": {"experts_per_query": 3, "aggregation": "vote"},
@@ -180,9 +173,9 @@ async def test_three_experts_one_wrong_through_the_http_api_vote_and_streamed_sy
         rec = recruiter.recruit(np.array([0.5, 0.5]), model)
         return RoutingDecision(model, rec.experts, [], 0.1, rec.to_dict())
 
-    clients = {"m": Scripted("m", "The answer is (B)."), "j": Scripted("j", "The answer is (C)."),
-               "g": Scripted("g", "(C) because 7 is prime")}  # fmt: skip
-    app = create_api(ChatService(registry, route, clients))
+    clients = {"m": scripted("m", "The answer is (B)."), "j": scripted("j", "The answer is (C)."),
+               "g": scripted("g", "(C) because 7 is prime")}  # fmt: skip
+    app = create_api(Pipeline(registry, route, clients))
     body = {"model": "auto", "messages": REQ.messages}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q") as c:
         r = (await c.post("/v1/chat/completions", json=body)).json()

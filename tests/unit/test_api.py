@@ -1,22 +1,21 @@
 """The OpenAI HTTP surface, end to end in process: real FastAPI app, real router logic, experts
 replaced by scripted in-memory clients passed through the constructor."""
 
-import asyncio
 import json
 
 import pytest
 from fastapi.testclient import TestClient
 
-from experts.engine import Delta
 from experts.errors import ContextLengthExceededError, ExpertError
 from experts.registry import parse_registry
 from router import Router
 from router.classify import CentroidHead, EmbeddingSkillClassifier
-from serving.engines import ExpertClient, ExpertRequest
-from serving.ingress import ChatService, create_api
+from serving.ingress import create_api
 from serving.observe import RecordingObserver
+from serving.pipeline import Pipeline
 from skills.store import InMemoryStateStore
 from tests.conftest import KeywordEncoder
+from tests.fakes import FakeExpert
 
 REGISTRY = parse_registry({
     "skills": ["law", "math"],
@@ -30,51 +29,28 @@ REGISTRY = parse_registry({
 })  # fmt: skip
 
 
-class ScriptedExpert(ExpertClient):
-    """Answers '<name> says: <last user text>' in word-sized deltas; records its requests."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.requests: list[ExpertRequest] = []
-
-    async def stream_chat(self, request: ExpertRequest):
-        self.requests.append(request)
-        words = f"{self.name} says: {request.messages[-1]['content']}".split(" ")
-        for i, word in enumerate(words):
-            yield Delta(word if i == 0 else " " + word, None, 0, 0)
-        yield Delta("", "stop", 11, len(words))
+def scripted(name: str) -> FakeExpert:
+    """Answers '<name> says: <last user text>' in word-sized deltas ('a', ' b') with no counts, then
+    an empty "stop" delta with 11 prompt tokens and the word count; records its requests."""
+    return FakeExpert(name, "{name} says: {question}", template=True, words="leading",
+                      prompt_tokens=11)  # fmt: skip
 
 
-class FailingExpert(ExpertClient):
-    name = "flaky"
-
-    def __init__(self, after: int = 0) -> None:
-        self.after = after
-
-    async def stream_chat(self, request):
-        for _ in range(self.after):
-            yield Delta("tok ", None, 0, 0)
-        raise ExpertError("expert 'flaky' failed: engine died")
+def failing(after: int = 0) -> FakeExpert:
+    """'flaky': every call yields `after` 'tok ' deltas, then fails."""
+    return FakeExpert("flaky", error=ExpertError("expert 'flaky' failed: engine died"),
+                      fail_after=after)  # fmt: skip
 
 
-class TooLongExpert(ExpertClient):
+def too_long() -> FakeExpert:
     """Refuses every prompt as too long, as a vLLM replica does past its context."""
-
-    name = "jurist"
-
-    async def stream_chat(self, request):
-        raise ContextLengthExceededError(
-            "expert 'jurist': the prompt is 5031 tokens; limit 2047", param="messages"
-        )
-        yield  # pragma: no cover - makes this an async generator
+    return FakeExpert("jurist", error=ContextLengthExceededError(
+        "expert 'jurist': the prompt is 5031 tokens; limit 2047", param="messages"))  # fmt: skip
 
 
-class StalledExpert(ExpertClient):
-    name = "slow"
-
-    async def stream_chat(self, request):
-        await asyncio.sleep(30)
-        yield Delta("never", "stop", 0, 0)
+def stalled() -> FakeExpert:
+    """'slow': sleeps 30 s, then would answer 'never' in one final delta."""
+    return FakeExpert("slow", "never", final_delta=False, completion_tokens=0, delay=30)
 
 
 def make_client(flaky_after: int = 0, observer=None, overrides=None):
@@ -87,10 +63,10 @@ def make_client(flaky_after: int = 0, observer=None, overrides=None):
     async def route(text, model):
         return router.route(text, model)
 
-    experts = {"mathematician": ScriptedExpert("mathematician"), "jurist": ScriptedExpert("jurist"),
-               "flaky": FailingExpert(flaky_after), "slow": StalledExpert()}  # fmt: skip
+    experts = {"mathematician": scripted("mathematician"), "jurist": scripted("jurist"),
+               "flaky": failing(flaky_after), "slow": stalled()}  # fmt: skip
     experts |= overrides or {}
-    service = ChatService(REGISTRY, route, experts, observer)
+    service = Pipeline(REGISTRY, route, experts, observer)
     return TestClient(create_api(service)), experts
 
 
@@ -245,7 +221,7 @@ def test_observer_sees_route_first_token_end_and_rejections():
 
 
 def test_prompt_too_long_is_a_400_for_the_client_not_an_expert_failure():
-    client, _ = make_client(overrides={"jurist": TooLongExpert()})
+    client, _ = make_client(overrides={"jurist": too_long()})
     for stream in (False, True):
         r = chat(client, model="jurist", stream=stream)
         assert r.status_code == 400, r.text

@@ -8,8 +8,7 @@ import pytest
 
 from experts.errors import QuorumError
 from serving.audit import AuditObserver, MemoryAuditLog
-from serving.metrics import FanOutObserver
-from serving.observe import RecordingObserver
+from serving.observe import FanOutObserver, RecordingObserver
 from tests.unit.test_metrics import PROMPT_TOKENS, REGISTRY, chat, make_client
 
 
@@ -75,8 +74,9 @@ def test_without_an_audit_log_the_endpoint_says_so():
 def test_the_admin_auth_hook_guards_the_endpoint(audit):
     from fastapi.testclient import TestClient
 
-    from serving.ingress import ChatService, create_api
-    from tests.unit.test_metrics import FailingExpert, ScriptedExpert, route
+    from serving.ingress import create_api
+    from serving.pipeline import Pipeline
+    from tests.unit.test_metrics import expert_clients, route
 
     class Unauthorized(QuorumError):
         status = 401
@@ -86,9 +86,7 @@ def test_the_admin_auth_hook_guards_the_endpoint(audit):
         if request.headers.get("authorization") != "Bearer admin":
             raise Unauthorized("admin endpoints need an admin key")
 
-    experts = {"mathematician": ScriptedExpert(), "jurist": ScriptedExpert(),
-               "flaky": FailingExpert()}  # fmt: skip
-    service = ChatService(REGISTRY, route, experts, AuditObserver(audit, REGISTRY))
+    service = Pipeline(REGISTRY, route, expert_clients(), AuditObserver(audit, REGISTRY))
     client = TestClient(create_api(service, audit, admin_auth=admin_only))
     rid = chat(client).json()["id"]
     assert client.get(f"/admin/routing/{rid}").status_code == 401

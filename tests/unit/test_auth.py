@@ -9,7 +9,6 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from experts.engine import Delta
 from experts.errors import RegistryError
 from experts.registry import AuthConfig, parse_registry
 from serving.auth import (
@@ -21,9 +20,10 @@ from serving.auth import (
     hash_key,
     load_keys,
 )
-from serving.engines import ExpertClient
-from serving.ingress import ChatService, create_api
+from serving.ingress import create_api
 from serving.observe import Observer
+from serving.pipeline import Pipeline
+from tests.fakes import FakeExpert
 
 ALICE = "sk-alice-0123456789abcdef"
 ADMIN = "sk-admin-0123456789abcdef"
@@ -34,14 +34,6 @@ REGISTRY = parse_registry({
     "router": {"max_message_chars": 50, "max_tokens_cap": 100, "route_timeout_s": 0.2},
     "experts": [{"name": "solo", "model": "m"}],
 })  # fmt: skip
-
-
-class Echo(ExpertClient):
-    name = "solo"
-
-    async def stream_chat(self, request):
-        yield Delta("hello", None, 0, 0)
-        yield Delta("", "stop", 11, 7)  # 18 tokens per answer
 
 
 class Clock:
@@ -60,7 +52,9 @@ def make(keys: list[ApiKey] | None = None, limiter=None, clock=None, slow_route:
             await asyncio.sleep(5)
         return RoutingDecision(model, ["solo"], [], None, None)
 
-    service = ChatService(REGISTRY, route, {"solo": Echo()}, Observer())
+    # 'solo' answers 'hello', then an empty "stop" delta: 11 + 7 = 18 tokens per answer.
+    solo = FakeExpert("solo", "hello", prompt_tokens=11, completion_tokens=7)
+    service = Pipeline(REGISTRY, route, {"solo": solo}, Observer())
     auth = Authenticator(keys, limiter or InMemoryLimiter(), clock or Clock()) if keys else None
     return TestClient(create_api(service, auth=auth))
 

@@ -1,4 +1,4 @@
-"""The batch API end to end in process: real FastAPI app and ChatService, scripted experts."""
+"""The batch API end to end in process: real FastAPI app and Pipeline, scripted experts."""
 
 from __future__ import annotations
 
@@ -9,31 +9,17 @@ import json
 import httpx
 import pytest
 
-from experts.engine import Delta
 from experts.errors import ModelNotFoundError
 from experts.registry import parse_registry
+from experts.stream import ExpertRequest
 from router import RoutingDecision
 from serving.batches import BatchRunner, BatchStore, install_batches
-from serving.engines import ExpertClient, ExpertRequest
-from serving.ingress import ChatService, create_api
+from serving.ingress import create_api
+from serving.pipeline import Pipeline
+from tests.fakes import FakeExpert
 
 REGISTRY = parse_registry({"skills": ["law", "math"], "experts": [
     {"name": "jurist", "model": "m"}, {"name": "mathematician", "model": "m"}]})  # fmt: skip
-
-
-class Expert(ExpertClient):
-    """Answers '<name>: <question>'; `gate` (when set) holds every answer after the first `free`."""
-
-    def __init__(self, name: str, calls: list[str], gate: asyncio.Event | None = None,
-                 free: int = 0) -> None:  # fmt: skip
-        self.name, self.calls, self.gate, self.free = name, calls, gate, free
-
-    async def stream_chat(self, request: ExpertRequest):
-        question = request.messages[-1]["content"]
-        if self.gate is not None and len(self.calls) >= self.free:
-            await self.gate.wait()
-        self.calls.append(question)
-        yield Delta(f"{self.name}: {question}", "stop", 5, 3)
 
 
 async def route(text: str, model: str) -> RoutingDecision:
@@ -45,9 +31,21 @@ async def route(text: str, model: str) -> RoutingDecision:
     return RoutingDecision(model, [expert], [], 0.9, {"scores": []})
 
 
-def service(calls: list[str], gate=None, free=0) -> ChatService:
-    experts = {n: Expert(n, calls, gate, free) for n in ("jurist", "mathematician")}
-    return ChatService(REGISTRY, route, experts)
+def expert_clients(calls: list[ExpertRequest], gate=None, free=0) -> dict[str, FakeExpert]:
+    """Each answers '<name>: <question>' in one delta, logging its requests in the shared `calls`;
+    with `gate`, the requests after the first `free` (over both experts) wait for it."""
+    return {n: FakeExpert(n, "{name}: {question}", template=True, final_delta=False,
+                          prompt_tokens=5, completion_tokens=3, requests=calls, gate=gate,
+                          free=free)
+            for n in ("jurist", "mathematician")}  # fmt: skip
+
+
+def questions(calls: list[ExpertRequest]) -> list[str]:
+    return [request.messages[-1]["content"] for request in calls]
+
+
+def service(calls: list[ExpertRequest], gate=None, free=0) -> Pipeline:
+    return Pipeline(REGISTRY, route, expert_clients(calls, gate, free))
 
 
 def jsonl(questions: list[str], model: str = "auto") -> bytes:
@@ -60,7 +58,7 @@ def jsonl(questions: list[str], model: str = "auto") -> bytes:
 QUESTIONS = ["court 1", "math 2", "court 3", "math 4", "court 5", "math 6"]
 
 
-def client_for(svc: ChatService, root) -> tuple[httpx.AsyncClient, BatchRunner]:
+def client_for(svc: Pipeline, root) -> tuple[httpx.AsyncClient, BatchRunner]:
     app = create_api(svc)
     runner = install_batches(app, svc, root, concurrency=2)
     transport = httpx.ASGITransport(app=app)
@@ -75,7 +73,7 @@ async def upload(client: httpx.AsyncClient, content: bytes) -> str:
 
 
 async def test_batch_runs_grouped_by_expert_and_writes_output_in_input_order(tmp_path):
-    calls: list[str] = []
+    calls: list[ExpertRequest] = []
     client, runner = client_for(service(calls), tmp_path)
     async with client:
         file_id = await upload(client, jsonl([*QUESTIONS, "x"])[:-1] + b'"}]}}')  # a typo'd line
@@ -99,7 +97,7 @@ async def test_batch_runs_grouped_by_expert_and_writes_output_in_input_order(tmp
         err = (await client.get(f"/v1/files/{batch['error_file_id']}/content")).text
         assert json.loads(err)["response"]["status_code"] == 404
         # Batch by expert: all of one expert's questions, then all of the other's.
-        experts = ["court" in c for c in calls]
+        experts = ["court" in q for q in questions(calls)]
         assert sum(a != b for a, b in itertools.pairwise(experts)) == 1
         missing = await client.get("/v1/batches/batch_nope")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -112,9 +110,9 @@ async def test_each_request_is_routed_once(tmp_path):
         routed.append(text)
         return await route(text, model)
 
-    calls: list[str] = []
-    experts = {n: Expert(n, calls) for n in ("jurist", "mathematician")}
-    runner = BatchRunner(BatchStore(tmp_path), ChatService(REGISTRY, counting_route, experts))
+    calls: list[ExpertRequest] = []
+    service = Pipeline(REGISTRY, counting_route, expert_clients(calls))
+    runner = BatchRunner(BatchStore(tmp_path), service)
     file_id = runner.store.create_file(jsonl(QUESTIONS), "in.jsonl", "batch")["id"]
     batch_id = runner.create({"input_file_id": file_id, "endpoint": "/v1/chat/completions"})["id"]
     batch = await runner.wait(batch_id)
@@ -123,7 +121,7 @@ async def test_each_request_is_routed_once(tmp_path):
 
 
 async def test_cancel_stops_the_batch_and_keeps_what_finished(tmp_path):
-    calls: list[str] = []
+    calls: list[ExpertRequest] = []
     gate = asyncio.Event()
     client, runner = client_for(service(calls, gate, free=2), tmp_path)
     async with client:
@@ -146,8 +144,8 @@ async def test_cancel_stops_the_batch_and_keeps_what_finished(tmp_path):
 
 
 async def test_a_restarted_service_resumes_without_losing_or_repeating_work(tmp_path):
-    calls: list[str] = []
-    gate = asyncio.Event()  # never set: the first service stops after 3 answers
+    calls: list[ExpertRequest] = []
+    gate = asyncio.Event()  # never set: the first service stops after 3 answers, holding the rest
     first = BatchRunner(BatchStore(tmp_path), service(calls, gate, free=3), concurrency=2)
     file_id = first.store.create_file(jsonl(QUESTIONS), "in.jsonl", "batch")["id"]
     batch_id = first.create({"input_file_id": file_id, "endpoint": "/v1/chat/completions"})["id"]
@@ -157,18 +155,21 @@ async def test_a_restarted_service_resumes_without_losing_or_repeating_work(tmp_
         await asyncio.sleep(0.01)
     await first.close()  # the service goes down with the batch in progress
     assert first.store.get_batch(batch_id)["status"] == "in_progress"
-    answered_before = list(calls)
+    answered_before = questions(calls[:3])  # the 3 the gate let through
     # A torn line from the crash must not cost a finished result.
     with open(tmp_path / "batches" / f"{batch_id}.results.jsonl", "a") as fh:
         fh.write('{"custom_id": "q9", "resp')
 
-    second = BatchRunner(BatchStore(tmp_path), service(calls), concurrency=2)
+    later: list[ExpertRequest] = []
+    second = BatchRunner(BatchStore(tmp_path), service(later), concurrency=2)
     second.start()
     batch = await second.wait(batch_id)
     assert batch["status"] == "completed"
     assert batch["request_counts"] == {"total": 6, "completed": 6, "failed": 0}
-    assert sorted(calls) == sorted(QUESTIONS)  # each question answered exactly once overall
-    assert not set(calls[len(answered_before):]) & set(answered_before)
+    answered_after = questions(later)
+    # each question answered exactly once overall
+    assert sorted(answered_before + answered_after) == sorted(QUESTIONS)
+    assert not set(answered_after) & set(answered_before)
     out = second.store.file_content(batch["output_file_id"]).decode().splitlines()
     assert [json.loads(line)["custom_id"] for line in out] == [f"q{i}" for i in range(6)]
 

@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from router._embed import Encoder
-from router.classify import HEADS, CentroidHead, EmbeddingSkillClassifier, Head, load_head
+from router.classify import HEADS, CentroidHead, EmbeddingSkillClassifier, Encoder, Head, load_head
 from tests.conftest import KeywordEncoder
 
 SKILLS = ["law", "math", "biology"]

@@ -6,16 +6,17 @@ import json
 
 from fastapi.testclient import TestClient
 
-from experts.engine import Delta
 from experts.errors import ExpertError, ExpertUnavailableError
 from experts.registry import parse_registry
+from experts.stream import ExpertRequest
 from router import Router
 from router.classify import CentroidHead, EmbeddingSkillClassifier
-from serving.engines import ExpertClient, ExpertRequest
-from serving.faults import CircuitBreaker, FaultPolicy, fallback_order
-from serving.ingress import ChatService, create_api
+from serving.dispatch import CircuitBreaker, FaultPolicy, fallback_order
+from serving.ingress import create_api
+from serving.pipeline import Pipeline
 from skills.store import InMemoryStateStore
 from tests.conftest import KeywordEncoder
+from tests.fakes import FakeExpert
 
 
 def registry(**faults):
@@ -32,24 +33,13 @@ def registry(**faults):
     })  # fmt: skip
 
 
-class Expert(ExpertClient):
-    """Scripted: fails its first `fail` calls (before any token, or after `after` tokens),
-    stalls when `stall`, else answers '<name> ok'."""
-
-    def __init__(self, name: str, fail: int = 0, after: int = 0, stall: bool = False) -> None:
-        self.name, self.fail, self.after, self.stall = name, fail, after, stall
-        self.calls = 0
-
-    async def stream_chat(self, request):
-        self.calls += 1
-        if self.stall:
-            await asyncio.sleep(30)
-        if self.calls <= self.fail:
-            for _ in range(self.after):
-                yield Delta("tok ", None, 0, 0)
-            raise ExpertUnavailableError(f"expert '{self.name}' failed: replica died")
-        yield Delta(f"{self.name} ok", None, 0, 0)
-        yield Delta("", "stop", 3, 2)
+def expert(name: str, fail: int = 0, after: int = 0, delay: float = 0.0) -> FakeExpert:
+    """Answers '<name> ok' then an empty "stop" delta (3 + 2 tokens); fails its first `fail` calls
+    as unavailable (before any token, or after `after` 'tok ' deltas); sleeps `delay` s first
+    (30: stalled)."""
+    return FakeExpert(name, f"{name} ok", prompt_tokens=3, completion_tokens=2, fail=fail,
+                      error=ExpertUnavailableError(f"expert '{name}' failed: replica died"),
+                      fail_after=after, delay=delay)  # fmt: skip
 
 
 class Clock:
@@ -60,7 +50,7 @@ class Clock:
         return self.now
 
 
-def make(experts: dict[str, Expert], clock: Clock | None = None, **faults):
+def make(experts: dict[str, FakeExpert], clock: Clock | None = None, **faults):
     reg = registry(**faults)
     encoder = KeywordEncoder()
     head = CentroidHead(["law", "math"], encoder.encode(["court judge", "solve equation x"]), 0.05)
@@ -72,7 +62,7 @@ def make(experts: dict[str, Expert], clock: Clock | None = None, **faults):
     seen: list[tuple[str, str, str]] = []
     policy = FaultPolicy(experts, reg, on_fallback=lambda *a: seen.append(a),
                          clock=clock or Clock(), retry_delay_s=0)  # fmt: skip
-    service = ChatService(reg, route, experts, faults=policy)
+    service = Pipeline(reg, route, experts, faults=policy)
     return TestClient(create_api(service)), policy, seen
 
 
@@ -83,7 +73,7 @@ def ask(client, model="auto", stream=False):
 
 
 def healthy(*names):
-    return {n: Expert(n) for n in names}
+    return {n: expert(n) for n in names}
 
 
 def test_fallback_order_is_the_choice_then_every_candidate_by_utility():
@@ -113,7 +103,7 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_after_cooldown
 
 
 def test_dead_replica_is_retried_and_answers_without_fallback():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=1)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=1)}
     client, _policy, seen = make(experts)
     r = ask(client)
     assert r.status_code == 200
@@ -124,7 +114,7 @@ def test_dead_replica_is_retried_and_answers_without_fallback():
 
 
 def test_failing_expert_falls_back_to_the_next_best_and_says_so():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=99)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=99)}
     client, _policy, seen = make(experts)
     r = ask(client)
     assert r.status_code == 200
@@ -141,7 +131,7 @@ def test_failing_expert_falls_back_to_the_next_best_and_says_so():
 
 
 def test_streaming_fallback_reports_it_in_the_first_chunk():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=99)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=99)}
     client, _, _ = make(experts)
     r = ask(client, stream=True)
     assert r.status_code == 200
@@ -154,7 +144,7 @@ def test_streaming_fallback_reports_it_in_the_first_chunk():
 
 def test_open_breaker_keeps_traffic_away_then_a_probe_brings_the_expert_back():
     clock = Clock()
-    experts = healthy("second", "third") | {"best": Expert("best", fail=2)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=2)}
     client, policy, _seen = make(experts, clock)
     assert ask(client).json()["model"] == "second"  # 2 failures: breaker opens
     assert policy.states()["best"] == "open"
@@ -173,7 +163,7 @@ def test_open_breaker_keeps_traffic_away_then_a_probe_brings_the_expert_back():
 
 
 def test_every_expert_open_still_tries_them_rather_than_refusing():
-    experts = {n: Expert(n, fail=2) for n in ["best", "second", "third"]}
+    experts = {n: expert(n, fail=2) for n in ["best", "second", "third"]}
     client, policy, _ = make(experts, max_fallbacks=2)
     r = ask(client)
     assert r.status_code == 503  # all failed twice → all open
@@ -183,7 +173,7 @@ def test_every_expert_open_still_tries_them_rather_than_refusing():
 
 
 def test_first_token_timeout_falls_back_with_reason():
-    experts = healthy("second", "third") | {"best": Expert("best", stall=True)}
+    experts = healthy("second", "third") | {"best": expert("best", delay=30)}
     client, _, seen = make(experts, retries=0)
     r = ask(client)
     assert r.status_code == 200 and r.json()["model"] == "second"
@@ -191,7 +181,7 @@ def test_first_token_timeout_falls_back_with_reason():
 
 
 def test_named_expert_is_retried_but_never_swapped():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=99)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=99)}
     client, _, seen = make(experts)
     r = ask(client, model="best")
     assert r.status_code == 503 and r.json()["error"]["code"] == "expert_unavailable"
@@ -199,17 +189,17 @@ def test_named_expert_is_retried_but_never_swapped():
 
 
 def test_fallback_off_and_max_fallbacks_are_honoured():
-    experts = {n: Expert(n, fail=99) for n in ["best", "second"]} | healthy("third")
+    experts = {n: expert(n, fail=99) for n in ["best", "second"]} | healthy("third")
     client, _, _ = make(experts, max_fallbacks=1)
     assert ask(client).status_code == 503  # third is beyond max_fallbacks
     assert experts["third"].calls == 0
-    client, _, _ = make(healthy("second", "third") | {"best": Expert("best", fail=99)},
+    client, _, _ = make(healthy("second", "third") | {"best": expert("best", fail=99)},
                         fallback=False)  # fmt: skip
     assert ask(client).status_code == 503
 
 
 def test_failure_after_the_first_token_is_not_retried_and_counts_against_the_breaker():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=99, after=1)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=99, after=1)}
     client, policy, seen = make(experts)
     with client.stream("POST", "/v1/chat/completions", json={
         "model": "auto", "stream": True,
@@ -222,7 +212,7 @@ def test_failure_after_the_first_token_is_not_retried_and_counts_against_the_bre
 
 
 def test_a_broken_metrics_hook_does_not_fail_the_request():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=99)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=99)}
     client, policy, _ = make(experts)
 
     def broken(*_):
@@ -233,19 +223,13 @@ def test_a_broken_metrics_hook_does_not_fail_the_request():
 
 
 def test_expert_error_types_map_to_their_status():
-    class Bad(ExpertClient):
-        name = "best"
-
-        async def stream_chat(self, request):
-            raise ExpertError("boom")
-            yield  # pragma: no cover
-
-    client, _, _ = make(healthy("second", "third") | {"best": Bad()})
+    bad = FakeExpert("best", error=ExpertError("boom"))
+    client, _, _ = make(healthy("second", "third") | {"best": bad})
     assert ask(client, model="best").status_code == 502
 
 
 def test_non_streaming_answer_that_breaks_midway_is_retried_whole():
-    experts = healthy("second", "third") | {"best": Expert("best", fail=1, after=2)}
+    experts = healthy("second", "third") | {"best": expert("best", fail=1, after=2)}
     client, _, seen = make(experts)
     r = ask(client)
     assert r.status_code == 200
@@ -254,7 +238,7 @@ def test_non_streaming_answer_that_breaks_midway_is_retried_whole():
 
 
 def test_a_timeout_is_not_retried_on_a_single_replica_expert():
-    experts = healthy("second", "third") | {"best": Expert("best", stall=True)}
+    experts = healthy("second", "third") | {"best": expert("best", delay=30)}
     client, _, seen = make(experts)  # retries=1, but 'best' has one replica
     r = ask(client)
     assert r.status_code == 200 and experts["best"].calls == 1
@@ -275,17 +259,12 @@ def test_a_half_open_expert_keeps_its_probe_slot_when_a_better_expert_answers():
 def test_residency_queueing_is_not_a_first_token_timeout():
     # A hosted expert behind the scheduler waits for its batch or a swap before any token: the
     # deadlines allow max_wait_s + 2 x swap_cost_s on top of the first-token limit.
-    class Queued(Expert):
-        async def stream_chat(self, request):
-            await asyncio.sleep(0.6)  # an engine load, longer than first_token_timeout_s (0.3)
-            async for delta in super().stream_chat(request):
-                yield delta
-
     queued = parse_registry(registry().model_dump(mode="json") | {
         "residency": {"slots": 1, "max_wait_s": 0.4, "swap_cost_s": 0.2}})  # fmt: skip
     plain = registry()
     for reg, status in ((queued, 200), (plain, 504)):
-        policy = FaultPolicy({"best": Queued("best")}, reg, retry_delay_s=0)
+        # 0.6 s of engine load before any token: longer than first_token_timeout_s (0.3)
+        policy = FaultPolicy({"best": expert("best", delay=0.6)}, reg, retry_delay_s=0)
         assert policy.queue_allowance(reg.expert("best")) == (0.8 if reg is queued else 0.0)
         request = ExpertRequest("r", [{"role": "user", "content": "x"}], max_tokens=4)
 

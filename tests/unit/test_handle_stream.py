@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from experts.engine import Delta
+from experts.clients import stream_from_handle
 from experts.errors import ContextLengthExceededError, ExpertUnavailableError
-from serving.engines import stream_from_handle
+from experts.stream import Delta
 
 
 class Response:

@@ -1,4 +1,4 @@
-"""Metrics through the real HTTP API and ChatService, with a recording metric backend passed to
+"""Metrics through the real HTTP API and Pipeline, with a recording metric backend passed to
 `QuorumMetrics` instead of Ray's (which needs a running cluster; tests/integration/test_metrics.py
 checks the real endpoint)."""
 
@@ -7,22 +7,21 @@ from collections import defaultdict
 import pytest
 from fastapi.testclient import TestClient
 
-from experts.engine import Delta
 from experts.errors import ExpertError, ModelNotFoundError
 from experts.registry import parse_registry
 from router import RoutingDecision
 from serving import metrics as metrics_module
-from serving.engines import ExpertClient, ExpertRequest
-from serving.ingress import ChatService, create_api
+from serving.ingress import create_api
 from serving.metrics import (
     METRICS,
-    FanOutObserver,
     MetricSpec,
     QuorumMetrics,
     RayMetricsObserver,
     exported_names,
 )
-from serving.observe import Observer, RecordingObserver
+from serving.observe import FanOutObserver, Observer, RecordingObserver
+from serving.pipeline import Pipeline
+from tests.fakes import FakeExpert
 
 REGISTRY = parse_registry({
     "skills": ["law", "math"],
@@ -36,19 +35,21 @@ REGISTRY = parse_registry({
 PROMPT_TOKENS = 11
 
 
-class ScriptedExpert(ExpertClient):
-    """Three words, then a last delta with token counts."""
-
-    async def stream_chat(self, request: ExpertRequest):
-        for word in ("one", " two", " three"):
-            yield Delta(word, None, PROMPT_TOKENS, 0)
-        yield Delta("", "stop", PROMPT_TOKENS, 3)
+def scripted(name: str) -> FakeExpert:
+    """Three words ('one', ' two', ' three'), then a last delta with token counts."""
+    return FakeExpert(name, "one two three", words="leading", prompt_tokens=PROMPT_TOKENS,
+                      completion_tokens=3, partial_tokens=(PROMPT_TOKENS, 0))  # fmt: skip
 
 
-class FailingExpert(ExpertClient):
-    async def stream_chat(self, request: ExpertRequest):
-        yield Delta("tok", None, PROMPT_TOKENS, 1)
-        raise ExpertError("expert 'flaky' failed: engine died")
+def failing() -> FakeExpert:
+    """One 'tok' delta, then an expert failure."""
+    return FakeExpert("flaky", error=ExpertError("expert 'flaky' failed: engine died"),
+                      fail_after=1, fail_text="tok", partial_tokens=(PROMPT_TOKENS, 1))  # fmt: skip
+
+
+def expert_clients() -> dict[str, FakeExpert]:
+    return {"mathematician": scripted("mathematician"), "jurist": scripted("jurist"),
+            "flaky": failing()}  # fmt: skip
 
 
 async def route(text: str, model: str) -> RoutingDecision:
@@ -72,9 +73,7 @@ async def route(text: str, model: str) -> RoutingDecision:
 
 
 def make_client(observer: Observer, audit=None) -> TestClient:
-    experts = {"mathematician": ScriptedExpert(), "jurist": ScriptedExpert(),
-               "flaky": FailingExpert()}  # fmt: skip
-    return TestClient(create_api(ChatService(REGISTRY, route, experts, observer), audit))
+    return TestClient(create_api(Pipeline(REGISTRY, route, expert_clients(), observer), audit))
 
 
 def chat(client: TestClient, text: str = "solve x", model: str = "auto", stream: bool = False):

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from experts.answers import AGGREGATE_HEADER
 from experts.registry import Expert, Registry
 from skills.competence import beta_interval, posterior
 from skills.profile import (
-    AGGREGATE_HEADER,
     AnswerBackend,
     ExpertAnswer,
     ExpertSession,
@@ -212,7 +212,7 @@ def test_concurrent_experts_give_the_same_profile(tmp_path):
 def test_openai_backend_experts_are_asked_over_http():
     import httpx
 
-    from skills.profile import _HTTPSession
+    from skills.backends import HTTPSession
 
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -224,7 +224,7 @@ def test_openai_backend_experts_are_asked_over_http():
 
     expert = Expert(name="remote", model="m", backend="openai", base_url="http://x/v1")
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    session = _HTTPSession(expert, ProfileConfig(max_tokens=4), http)
+    session = HTTPSession(expert, ProfileConfig(max_tokens=4), http)
     convs = [[{"role": "user", "content": "q"}], [{"role": "user", "content": "boom"}]]
     got = sorted(session.answer(convs), key=lambda a: a.index)
     session.close()

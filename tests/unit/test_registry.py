@@ -91,7 +91,7 @@ def test_competence_matrix_uses_priors_and_defaults():
 
 
 def test_every_registry_field_is_documented():
-    from experts._registry_doc import reference_markdown
+    from experts.registry_doc import reference_markdown
 
     rows = [line for line in reference_markdown().splitlines() if line.startswith("| `")]
     assert len(rows) > 40

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router._embed import Encoder
+from router.classify import Encoder
 from skills._routing_report import apgr, cost_fraction_at, first_above, mix_curve
 from skills.outcomes import ModelsFile, OutcomesError, Question, load_outcomes
 from skills.routing_eval import evaluate_routing, main

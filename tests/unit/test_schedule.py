@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from benchmarks.sched_sim import Arrival, Costs, simulate
-from experts.engine import Delta
 from experts.errors import ExpertUnavailableError
-from serving.engines import ExpertRequest, collect
+from experts.stream import Delta, ExpertRequest, collect
 from serving.residency import EngineFactory, SlotManager
 from serving.schedule import (
     BatchByExpertPolicy,
@@ -114,11 +113,10 @@ class FakeEngine:
     def __init__(self, name: str, sleepable: bool, log: list[str]) -> None:
         self.name, self.supports_sleep, self.log = name, sleepable, log
 
-    async def stream_chat(self, messages, *, max_tokens, temperature, top_p, stop, seed,
-                          request_id) -> AsyncIterator[Delta]:  # fmt: skip
+    async def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]:
         await asyncio.sleep(0.01)
         yield Delta(f"{self.name}:", None, 3, 1)
-        yield Delta(messages[-1]["content"], "stop", 3, 2)
+        yield Delta(request.messages[-1]["content"], "stop", 3, 2)
 
     async def sleep(self, level: int = 1) -> None:
         self.log.append(f"sleep {self.name}")
@@ -209,7 +207,8 @@ async def test_admin_scheduler_endpoint_shows_queues_and_totals():
 
     from experts.registry import parse_registry
     from router import RoutingDecision
-    from serving.ingress import ChatService, create_api
+    from serving.ingress import create_api
+    from serving.pipeline import Pipeline
 
     registry = parse_registry({"skills": ["law", "math"],
                                "experts": [{"name": n, "model": "m"} for n in "ab"]})  # fmt: skip
@@ -222,7 +221,7 @@ async def test_admin_scheduler_endpoint_shows_queues_and_totals():
     async def snapshot() -> dict:
         return sched.snapshot()
 
-    service = ChatService(registry, route, {n: ScheduledExpertClient(n, sched) for n in "ab"})
+    service = Pipeline(registry, route, {n: ScheduledExpertClient(n, sched) for n in "ab"})
     transport = httpx.ASGITransport(app=create_api(service, scheduler=snapshot))
     plain = httpx.ASGITransport(app=create_api(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://q") as c:

@@ -25,21 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from experts.config import Residency
+
 __all__ = ["POLICIES", "BatchByExpertPolicy", "Dispatch", "ExpertState", "ExpertView",
            "FifoPolicy", "Plan", "Policy", "SchedulerConfig", "Swap"]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Knobs of the scheduler and its policy (the registry's `residency` section fills them)."""
-
-    slots: int = 1  # experts loaded at once
-    max_batch_size: int = 16
-    max_batch_wait_s: float = 0.05  # a partial batch waits this long for more requests
-    max_wait_s: float = 300.0  # a request older than this makes its expert urgent
-    swap_cost_s: float = 40.0  # evict + load, measured (benchmarks/RESULTS.md)
-    min_residency_factor: float = 1.0  # hold a slot >= this x swap cost while there is work
-    max_inflight_batches: int = 1  # per expert
+#: The scheduler's settings are the registry's `residency` section itself (its defaults and
+#: documentation are there); `SchedulerConfig(...)` builds one for tests and the simulator.
+SchedulerConfig = Residency
 
 
 @dataclass(frozen=True)

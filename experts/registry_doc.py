@@ -1,6 +1,6 @@
 """The registry reference, generated from the pydantic models' field descriptions.
 
-python -m experts._registry_doc      # markdown tables, pasted into the README
+python -m experts.registry_doc      # markdown tables, pasted into the README
 """
 
 from __future__ import annotations

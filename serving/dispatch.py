@@ -1,4 +1,5 @@
-"""Expert faults: retry, fallback to the next-best expert, and a circuit breaker per expert.
+"""Stage 4 of the pipeline: dispatch. The request goes to its expert, with retry, fallback to the
+next-best expert, and a circuit breaker per expert.
 
 Between recruit and the expert engines. `FaultPolicy.stream(request, ranked)` starts the answer on
 the first expert of `ranked` (the router's candidates, best first) and, while no token has reached
@@ -33,10 +34,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-from experts.engine import Delta
+from experts.clients import ExpertClient
 from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError, QuorumError
 from experts.registry import Expert, FaultConfig, Registry
-from serving.engines import ExpertClient, ExpertRequest
+from experts.stream import Delta, ExpertRequest
 
 __all__ = ["CircuitBreaker", "FallbackStream", "FaultPolicy", "fallback_order", "metric_fallback"]
 

@@ -1,7 +1,14 @@
-"""The router facade: classify → recruit, timed, as one decision that travels with the response."""
+"""The router: classify → recruit, timed, as one decision that travels with the response.
+
+`Router.route_batch` classifies several requests in one encoder batch (what makes batching pay);
+`RouteBatcher` gives async callers that batching: requests that arrive while a batch is being
+classified wait for the next one, which takes them all (up to `max_batch`). The pipeline
+(`serving/pipeline.py`) calls it in the process that holds the request, so routing is not a hop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -10,8 +17,7 @@ import numpy as np
 
 from experts.registry import Registry
 from router.classify import SkillClassifier
-from router.recruit import Recruiter, Recruitment
-from skills.store import StateStore
+from router.recruit import CompetenceSource, Recruiter, Recruitment
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,9 @@ class RoutingDecision:
 
 
 class Router:
-    def __init__(self, classifier: SkillClassifier, registry: Registry, store: StateStore) -> None:
+    def __init__(
+        self, classifier: SkillClassifier, registry: Registry, profiles: CompetenceSource
+    ) -> None:
         if list(classifier.skills) != list(registry.skills):
             raise ValueError(
                 "the classifier's skills differ from the registry's: "
@@ -38,7 +46,7 @@ class Router:
                 "(python -m router.train) or fix the registry's `skills`"
             )
         self.classifier = classifier
-        self.recruiter = Recruiter(registry, store)
+        self.recruiter = Recruiter(registry, profiles)
         self._expert_names = {e.name for e in registry.experts}
 
     def route(self, text: str, model: str) -> RoutingDecision:
@@ -73,3 +81,45 @@ class Router:
                 )
             )
         return decisions
+
+
+class RouteBatcher:
+    """`await route(text, model)` for many concurrent callers, classified together.
+
+    One batch runs at a time, in a worker thread (the encoder is CPU-bound; the event loop stays
+    free); whoever arrives meanwhile joins the next batch. An unknown model fails alone, at once,
+    not its batch."""
+
+    def __init__(self, router: Router, max_batch: int = 32) -> None:
+        self.router = router
+        self.max_batch = max_batch
+        self._waiting: list[tuple[str, str, asyncio.Future]] = []
+        self._running = False
+
+    async def route(self, text: str, model: str) -> RoutingDecision:
+        self.router.recruiter.candidates(model)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((text, model, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = (self._waiting[: self.max_batch],
+                                        self._waiting[self.max_batch :])  # fmt: skip
+                texts, models = [b[0] for b in batch], [b[1] for b in batch]
+                try:
+                    decisions = await asyncio.to_thread(self.router.route_batch, texts, models)
+                except Exception as exc:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), decision in zip(batch, decisions, strict=True):
+                    if not future.done():  # the caller may have given up (route timeout)
+                        future.set_result(decision)
+        finally:
+            self._running = False

@@ -1,0 +1,80 @@
+"""The plain data every stage passes around: what an expert is asked (`ExpertRequest`) and what
+it streams back (`Delta`), with two helpers over such streams. Imports neither vLLM nor Ray, so
+every stage and every test can use it.
+
+The streaming contract, written once: an expert yields `Delta`s as the model produces text; the
+last one has `finish_reason` and the token counts. A failure raises an `ExpertError` subclass
+(never a bare library exception), so the ingress maps it to one OpenAI error object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from experts.errors import ExpertError, ExpertTimeoutError
+
+__all__ = ["Delta", "ExpertRequest", "collect", "with_timeout"]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the previous delta. The last delta has `finish_reason` set.
+
+    `prompt_tokens` is the prompt's length; `completion_tokens` counts generated tokens so far
+    (final on the last delta). `finish_reason` is "stop" (EOS or a stop string), "length"
+    (max_tokens or the context limit) or "abort".
+    """
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ExpertRequest:
+    """What an expert needs to answer; plain data so it crosses Ray actor boundaries."""
+
+    request_id: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
+    """Drain a stream: the whole text and the final delta (finish reason, token counts)."""
+    parts: list[str] = []
+    last: Delta | None = None
+    async for delta in deltas:
+        parts.append(delta.text)
+        last = delta
+    if last is None:
+        raise ExpertError("the expert closed its stream without answering")
+    return "".join(parts), last
+
+
+async def with_timeout(
+    deltas: AsyncIterator[Delta], expert: str, seconds: float
+) -> AsyncIterator[Delta]:
+    """Bound the whole answer's time; a stalled expert becomes an ExpertTimeoutError.
+
+    The deadline wraps each wait for the expert, not the consumer's work between deltas."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    iterator = aiter(deltas)
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                delta = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await iterator.aclose()
+            raise ExpertTimeoutError(
+                f"expert '{expert}' did not finish within {seconds:g}s (its timeout_s in the registry)"
+            ) from None
+        yield delta

@@ -1,0 +1,164 @@
+"""The Ray Serve application: the wiring, and nothing else.
+
+    HTTP → QuorumIngress (create_api over the Pipeline; classify + recruit in this process)
+             → one deployment per hosted expert (experts.engine.HostedExpert: a vLLM engine)
+             | the expert pool (serving.schedule.ExpertPool), with `residency`
+             | `openai`-backend experts, called directly over HTTP
+
+`build_app(args)` is what Serve configs name (`import_path: serving.deployments:build_app`);
+`quorum serve` calls it too. The stages are plain Python classes defined elsewhere; this module
+makes them deployments, chooses their resources and connects them with handles.
+
+Why not `ray.serve.llm`: it was evaluated (it serves vLLM CPU engines here when its ingress is
+given spare logical CPUs), but Quorum's ingress must decide per request which engine answers,
+attach the routing decision, and queue requests per expert, batch them and swap engines, so each
+expert runs in a small deployment of ours around vLLM's `AsyncLLM`.
+
+Routing runs in the ingress process (`router.RouteBatcher`: concurrent requests share one encoder
+batch), so a routed request makes one Ray hop, to its expert.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ray import serve
+
+from experts.clients import REMOTE_BACKENDS, ExpertClient, HandleExpertClient, PoolExpertClient
+from experts.engine import HostedExpert
+from experts.paths import OFFLINE_ENV, quorum_home
+from experts.registry import Expert, Registry, load_registry, parse_registry
+from router import EmbeddingSkillClassifier, RouteBatcher, Router, load_head
+from router.classify import MiniLMEncoder
+from serving.audit import AuditObserver, make_audit_log
+from serving.auth import build_authenticator, load_keys
+from serving.batches import install_batches
+from serving.ingress import create_api
+from serving.metrics import RayMetricsObserver
+from serving.observe import FanOutObserver
+from serving.pipeline import Pipeline
+from serving.schedule import ExpertPool
+from skills.store import InMemoryStateStore, StateStore
+
+__all__ = ["QuorumIngress", "build_app", "build_router", "make_store"]
+
+log = logging.getLogger(__name__)
+
+
+def make_store(redis_url: str | None = None) -> StateStore:
+    """The state store: Redis when configured (`QUORUM_REDIS_URL`), else in process.
+
+    Redis is wrapped in `ResilientStateStore`: while it is unreachable the router serves from
+    process memory and journals writes, and replays them when Redis returns."""
+    url = redis_url or os.environ.get("QUORUM_REDIS_URL")
+    if url:
+        from skills.redis_store import RedisStateStore, StateStoreUnavailableError
+        from skills.resilient_store import ResilientStateStore
+
+        redis_store = RedisStateStore.from_url(url, check=False)
+        try:
+            redis_store.ping()
+        except StateStoreUnavailableError as exc:
+            log.warning("%s; starting anyway, with state in process until it answers", exc.message)
+        return ResilientStateStore(redis_store)
+    return InMemoryStateStore()
+
+
+def build_router(registry: Registry, store: StateStore) -> Router:
+    """The production router: MiniLM embeddings + the registry's trained head; competence from
+    `store`'s current profile (the registry's priors until one is published)."""
+    config = registry.router.classifier
+    head = load_head(config.artifact, config.kind)
+    return Router(EmbeddingSkillClassifier(MiniLMEncoder(), head), registry, store)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": OFFLINE_ENV}})
+@serve.ingress()
+class QuorumIngress:
+    """The OpenAI HTTP API over the pipeline; the FastAPI app is built on the replica."""
+
+    def __init__(
+        self,
+        registry: dict[str, Any],
+        experts: dict[str, Any],
+        redis_url: str | None = None,
+        auth_keys: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.registry = parse_registry(registry)
+        redis_url = redis_url or os.environ.get("QUORUM_REDIS_URL")
+        # Hashed keys only (loaded by build_app); counters in Redis when it is configured.
+        self.auth = build_authenticator(auth_keys or [], redis_url)
+        clients: dict[str, ExpertClient] = {}
+        self.scheduler = None  # the expert pool's snapshot, with residency
+        for expert in self.registry.experts:
+            if expert.backend == "vllm" and self.registry.residency is not None:
+                clients[expert.name] = PoolExpertClient(expert.name, experts[expert.name])
+                self.scheduler = experts[expert.name].snapshot.remote
+            elif expert.backend == "vllm":
+                clients[expert.name] = HandleExpertClient(expert.name, experts[expert.name])
+            else:  # served elsewhere: called directly from this process
+                clients[expert.name] = REMOTE_BACKENDS[expert.backend](expert)
+        router = RouteBatcher(build_router(self.registry, make_store(redis_url)))
+        # Metrics go to Ray's metrics API (dashboard + Prometheus); decisions to the routing audit.
+        self.audit = make_audit_log(redis_url)
+        observer = FanOutObserver(
+            [RayMetricsObserver(self.registry), AuditObserver(self.audit, self.registry)]
+        )
+        self.pipeline = Pipeline(self.registry, router.route, clients, observer)
+
+    def __serve_build_asgi_app__(self):
+        api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)
+        install_batches(api, self.pipeline, quorum_home() / "batches")  # /v1/files, /v1/batches
+        return api
+
+
+def expert_deployment(expert: Expert):
+    """The Serve deployment of one hosted expert, with the resources the registry gives it."""
+    actor_options: dict[str, Any] = {
+        "num_cpus": expert.resources.cpus,
+        "num_gpus": expert.resources.gpus,
+        "runtime_env": {"env_vars": {**OFFLINE_ENV, **expert.env}},
+    }
+    if expert.resources.memory_gb:
+        actor_options["memory"] = int(expert.resources.memory_gb * 2**30)
+    return serve.deployment(HostedExpert).options(
+        name=f"expert-{expert.name}",
+        num_replicas=expert.replicas,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=256,
+        health_check_timeout_s=60,
+    )
+
+
+def expert_pool_deployment(registry: Registry):
+    """The deployment hosting every vllm expert in `residency.slots` slots behind the scheduler:
+    one replica owns the device pool; its resources are `slots` x the largest expert's."""
+    hosted = [e for e in registry.experts if e.backend == "vllm"]
+    env = dict(OFFLINE_ENV)
+    for e in hosted:
+        env |= e.env
+    slots = registry.residency.slots
+    return serve.deployment(ExpertPool).options(
+        name="expert-pool", num_replicas=1, max_ongoing_requests=4096, health_check_timeout_s=120,
+        ray_actor_options={"num_cpus": slots * max(e.resources.cpus for e in hosted),
+                           "num_gpus": slots * max(e.resources.gpus for e in hosted),
+                           "runtime_env": {"env_vars": env}},
+    )  # fmt: skip
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """Serve application builder. `args`: `registry` (YAML path; default: embedded), `redis_url`."""
+    args = args or {}
+    registry = load_registry(args.get("registry"))
+    data = registry.model_dump(mode="json")
+    experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
+               for e in registry.experts if e.backend == "vllm"}  # fmt: skip
+    if registry.residency is not None:  # S slots shared by all hosted experts, batch by expert
+        pool = expert_pool_deployment(registry).bind(data)
+        experts = {name: pool for name in experts}
+    keys = [k.to_dict() for k in load_keys(registry.auth)]  # a bad key file fails here, at start
+    if keys:
+        log.info("access control on: %d API key(s)", len(keys))
+    return QuorumIngress.bind(data, experts, args.get("redis_url"), keys)

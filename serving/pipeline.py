@@ -1,0 +1,239 @@
+"""The pipeline, written once: one chat request through the stages, in order.
+
+    route (classify → recruit, router/) → dispatch (one expert, with faults: dispatch.py)
+                                        | aggregate (k > 1 experts: aggregate.py) → respond
+
+`Pipeline.answer` is that sentence as code; `complete` and `stream` respond with OpenAI's body or
+its SSE chunks. Every backend comes in through the constructor (the route function, one
+`ExpertClient` per expert, an observer for metrics and the audit), so the pipeline runs and is
+tested without Ray or HTTP; `serving/deployments.py` wires the production ones and
+`serving/ingress.py` puts HTTP in front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from experts.clients import ExpertClient
+from experts.errors import ExpertError, QuorumError, RoutingTimeoutError
+from experts.registry import Registry
+from experts.stream import Delta, ExpertRequest
+from router import RoutingDecision
+from serving import protocol
+from serving.aggregate import AggregatedAnswer
+from serving.auth import record_tokens
+from serving.dispatch import FallbackStream, FaultPolicy, fallback_order, metric_fallback
+from serving.observe import Observer
+
+__all__ = ["Answer", "Pipeline", "RouteFn", "answered_by", "routing_headers"]
+
+RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
+
+
+@dataclass
+class Answer:
+    """An answer on its way: the deltas, and the `quorum` extension that travels with it (routing
+    decision, fallbacks and aggregation record, filled in as they happen)."""
+
+    request_id: str
+    decision: RoutingDecision
+    deltas: AsyncIterator[Delta]
+    extension: dict
+
+
+class Pipeline:
+    """One request through route → dispatch | aggregate → respond, backends injected."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        route: RouteFn,
+        clients: dict[str, ExpertClient],
+        observer: Observer | None = None,
+        faults: FaultPolicy | None = None,
+    ) -> None:
+        self.registry = registry
+        self.route_fn = route
+        self.clients = clients
+        self.observer = observer or Observer()
+        # Retry, fallback to the next-best expert, circuit breakers (serving/dispatch.py).
+        self.faults = faults or FaultPolicy(clients, registry, on_fallback=metric_fallback)
+
+    # -- the stages ------------------------------------------------------------------------------
+
+    async def answer(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> Answer:
+        """The stages in order. A caller that already routed the request passes `decision`."""
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        started = time.perf_counter()
+        decision = decision or await self.route(request.last_user_text(), request.model)
+        route_ms = (time.perf_counter() - started) * 1000
+        self.observer.routed(request_id, decision, route_ms / 1000)
+        expert_request = self.expert_request(request, request_id)
+        if len(decision.experts) > 1:
+            answer = self.aggregate(decision, expert_request)
+        else:
+            answer = self.dispatch(decision, expert_request, buffered=not request.stream)
+        routing = decision.to_dict() | {"fallbacks": answer.fallbacks}  # filled as they happen
+        extension = {"request_id": request_id, "routing": routing, "route_ms": round(route_ms, 3)}
+        if isinstance(answer, AggregatedAnswer):
+            extension["aggregation"] = answer.info  # filled as the experts answer
+        deltas = self._observed(request_id, answer, started)
+        return Answer(request_id, decision, deltas, extension)
+
+    async def route(self, text: str, model: str) -> RoutingDecision:
+        """classify → recruit (router/), within `router.route_timeout_s`."""
+        limit = self.registry.router.route_timeout_s
+        try:
+            async with asyncio.timeout(limit):  # in this task: no extra task per request
+                return await self.route_fn(text, model)
+        except TimeoutError:
+            raise RoutingTimeoutError(
+                f"routing took longer than {limit:g}s (router.route_timeout_s); the router is "
+                "overloaded: retry, or add ingress replicas"
+            ) from None
+
+    def expert_request(
+        self, request: protocol.ChatCompletionRequest, request_id: str
+    ) -> ExpertRequest:
+        return ExpertRequest(
+            request_id=request_id,
+            messages=request.plain_messages(),
+            max_tokens=request.token_limit(self.registry.router.default_max_tokens),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop,
+            seed=request.seed,
+        )
+
+    def dispatch(
+        self, decision: RoutingDecision, request: ExpertRequest, buffered: bool
+    ) -> FallbackStream:
+        """One expert answers. Named experts never change; routed ones may fall back along the
+        ranking. `buffered`: nothing is sent before the end, so a failure midway is retried."""
+        return self.faults.stream(
+            request,
+            fallback_order(decision.experts, decision.recruitment),
+            allow_fallback=decision.recruitment is not None,
+            buffered=buffered,
+        )
+
+    def aggregate(self, decision: RoutingDecision, request: ExpertRequest) -> AggregatedAnswer:
+        """k > 1 experts answer and one answer comes back (serving/aggregate.py)."""
+        return AggregatedAnswer(self.registry, self.clients, decision, request)
+
+    async def _observed(
+        self, request_id: str, answer: FallbackStream | AggregatedAnswer, started: float
+    ) -> AsyncIterator[Delta]:
+        """Pass deltas through, reporting first token and the end (ok or the error) once."""
+        last: Delta | None = None
+        status = "ok"
+        try:
+            async for delta in answer:
+                if last is None:
+                    self.observer.first_token(
+                        request_id, answer.expert, time.perf_counter() - started
+                    )
+                last = delta
+                yield delta
+        except QuorumError as exc:
+            status = exc.code or exc.type
+            raise
+        except BaseException:
+            status = "cancelled"
+            raise
+        finally:
+            if last is not None:
+                record_tokens(last.prompt_tokens, last.completion_tokens)  # the key's budget
+            self.observer.finished(
+                request_id, answer.expert, status, last, time.perf_counter() - started
+            )
+
+    # -- respond ---------------------------------------------------------------------------------
+
+    async def complete(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> tuple[dict, dict]:
+        """Non-streaming: the completion body and the response headers."""
+        answer = await self.answer(request, decision)
+        parts: list[str] = []
+        last: Delta | None = None
+        async for delta in answer.deltas:
+            parts.append(delta.text)
+            last = delta
+        if last is None:
+            raise ExpertError(
+                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
+            )
+        body = protocol.completion(
+            answer.request_id, answered_by(answer.decision, answer.extension), "".join(parts),
+            last.finish_reason, protocol.usage(last.prompt_tokens, last.completion_tokens),
+            answer.extension,
+        )  # fmt: skip
+        return body, routing_headers(answer.request_id, answer.decision, answer.extension)
+
+    async def stream(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[AsyncIterator[bytes], dict]:
+        """Streaming: SSE bytes and headers. The first delta is awaited before returning, so an
+        expert that fails at once still gets a proper HTTP error status instead of a 200."""
+        answer = await self.answer(request)
+        request_id, decision, extension = answer.request_id, answer.decision, answer.extension
+        iterator = aiter(answer.deltas)
+        try:
+            first = await anext(iterator)
+        except StopAsyncIteration:
+            raise ExpertError(
+                f"expert '{decision.experts[0]}' closed its stream without answering"
+            ) from None
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        model, created = answered_by(decision, extension), int(time.time())
+        events = protocol.sse_events(
+            request_id, model, created, first, iterator, extension, include_usage
+        )
+        return events, routing_headers(request_id, decision, extension)
+
+    def models(self) -> list[dict]:
+        """`/v1/models`: the virtual models that route, then every expert."""
+        created = 0
+        rows = [
+            {"id": v.name, "object": "model", "created": created, "owned_by": "quorum",
+             "quorum": {"kind": "router", "description": v.description}}
+            for v in self.registry.virtual_models
+        ]  # fmt: skip
+        rows += [
+            {"id": e.name, "object": "model", "created": created, "owned_by": "quorum",
+             "quorum": {"kind": "expert", "backend": e.backend, "context_length": e.context_length,
+                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate}}
+            for e in self.registry.experts
+        ]  # fmt: skip
+        return rows
+
+
+def answered_by(decision: RoutingDecision, extension: dict) -> str:
+    """The expert whose answer is returned: the chosen one, or the last fallback's target."""
+    fallbacks = extension.get("routing", {}).get("fallbacks") or []
+    return fallbacks[-1]["to"] if fallbacks else decision.experts[0]
+
+
+def routing_headers(
+    request_id: str, decision: RoutingDecision, extension: dict | None = None
+) -> dict[str, str]:
+    experts = decision.experts
+    fallbacks = (extension or {}).get("routing", {}).get("fallbacks") or []
+    if fallbacks:
+        experts = [answered_by(decision, extension or {})]
+    headers = {"x-quorum-request-id": request_id, "x-quorum-expert": ",".join(experts)}
+    if fallbacks:
+        headers["x-quorum-fallbacks"] = str(len(fallbacks))
+    if decision.skills:
+        headers["x-quorum-skill"] = decision.skills[0]["skill"]
+        headers["x-quorum-skill-probability"] = f"{decision.skills[0]['probability']:.4f}"
+    if decision.confidence is not None:
+        headers["x-quorum-confidence"] = f"{decision.confidence:.4f}"
+    return headers
