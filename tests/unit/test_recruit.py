@@ -101,3 +101,20 @@ def test_router_rejects_classifier_with_other_skills():
     router_args = _router(registry())[0].classifier
     with pytest.raises(ValueError, match="retrain the head"):
         Router(router_args, reg, InMemoryStateStore())
+
+
+async def test_route_batcher_classifies_concurrent_requests_together():
+    import asyncio
+
+    from router import RouteBatcher
+
+    router, encoder = _router(registry())
+    batcher = RouteBatcher(router)
+    texts = ["solve this equation for x", "a contract dispute in court"] * 4
+    decisions = await asyncio.gather(*(batcher.route(t, "auto") for t in texts))
+    assert [d.experts[0] for d in decisions] == ["mathematician", "jurist"] * 4
+    assert encoder.calls == 1  # all eight arrived before the first batch ran: one encoder call
+    with pytest.raises(ModelNotFoundError):  # fails alone, at once, not its batch
+        await batcher.route("hi", "gpt-5")
+    again = await batcher.route("solve for x", "auto")
+    assert again.experts == ["mathematician"]
