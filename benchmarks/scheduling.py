@@ -249,7 +249,7 @@ def report(result: dict[str, Any], costs: dict, command: str) -> None:
     swaps = [s for r in rows for s in r["swap_log"]]
     body = (
         f"{args.experts} experts (copies of SmolLM2-135M-Instruct under other names, each its own "
-        f"vLLM CPU engine, {'bf16' if cpu_has_native_bf16() else 'float32: this CPU has no native bf16'}), "
+        f"vLLM CPU engine, float32{'' if cpu_has_native_bf16() else ', this CPU has no native bf16'}), "
         f"{args.slots} slot(s); one trace of {args.requests} requests "
         f"(Poisson, {args.rate:g}/s, MMLU-Pro dev prompts, expert by category), max_tokens "
         f"{args.max_tokens}, greedy; "

@@ -40,7 +40,7 @@ class ExpertClient(ABC):
 
     @abstractmethod
     def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        """Yield the answer as it is produced (see the module docstring for the contract)."""
+        """Yield the answer as it is produced (the contract is in `experts/stream.py`)."""
 
 
 class OpenAIHTTPExpertClient(ExpertClient):
