@@ -22,6 +22,7 @@ that has torch and triton but not the service's dependencies (pydantic, yaml).
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 _EXPORTS = {
@@ -46,8 +47,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'experts' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+def lazy_facade(package: str, exports: dict[str, str]):
+    """`__getattr__` and `__dir__` for a package whose public names are imported on first use
+    (PEP 562): `exports` maps each name to the module that defines it."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
+
+
+__getattr__, __dir__ = lazy_facade(__name__, _EXPORTS)

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from experts.answers import competence_weights, vote
 from router.classify import centroid_probs, unit_centroids
 from router.recruit import LAMBDA_GRID, calibrate_quality, expected_quality, mean_cost, recruit
 
@@ -40,11 +39,9 @@ __all__ = [
     "SymbolicPolicy",
     "calibrate",
     "calibrate_quality",
-    "competence_weights",
     "make_policy",
     "mean_cost",
     "recruit",
-    "vote",
 ]
 
 log = logging.getLogger(__name__)

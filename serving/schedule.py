@@ -19,6 +19,7 @@ from typing import Any
 
 from experts.clients import ExpertClient
 from experts.errors import ExpertError, ExpertUnavailableError, QuorumError
+from experts.registry import parse_registry
 from experts.stream import Delta, ExpertRequest
 from serving.residency import SlotManager, VLLMEngineFactory
 from serving.schedule_policy import (
@@ -297,8 +298,6 @@ class ExpertPool:
     replica owns the device pool). `PoolExpertClient` (experts/clients.py) calls it."""
 
     def __init__(self, registry: dict[str, Any]) -> None:
-        from experts.registry import parse_registry
-
         try:
             from serving import metrics as sink  # record_batch, record_swap, ...
         except ImportError:

@@ -125,13 +125,12 @@ class VLLMWorker:
 
         self.expert = Expert.model_validate(expert)
         self.config = ProfileConfig(**config)
-        # vLLM binds its output task to the loop it is created on: create it on ours (loaded in a
-        # worker thread, as `VLLMEngine.create` does, named so its errors say which expert).
+        # vLLM binds its output task to the loop it is created on: create it on ours.
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.engine = self.loop.run_until_complete(asyncio.to_thread(lambda: VLLMEngine(
+        self.engine = self.loop.run_until_complete(VLLMEngine.create(
             resolve_model(self.expert.model), max_model_len=self.expert.context_length,
-            engine_kwargs=self.expert.engine_args, name=self.expert.name)))  # fmt: skip
+            engine_kwargs=self.expert.engine_args, name=self.expert.name))  # fmt: skip
 
     def startup_s(self) -> float:
         return self.engine.startup_s

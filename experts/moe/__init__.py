@@ -22,8 +22,7 @@ Names are loaded on first use (PEP 562): `import experts.moe` needs neither torc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from experts import lazy_facade
 
 _LAZY = {
     "MoELayer": "experts.moe.layer",
@@ -38,12 +37,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'experts.moe' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_facade(__name__, _LAZY)

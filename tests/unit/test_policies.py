@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.policies import (
-    POLICIES,
-    calibrate,
-    calibrate_quality,
-    competence_weights,
-    make_policy,
-    mean_cost,
-    recruit,
-    vote,
-)
+from experts.answers import competence_weights, vote
+from router.policies import POLICIES, calibrate, calibrate_quality, make_policy, mean_cost, recruit
 
 # Small, fast settings: the defaults are tuned for thousands of queries.
 SMALL = {
