@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Aggregation", "AuthConfig", "ClassifierConfig", "FaultConfig", "Residency",
-           "RouterConfig", "Strict"]  # fmt: skip
+__all__ = ["Aggregation", "AuthConfig", "ClassifierConfig", "FaultConfig", "FeedbackConfig",
+           "PolicyConfig", "Residency", "RouterConfig", "Strict"]  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -29,6 +29,27 @@ class ClassifierConfig(Strict):
         "builtin",
         description="Path of the trained head (JSON written by `python -m router.train`), or "
         "`builtin` for the head shipped with Quorum (trained on MMLU-Pro's 14 categories).",
+    )
+
+
+class PolicyConfig(Strict):
+    artifact: str = Field(
+        description="Path of a fitted routing policy (`.npz` written by `quorum fit-policy`)."
+    )
+    kind: str | None = Field(
+        None, description="Expected policy kind (knn, predictor, ...); checked against the file."
+    )
+
+
+class FeedbackConfig(Strict):
+    enabled: bool = Field(
+        True, description="Keep what `POST /v1/feedback` needs for each routed answer."
+    )
+    window_s: float = Field(
+        86400.0,
+        gt=0,
+        description="How long after an answer feedback on it is accepted (its expert and the "
+        "request's embedding are kept that long; never the prompt text).",
     )
 
 
@@ -78,6 +99,22 @@ class RouterConfig(Strict):
         0.1,
         ge=0,
         description="λ: quality points the most expensive expert must buy back over the cheapest.",
+    )
+    target_cost: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Instead of λ: the average cost to aim for, as a fraction of the most "
+        "expensive candidate expert's; a fitted policy's calibration turns it into λ (without "
+        "one, cost_weight is used and the decision says so).",
+    )
+    policy: PolicyConfig | None = Field(
+        None,
+        description="A fitted routing policy to route with; None: measured profile competence "
+        "or the registry's priors. A policy published to the state store replaces it live.",
+    )
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig, description="`POST /v1/feedback` on routed answers."
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")

@@ -121,6 +121,13 @@ class VirtualModel(Strict):
     cost_weight: float | None = Field(
         None, ge=0, description="λ for this model; default: router.cost_weight."
     )
+    target_cost: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Average cost to aim for, as a fraction of the most expensive of this "
+        "model's experts; calibrated into λ by the fitted policy (see router.target_cost).",
+    )
     experts: list[str] | None = Field(
         None, description="Experts this model may route to; default: all."
     )
@@ -186,6 +193,10 @@ class Registry(Strict):
                     raise ValueError(
                         f"virtual model '{v.name}' lists expert '{e}'; experts are: {', '.join(sorted(names))}"
                     )
+            if v.cost_weight is not None and v.target_cost is not None:
+                raise ValueError(
+                    f"virtual model '{v.name}' sets both cost_weight and target_cost; keep one"
+                )
             pool = len(v.experts or names)
             k = v.experts_per_query or self.router.experts_per_query
             if k > pool:

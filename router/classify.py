@@ -118,6 +118,7 @@ class SkillScores:
 
     skills: list[str]
     probs: np.ndarray  # [N, S]
+    embeddings: np.ndarray | None = None  # [N, D], what a fitted routing policy predicts from
 
     @property
     def confidence(self) -> np.ndarray:  # [N]
@@ -299,4 +300,9 @@ class EmbeddingSkillClassifier(SkillClassifier):
         self.skills = head.skills
 
     def classify(self, texts: Sequence[str]) -> SkillScores:
-        return SkillScores(self.skills, self.head.predict_proba(self.encoder.encode(texts)))
+        vectors = self.encoder.encode(texts)
+        return SkillScores(self.skills, self.head.predict_proba(vectors), vectors)
+
+    @property
+    def encoder_name(self) -> str:
+        return getattr(self.encoder, "name", type(self.encoder).__name__)

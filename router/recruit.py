@@ -10,6 +10,11 @@ calibration to a cost target) is shared with the offline routing policies (`rout
 `skills/routing_eval.py`), so the live router and the evaluated policies are the same code.
 Competence reaches the recruiter through `CompetenceSource`, an interface defined here: the state
 stores of `skills/` satisfy it and `serving/` wires one in, so the router imports neither.
+
+When a fitted routing policy is being served (`router/live_policy.py`: the registry's
+`router.policy`, or one published to the state store), it replaces the skill-weighted competence:
+expected quality is the policy's prediction from the query's embedding, the very `predict_quality`
+that `quorum eval-routing` measures, and a `target_cost` becomes λ through its calibration.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ class Recruitment:
     experts: list[str]  # chosen, best first
     scores: list[ExpertScore]  # every candidate, best first
     cost_weight: float
-    competence_source: str  # "profile:<version>" or "registry"
+    competence_source: str  # "policy:<kind>@<version>", "profile:<version>" or "registry"
     aggregator: str | None = None  # the synthesis expert, when k > 1
     aggregation: str | None = None  # how k > 1 answers combine: synthesis | vote | confidence
+    target_cost: float | None = None  # the cost target λ was calibrated for, when one is set
+    note: str | None = None  # why a setting could not be honoured (e.g. target without policy)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,10 +62,36 @@ class CompetenceSource(Protocol):
     def current_profile(self) -> dict | None: ...
 
 
+class QualityModel(Protocol):
+    """A fitted policy as the recruiter uses it (`router.live_policy.ServedPolicy`)."""
+
+    source: str  # "policy:<kind>@<version>"
+
+    def quality(self, embeddings: np.ndarray) -> np.ndarray:
+        """`[N, E]` predicted quality, E in registry order."""
+        ...
+
+    def knob(self, candidates: list[int], cost: np.ndarray, target: float) -> float | None:
+        """λ for a target cost fraction over `candidates`; None without calibration."""
+        ...
+
+
+class PolicySource(Protocol):
+    """Where the recruiter gets the policy to route with; None: profile or registry competence."""
+
+    def current_policy(self) -> QualityModel | None: ...
+
+
 class Recruiter:
-    def __init__(self, registry: Registry, profiles: CompetenceSource) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        profiles: CompetenceSource,
+        policies: PolicySource | None = None,
+    ) -> None:
         self.registry = registry
         self.profiles = profiles
+        self.policies = policies
         self._names = [e.name for e in registry.experts]
         self._cost = np.array([e.cost.blended for e in registry.experts])  # [E]
 
@@ -91,19 +124,30 @@ class Recruiter:
         allowed = virtual.experts or self._names
         return [self._names.index(n) for n in allowed]
 
-    def recruit(self, skill_probs: np.ndarray, model: str, k: int | None = None) -> Recruitment:
-        """Choose experts for one query with skill distribution `skill_probs` `[S]`: `k` of them,
-        or by default what the registry says (fixed `experts_per_query`, or adaptive k when
-        `adaptive_confidence` p is set: add experts, best first, until their cumulative routing
-        probability reaches p). With more than one, also the aggregation and aggregator."""
+    def recruit(
+        self,
+        skill_probs: np.ndarray,
+        model: str,
+        k: int | None = None,
+        embedding: np.ndarray | None = None,
+    ) -> Recruitment:
+        """Choose experts for one query with skill distribution `skill_probs` `[S]` (and its
+        `embedding` `[D]`, which a served policy predicts from): `k` of them, or by default what
+        the registry says (fixed `experts_per_query`, or adaptive k when `adaptive_confidence` p
+        is set: add experts, best first, until their cumulative routing probability reaches p).
+        With more than one, also the aggregation and aggregator."""
         idx = self.candidates(model)
         virtual = self.registry.virtual_model(model)
-        lam = self.registry.router.cost_weight
-        if virtual is not None and virtual.cost_weight is not None:
-            lam = virtual.cost_weight
-        competence, source = self.competence()
-        quality = expected_quality(skill_probs[None, :], competence[idx])  # [1, C]
+        served = self.policies.current_policy() if self.policies is not None else None
+        if served is not None and embedding is not None:
+            quality = served.quality(embedding)[:, idx]  # [1, C]
+            source = served.source
+        else:
+            served = None
+            competence, source = self.competence()
+            quality = expected_quality(skill_probs[None, :], competence[idx])  # [1, C]
         cost = self._cost[idx]  # [C]
+        lam, target, note = self.cost_knob(virtual, idx, served)
         util = utility(quality, cost, lam)  # [1, C]
         order = rank_experts(util)[0]
         scale = float(cost.max()) if cost.max() > 0 else 1.0
@@ -119,10 +163,34 @@ class Recruiter:
         n = self._how_many(util[0, order], virtual) if k is None else k
         chosen = [s.expert for s in scores[: max(1, min(n, len(scores)))]]
         if len(chosen) == 1:
-            return Recruitment(chosen, scores, lam, source)
+            return Recruitment(chosen, scores, lam, source, target_cost=target, note=note)
         mode = (virtual.aggregation if virtual else None) or self.registry.router.aggregation
         aggregator = self.aggregator_for(skill_probs, [self._names[i] for i in idx])
-        return Recruitment(chosen, scores, lam, source, aggregator, mode)
+        return Recruitment(chosen, scores, lam, source, aggregator, mode, target, note)
+
+    def cost_knob(
+        self, virtual, idx: list[int], served: QualityModel | None
+    ) -> tuple[float, float | None, str | None]:
+        """λ, the target cost it stands for (if any), and a note when a target could not be met.
+
+        Precedence: the virtual model's `target_cost`, its `cost_weight`, then the router's
+        `target_cost`, then its `cost_weight`. A target needs a served policy with calibration."""
+        config = self.registry.router
+        target = virtual.target_cost if virtual is not None else None
+        if target is None and (virtual is None or virtual.cost_weight is None):
+            target = config.target_cost
+        lam = config.cost_weight
+        if virtual is not None and virtual.cost_weight is not None:
+            lam = virtual.cost_weight
+        if target is None:
+            return lam, None, None
+        knob = served.knob(idx, self._cost[idx], target) if served is not None else None
+        if knob is None:
+            return lam, target, (
+                f"target_cost {target:g} needs a fitted routing policy with calibration "
+                f"(`quorum fit-policy`); routed with cost_weight {lam:g} instead"
+            )
+        return knob, target, None
 
     def _how_many(self, ranked_utility: np.ndarray, virtual) -> int:
         """k from the registry: fixed, or adaptive. The routing probability of each candidate is

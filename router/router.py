@@ -17,7 +17,7 @@ import numpy as np
 
 from experts.registry import Registry
 from router.classify import SkillClassifier
-from router.recruit import CompetenceSource, Recruiter, Recruitment
+from router.recruit import CompetenceSource, PolicySource, Recruiter, Recruitment
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,20 @@ class RoutingDecision:
     confidence: float | None  # None when the request named an expert directly
     recruitment: dict | None
     latency_ms: dict = field(default_factory=dict)  # {"classify", "recruit"}
+    # The query's embedding (routed requests): kept for feedback, never serialised.
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "embedding"}
 
 
 class Router:
     def __init__(
-        self, classifier: SkillClassifier, registry: Registry, profiles: CompetenceSource
+        self,
+        classifier: SkillClassifier,
+        registry: Registry,
+        profiles: CompetenceSource,
+        policies: PolicySource | None = None,
     ) -> None:
         if list(classifier.skills) != list(registry.skills):
             raise ValueError(
@@ -46,7 +52,7 @@ class Router:
                 "(python -m router.train) or fix the registry's `skills`"
             )
         self.classifier = classifier
-        self.recruiter = Recruiter(registry, profiles)
+        self.recruiter = Recruiter(registry, profiles, policies)
         self._expert_names = {e.name for e in registry.experts}
 
     def route(self, text: str, model: str) -> RoutingDecision:
@@ -68,7 +74,10 @@ class Router:
                 continue
             n = row[i]
             t1 = time.perf_counter()
-            recruitment: Recruitment = self.recruiter.recruit(np.asarray(scores.probs[n]), model)
+            embedding = None if scores.embeddings is None else np.asarray(scores.embeddings[n])
+            recruitment: Recruitment = self.recruiter.recruit(
+                np.asarray(scores.probs[n]), model, embedding=embedding
+            )
             recruit_ms = (time.perf_counter() - t1) * 1000
             decisions.append(
                 RoutingDecision(
@@ -78,6 +87,7 @@ class Router:
                     confidence=round(float(scores.confidence[n]), 4),
                     recruitment=recruitment.to_dict(),
                     latency_ms={"classify": round(classify_ms, 3), "recruit": round(recruit_ms, 3)},
+                    embedding=embedding,
                 )
             )
         return decisions

@@ -157,13 +157,21 @@ def load_keys(config: AuthConfig, environ: Mapping[str, str] | None = None) -> l
 
 
 class Meter:
-    """Tokens one request used; filled by `MeteringObserver`, charged when the response ends."""
+    """Tokens one request used; filled by `MeteringObserver`, charged when the response ends.
+    `key`: the name of the API key the request came with."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str | None = None) -> None:
         self.tokens = 0
+        self.key = key
 
 
 _meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("quorum_meter", default=None)
+
+
+def current_key() -> str | None:
+    """The name of the API key of the request being served; None without auth."""
+    meter = _meter.get()
+    return None if meter is None else meter.key
 
 
 def record_tokens(prompt_tokens: int, completion_tokens: int) -> None:
@@ -266,7 +274,7 @@ class AuthMiddleware:
         if key is None:
             await self.app(scope, receive, send)
             return
-        meter = Meter()
+        meter = Meter(key.name)
         token = _meter.set(meter)
         try:
             await self.app(scope, receive, send)

@@ -5,6 +5,7 @@ quorum route [--registry FILE] [--model M] [--json] TEXT   print the routing dec
 quorum models prepare [NAME ...] [--force]             materialise the built-in tiny models
 quorum models list                                     show the built-in models and their folders
 quorum eval-routing ...                                routing quality on outcome data
+quorum fit-policy ...                                  fit the routing policy the service serves
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED_HELP = {
     "profile": "measure each expert's competence per skill (quorum profile --help)",
     "eval-routing": "routing quality on outcome data (quorum eval-routing --help)",
+    "fit-policy": "fit the routing policy the service serves (quorum fit-policy --help)",
 }
 
 
@@ -195,6 +197,10 @@ def _delegated(name: str):
         from skills.profile import main as profile_main
 
         return profile_main
+    if name == "fit-policy":
+        from skills.fit_policy import main as fit_main
+
+        return fit_main
     from skills.routing_eval import main as eval_main
 
     return eval_main

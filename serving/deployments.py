@@ -32,14 +32,17 @@ from experts.paths import OFFLINE_ENV, quorum_home
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, RouteBatcher, Router, load_head
 from router.classify import MiniLMEncoder
+from router.live_policy import load_served_policy
 from serving.audit import AuditObserver, make_audit_log
 from serving.auth import build_authenticator, load_keys
 from serving.batches import install_batches
+from serving.feedback import FeedbackObserver, install_feedback
 from serving.ingress import create_api
 from serving.metrics import RayMetricsObserver
 from serving.observe import FanOutObserver
 from serving.pipeline import Pipeline
 from serving.schedule import ExpertPool
+from skills.policy_store import StorePolicySource
 from skills.store import InMemoryStateStore, StateStore
 
 __all__ = ["QuorumIngress", "build_app", "build_router", "make_store"]
@@ -67,11 +70,15 @@ def make_store(redis_url: str | None = None) -> StateStore:
 
 
 def build_router(registry: Registry, store: StateStore) -> Router:
-    """The production router: MiniLM embeddings + the registry's trained head; competence from
-    `store`'s current profile (the registry's priors until one is published)."""
+    """The production router: MiniLM embeddings + the registry's trained head. Expected quality
+    comes from the routing policy published to `store` (hot-reloaded), else the registry's
+    `router.policy`, else `store`'s current profile, else the registry's priors."""
     config = registry.router.classifier
     head = load_head(config.artifact, config.kind)
-    return Router(EmbeddingSkillClassifier(MiniLMEncoder(), head), registry, store)
+    classifier = EmbeddingSkillClassifier(MiniLMEncoder(), head)
+    encoder = classifier.encoder_name
+    policies = StorePolicySource(store, registry, encoder, load_served_policy(registry, encoder))
+    return Router(classifier, registry, store, policies)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": OFFLINE_ENV}})
@@ -100,17 +107,20 @@ class QuorumIngress:
                 clients[expert.name] = HandleExpertClient(expert.name, experts[expert.name])
             else:  # served elsewhere: called directly from this process
                 clients[expert.name] = REMOTE_BACKENDS[expert.backend](expert)
-        router = RouteBatcher(build_router(self.registry, make_store(redis_url)))
-        # Metrics go to Ray's metrics API (dashboard + Prometheus); decisions to the routing audit.
+        store = make_store(redis_url)
+        router = build_router(self.registry, store)
+        # Metrics go to Ray's metrics API (dashboard + Prometheus); decisions to the routing audit;
+        # what feedback needs, to the state store.
         self.audit = make_audit_log(redis_url)
-        observer = FanOutObserver(
-            [RayMetricsObserver(self.registry), AuditObserver(self.audit, self.registry)]
-        )
-        self.pipeline = Pipeline(self.registry, router.route, clients, observer)
+        self.feedback = FeedbackObserver(store, self.registry, router.classifier.encoder_name)
+        observer = FanOutObserver([RayMetricsObserver(self.registry),
+                                   AuditObserver(self.audit, self.registry), self.feedback])  # fmt: skip
+        self.pipeline = Pipeline(self.registry, RouteBatcher(router).route, clients, observer)
 
     def __serve_build_asgi_app__(self):
         api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)
         install_batches(api, self.pipeline, quorum_home() / "batches")  # /v1/files, /v1/batches
+        install_feedback(api, self.feedback, self.registry.router.max_body_bytes)
         return api
 
 

@@ -152,12 +152,13 @@ class RedisStateStore(StateStore):
         raw = self._call(f"GET {key}", lambda: self._client.get(key))
         return None if raw is None else json.loads(raw)
 
-    def put_json(self, key: str, value: Any) -> None:
+    def put_json(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         if key == PROFILE_KEY:  # keep version key and history consistent with the profile
             self.publish_profile(value)
             return
         raw = json.dumps(value)
-        self._call(f"SET {key}", lambda: self._client.set(key, raw))
+        expiry = None if ttl_s is None else max(1, int(ttl_s * 1000))
+        self._call(f"SET {key}", lambda: self._client.set(key, raw, px=expiry))
 
     def incr(self, key: str, field: str, amount: float = 1.0) -> float:
         return float(

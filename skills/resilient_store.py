@@ -155,13 +155,16 @@ class ResilientStateStore(StateStore):
                 self._values.add(key)
             return value
 
-    def put_json(self, key: str, value: Any) -> None:
+    def put_json(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        """Values with a TTL are mirrored until they expire, but not restored to a Redis that
+        lost them (they are short-lived by definition)."""
         with self._lock:
-            self.mirror.put_json(key, value)
-            self._values.add(key)
-            ok, _ = self._try(lambda: self.primary.put_json(key, value))
+            self.mirror.put_json(key, value, ttl_s)
+            if ttl_s is None:
+                self._values.add(key)
+            ok, _ = self._try(lambda: self.primary.put_json(key, value, ttl_s))
             if not ok:
-                self._journal.append(("put", (key, value)))
+                self._journal.append(("put", (key, value, ttl_s)))
 
     def incr(self, key: str, field: str, amount: float = 1.0) -> float:
         with self._lock:

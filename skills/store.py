@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -23,7 +24,8 @@ class StateStore(ABC):
         """The JSON value stored at `key`, or None if there is none."""
 
     @abstractmethod
-    def put_json(self, key: str, value: Any) -> None: ...
+    def put_json(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        """Store `value` at `key`; with `ttl_s`, it expires that many seconds later."""
 
     @abstractmethod
     def incr(self, key: str, field: str, amount: float = 1.0) -> float:
@@ -43,20 +45,36 @@ class StateStore(ABC):
 class InMemoryStateStore(StateStore):
     """Thread-safe, process-local. Values are stored serialised so callers never share objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
         self._values: dict[str, str] = {}
+        self._expires: dict[str, float] = {}  # key -> clock() deadline, for values with a TTL
         self._counters: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        self._clock = clock
+        self._puts = 0
 
     def get_json(self, key: str) -> Any | None:
         with self._lock:
+            if key in self._expires and self._expires[key] <= self._clock():
+                self._values.pop(key, None)
+                self._expires.pop(key, None)
             raw = self._values.get(key)
         return None if raw is None else json.loads(raw)
 
-    def put_json(self, key: str, value: Any) -> None:
+    def put_json(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         raw = json.dumps(value)
         with self._lock:
             self._values[key] = raw
+            if ttl_s is None:
+                self._expires.pop(key, None)
+            else:
+                self._expires[key] = self._clock() + ttl_s
+            self._puts += 1
+            if self._puts % 1024 == 0:  # drop expired values nobody read again
+                now = self._clock()
+                for k in [k for k, t in self._expires.items() if t <= now]:
+                    self._values.pop(k, None)
+                    self._expires.pop(k, None)
 
     def incr(self, key: str, field: str, amount: float = 1.0) -> float:
         with self._lock:

@@ -39,9 +39,9 @@ class FlakyStore(InMemoryStateStore):
         self._gate()
         return super().get_json(key)
 
-    def put_json(self, key, value):
+    def put_json(self, key, value, ttl_s=None):
         self._gate()
-        super().put_json(key, value)
+        super().put_json(key, value, ttl_s)
 
     def incr(self, key, field, amount=1.0):
         self._gate()
