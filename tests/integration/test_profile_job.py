@@ -134,3 +134,24 @@ def test_measured_profile_reaches_the_live_router_through_redis(redis_url, tmp_p
     assert rerun["job"]["new_answers"] == 0
     assert rerun["experts"] == measured["experts"]
     assert "loaded in" not in (tmp_path / "run2.log").read_text()
+
+    # One documented command turns the profile's graded answers into the policy the router serves.
+    code, stdout, _ = _run(
+        [sys.executable, "-m", "serving.cli", "fit-policy", "--kind", "knn", "--profile-dir",
+         str(out), "--data", str(data), "--publish", "--redis-url", redis_url, "--folds", "2",
+         "--out", str(tmp_path / "policy.npz")], tmp_path / "fit.log")  # fmt: skip
+    assert code == 0, (tmp_path / "fit.log").read_text()[-4000:]
+    manifest = json.loads(stdout)
+    assert manifest["experts"] == [e.name for e in registry.experts]
+    assert manifest["fitted_on"]["sources"] == {"profile": 5, "feedback": 0}
+    time.sleep(1.5)  # routers look for a newly published policy once a second
+    served = router.route(QUESTION, "auto")
+    assert served.recruitment["competence_source"] == f"policy:knn@{manifest['version']}"
+    from router.artifact import load_policy
+
+    predicted = load_policy(tmp_path / "policy.npz").policy.predict_quality(
+        served.embedding[None, :]
+    )[0]
+    scores = {s["expert"]: s["quality"] for s in served.recruitment["scores"]}
+    for j, name in enumerate(manifest["experts"]):
+        assert scores[name] == pytest.approx(predicted[j], abs=1e-4)
