@@ -5,6 +5,7 @@ quorum route [--registry FILE] [--model M] [--json] TEXT   print the routing dec
 quorum models prepare [NAME ...] [--force]             materialise the built-in tiny models
 quorum models list                                     show the built-in models and their folders
 quorum eval-routing ...                                routing quality on outcome data
+quorum train-classifier --outcomes FILE --out HEAD     skill taxonomy + head from the data's categories
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED_HELP = {
     "profile": "measure each expert's competence per skill (quorum profile --help)",
     "eval-routing": "routing quality on outcome data (quorum eval-routing --help)",
+    "train-classifier": "fit the skill taxonomy and classifier head from outcome data's categories "
+    "(quorum train-classifier --help)",
 }
 
 
@@ -195,6 +198,10 @@ def _delegated(name: str):
         from skills.profile import main as profile_main
 
         return profile_main
+    if name == "train-classifier":
+        from skills.taxonomy import main as taxonomy_main
+
+        return taxonomy_main
     from skills.routing_eval import main as eval_main
 
     return eval_main
