@@ -289,3 +289,19 @@ def test_a_pool_model_absent_from_the_data_is_an_error_with_the_fix(
     err = capture_main([*argv, "--encoder=hash", "--no-cache", "--pool", "small,gpt-x"])
     assert "pool model(s) ['gpt-x'] have no outcome in the data" in err
     assert "models seen in the data: big, extra, mid, small" in err and "--pool" in err
+
+
+def test_the_readme_example_line_parses_and_its_error_is_the_one_documented(
+    tmp_path: Path,
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Outcome data") :]
+    example = section[section.index("```json\n") + 8 :].split("\n```", 1)[0]
+    q = parse_question(json.loads(example))
+    assert q.category == "mgsm-ja" and q.outcomes == {"qwen2.5-7b": 1.0, "llama-3.1-8b": 0.5}
+    documented = section[section.index("error: bad.jsonl:2: ") :].split("\n", 1)[0]
+    bad = json.loads(example) | {"id": "x", "outcomes": {"small": 85}}
+    write(tmp_path / "bad.jsonl", [json.loads(example), bad])
+    with pytest.raises(OutcomesError) as info:
+        load_outcomes(tmp_path / "bad.jsonl")
+    assert f"error: {info.value.message}".replace(f"{tmp_path}/", "") == documented
