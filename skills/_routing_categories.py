@@ -13,7 +13,7 @@ import numpy as np
 
 from skills.outcomes import OutcomeTable
 
-__all__ = ["category_means", "per_category_report"]
+__all__ = ["category_means", "category_table", "per_category_report"]
 
 
 def category_means(categories: np.ndarray, values: np.ndarray) -> dict[str, float]:
@@ -59,3 +59,20 @@ def per_category_report(
             for policy, by_label in points.items()
         },
     }
+
+
+def category_table(report: dict, point: str = "max_quality") -> str:
+    """Plain-text table of the report's per-category accuracy: the best single model, the oracle
+    and every policy at operating point `point` (default λ = 0), one row per category."""
+    per_cat = report["per_category"]
+    ref = report["best_single"]["model"]
+    policies = list(per_cat["policies"])
+    width = max([len("category"), *(len(c) for c in per_cat["n_test_evaluated"])])
+    head = [f"{'category':<{width}}", f"{'n':>5}", f"{ref[:18]:>18}", f"{'oracle':>7}"]
+    lines = ["  ".join(head + [f"{p[:10]:>10}" for p in policies])]
+    for cat, n in per_cat["n_test_evaluated"].items():
+        cells = [f"{cat:<{width}}", f"{n:>5}", f"{per_cat['single_models'][ref][cat]:>18.4f}",
+                 f"{per_cat['oracle'][cat]:>7.4f}"]  # fmt: skip
+        cells += [f"{per_cat['policies'][p][point]['accuracy'][cat]:>10.4f}" for p in policies]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

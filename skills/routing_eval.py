@@ -35,7 +35,7 @@ import numpy as np
 from router.classify import Encoder
 from router.policies import POLICIES, make_policy
 from router.recruit import LAMBDA_GRID, calibrate_quality, recruit
-from skills._routing_categories import per_category_report
+from skills._routing_categories import category_table, per_category_report
 from skills._routing_report import first_above, mix_curve, summarise, sweep, write_plot
 from skills.outcomes import (
     ModelsFile,
@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2
+    print(f"{report['outcome_kind']} outcomes; accuracy per category at λ = 0 (test part):")
+    print(category_table(report))
     print(f"wrote {args.out / 'report.json'} and {args.out / 'curve.png'}")
     return 0
 

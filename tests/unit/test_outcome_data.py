@@ -217,9 +217,15 @@ def data(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def test_eval_routing_reports_per_category_accuracy_and_a_curve(data: dict[str, Path]) -> None:
+def test_eval_routing_reports_per_category_accuracy_and_a_curve(
+    data: dict[str, Path], capsys
+) -> None:
     argv = [f"--{k}={v}" for k, v in data.items()]
     assert main([*argv, "--encoder=hash", "--no-cache", "--folds=3"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "fractional outcomes; accuracy per category at λ = 0 (test part):"
+    assert table[1].split() == ["category", "n", "big", "oracle", *POLICIES]
+    assert table[3].split() == ["gsm8k-ja", "9", "0.7000", "0.8500"] + ["0.8500"] * 4
     report = json.loads((data["out"] / "report.json").read_text())
     assert (data["out"] / "curve.png").stat().st_size > 1000
     assert report["outcome_kind"] == "fractional"
