@@ -77,3 +77,18 @@ def test_logreg_head_with_two_or_one_skill() -> None:
     assert (two.predict_proba(probe).argmax(axis=1) == probe_labels).all()
     one = LogRegHead.fit(["default", "unused"], x, np.zeros(len(x), dtype=int))
     assert one.predict_proba(probe)[:, 0] == pytest.approx(1.0)
+
+
+def test_train_classifier_centroid_head_and_a_single_category(tmp_path: Path) -> None:
+    one = [r | {"category": "only"} for r in rows(30)]
+    for kind, records in (("centroid", rows(200)), ("logreg", one), ("centroid", one)):
+        source = write(tmp_path / "d.jsonl", records)
+        out = tmp_path / f"{kind}.json"
+        argv = ["--outcomes", str(source), "--out", str(out), "--kind", kind, "--encoder=hash"]
+        assert train_classifier([*argv, "--no-cache"]) == 0
+        head = load_head(str(out), kind)
+        assert head.skills == sorted({r.get("category", "default") for r in records})
+        probs = head.predict_proba(HashingEncoder().encode([PROMPTS["wmt-de"].format(i=7)]))
+        assert np.isfinite(probs).all() and probs.sum() == pytest.approx(1.0)
+        top = "only" if records is one else "wmt-de"
+        assert head.skills[int(probs.argmax())] == top, kind
