@@ -10,7 +10,7 @@ models.yaml or without any outcome in the data is an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +57,23 @@ class ModelsFile(BaseModel):
         default_factory=list, description="default pool for routing-quality figures"
     )
 
-    def resolve_pool(self, names: Sequence[str] | None = None) -> list[str]:
-        """The pool to route over (default `reference_pool`), checked to have known costs."""
+    def resolve_pool(
+        self, names: Sequence[str] | None = None, in_data: Collection[str] | None = None
+    ) -> list[str]:
+        """The pool to route over, checked to have known costs: `names`, else `reference_pool`,
+        else (when `in_data` is given) every model of this file with an `active_b` that has
+        outcomes in the data, in this file's order."""
         pool = list(names) if names else list(self.reference_pool)
+        if not pool and in_data is not None:
+            pool = [n for n, m in self.models.items() if m.active_b and n in in_data]
         if not pool:
-            raise OutcomesError(
-                "empty pool: pass --pool NAMES or set reference_pool in models.yaml"
-            )
+            why = "empty pool: pass --pool NAMES or set reference_pool in models.yaml"
+            if in_data is not None:
+                why += (
+                    "; no model of models.yaml with an active_b has outcomes in the data "
+                    f"(models in the data: {', '.join(sorted(in_data))})"
+                )
+            raise OutcomesError(why)
         unknown = [n for n in pool if n not in self.models]
         if unknown:
             raise OutcomesError(

@@ -144,7 +144,8 @@ def evaluate_routing(
     `policies` maps registry names to hyper-parameters (default: every policy with its defaults).
     Only `train` is used for fitting, choosing the best single model and calibrating λ.
     """
-    pool = models.resolve_pool(pool)
+    # Default pool: reference_pool, else every costed model with outcomes in both parts.
+    pool = models.resolve_pool(pool, models_in(train) & models_in(test))
     cost = models.costs(pool)  # [E]
     tr, te_all = OutcomeTable.build(train, pool), OutcomeTable.build(test, pool)
     te = te_all.subset(te_all.complete_rows())
@@ -324,7 +325,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pool",
         nargs="+",
         default=None,
-        help="pool model names (space or comma separated); default reference_pool",
+        help="pool model names (space or comma separated); default reference_pool, else every "
+        "model in --models with an active_b and outcomes in both files",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
@@ -356,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.folds < 2:
             raise OutcomesError(f"--folds must be at least 2, got {args.folds}")
         models = load_models(args.models)
-        models.resolve_pool(pool)  # fail on pool names before the slow loads
+        if pool or models.reference_pool:
+            models.resolve_pool(pool)  # fail on pool names before the slow loads
         train, test = load_outcomes(args.train), load_outcomes(args.test)
         report = evaluate_routing(
             train,

@@ -311,3 +311,17 @@ def test_the_readme_example_line_parses_and_its_error_is_the_one_documented(
     with pytest.raises(OutcomesError) as info:
         load_outcomes(tmp_path / "bad.jsonl")
     assert f"error: {info.value.message}".replace(f"{tmp_path}/", "") == documented
+
+
+def test_without_a_reference_pool_the_pool_is_every_costed_model_in_the_data(
+    data: dict[str, Path],
+) -> None:
+    models = {"models": {"ghost": {"active_b": 2}, **MODELS_YAML["models"], "free": {}}}
+    data["models"].write_text(yaml.safe_dump(models, sort_keys=False))
+    argv = [f"--{k}={v}" for k, v in data.items()]
+    assert main([*argv, "--encoder=hash", "--no-cache", "--folds=2", "--policies=knn"]) == 0
+    report = json.loads((data["out"] / "report.json").read_text())
+    assert report["pool"] == POOL  # not ghost (no outcomes), not free (no cost)
+    data["models"].write_text(yaml.safe_dump({"models": {"ghost": {"active_b": 2}}}))
+    err = capture_main([*argv, "--encoder=hash", "--no-cache"])
+    assert "empty pool" in err and "models in the data: big, extra, mid, small" in err
