@@ -384,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2
-    print(f"{report['outcome_kind']} outcomes; accuracy per category at λ = 0 (test part):")
-    print(category_table(report))
+    for point, what in (("max_quality", "λ = 0"), ("target_0.5", "λ calibrated for 50% cost")):
+        print(f"{report['outcome_kind']} outcomes; accuracy per category at {what} (test part):")
+        print(category_table(report, point))
     print(f"wrote {args.out / 'report.json'} and {args.out / 'curve.png'}")
     return 0
 
