@@ -261,12 +261,19 @@ class LogRegHead(Head):
             raise ImportError(
                 'training a logreg head needs scikit-learn: pip install "quorum[eval]"'
             ) from exc
-        model = LogisticRegression(C=c, max_iter=2000)
-        model.fit(x, y)
         weight = np.zeros((len(skills), x.shape[1]), dtype=np.float32)
         bias = np.full(len(skills), -30.0, dtype=np.float32)  # a skill absent from training: ~0
-        weight[model.classes_] = model.coef_
-        bias[model.classes_] = model.intercept_
+        if len(np.unique(y)) < 2:  # one skill in the data: it is certain
+            bias[y[0]] = 0.0
+            return cls(skills, weight, bias)
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit(x, y)
+        if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logit of the second
+            weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+            weight[model.classes_[0]], bias[model.classes_[0]] = 0.0, 0.0
+        else:
+            weight[model.classes_] = model.coef_
+            bias[model.classes_] = model.intercept_
         return cls(skills, weight, bias)
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:

@@ -12,9 +12,12 @@ and, for k > 1 experts, through `vote` (experts/answers.py, the live vote's code
 | `predictor` | a per-expert logistic-regression correctness predictor on the embedding       |
 | `symbolic`  | Symbolic-MoE: skill-weighted local competence plus global competence           |
 
-`correct` is `[N, E]` with NaN where an outcome is unknown; every fit masks those entries, so a
-missing outcome never counts as wrong. Default hyper-parameters were chosen by 5-fold
-cross-fitting on the train half of the bundled MMLU-Pro dev split only (benchmarks/RESULTS.md).
+`correct` is `[N, E]`: a score in [0, 1] per query and expert (1/0 for right/wrong, a fraction
+for partial credit such as a pass rate or a judge's score), NaN where the outcome is unknown.
+Every policy fits fractional scores as they are and predicts the expected score; every fit masks
+the unknown entries, so a missing outcome never counts as wrong. Default hyper-parameters were
+chosen by 5-fold cross-fitting on the train half of the bundled MMLU-Pro dev split only
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,11 +62,11 @@ class RoutingPolicy(ABC):
         correct: np.ndarray,
         categories: Sequence[str] | None = None,
     ) -> RoutingPolicy:
-        """Fit on `embeddings [N, D]` and `correct [N, E]` (1/0, NaN = unknown); returns self."""
+        """Fit on `embeddings [N, D]` and `correct [N, E]` (scores in [0, 1], NaN = unknown)."""
 
     @abstractmethod
     def predict_quality(self, embeddings: np.ndarray) -> np.ndarray:
-        """`[M, E]` predicted probability of a correct answer, in [0, 1]."""
+        """`[M, E]` predicted probability of a correct answer (expected score), in [0, 1]."""
 
 
 def _check_fit_inputs(embeddings: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,11 +221,23 @@ class KNNPolicy(RoutingPolicy):
         return out
 
 
+def _soft_logistic(model, x: np.ndarray, y: np.ndarray):
+    """Fit a logistic regression to targets `y` in [0, 1]: every row as a positive weighted y and
+    a negative weighted 1 - y (zero-weight copies dropped: 0/1 targets give the plain objective)."""
+    pos, neg = y > 0, y < 1
+    xx = np.vstack([x[pos], x[neg]])  # [P + Q, D]
+    labels = np.concatenate([np.ones(pos.sum(), dtype=int), np.zeros(neg.sum(), dtype=int)])
+    weights = np.concatenate([y[pos], 1.0 - y[neg]])
+    return model.fit(xx, labels, sample_weight=weights)
+
+
 class PredictorPolicy(RoutingPolicy):
     """A learned per-expert correctness predictor: logistic regression on the embedding.
 
     One L2-regularised model per expert, trained only on the queries whose outcome for that
     expert is known. Skill-centroid probabilities are appended as features (a cheap nonlinearity).
+    A fractional score y is a soft label: the query enters twice, as a positive weighted y and
+    a negative weighted 1 - y, which is the cross-entropy against y (`_soft_logistic`).
     """
 
     name = "predictor"
@@ -244,11 +259,12 @@ class PredictorPolicy(RoutingPolicy):
         for e in range(correct.shape[1]):
             known = ~np.isnan(correct[:, e])
             y = correct[known, e]
-            if len(np.unique(y)) < 2:  # nothing to separate: predict the observed rate
+            if not ((y > 0).any() and (y < 1).any()):  # all 0 or all 1: predict the observed rate
                 self._models.append(float(y.mean()) if len(y) else 0.5)
                 continue
-            model = LogisticRegression(C=self.c, max_iter=500)
-            self._models.append(model.fit(x[known], y.astype(int)))
+            self._models.append(
+                _soft_logistic(LogisticRegression(C=self.c, max_iter=500), x[known], y)
+            )
         return self
 
     def predict_quality(self, embeddings):

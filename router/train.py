@@ -4,7 +4,9 @@
     python -m router.train --kind centroid --out my_head.json --data my.jsonl
 
 Rows are split by a hash of their `id`: one in five is held out and never trained on; the
-held-out accuracy is printed and stored in the artifact's `meta`.
+held-out accuracy is printed and stored in the artifact's `meta`. To fit the skills themselves
+from any outcome data's categories (and adapt a registry to them): `quorum train-classifier`
+(skills/taxonomy.py).
 """
 
 from __future__ import annotations
@@ -58,25 +60,39 @@ def read_rows(path: str | Path | None = None) -> list[dict]:
 
 
 def train_head(
-    kind: str, rows: list[dict], encoder: Encoder, skills: list[str] | None = None
+    kind: str,
+    rows: list[dict],
+    encoder: Encoder,
+    skills: list[str] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Head, dict]:
-    """Fit a head of `kind` on the non-held-out rows; return it and its held-out metrics."""
+    """Fit a head of `kind` on the non-held-out rows; return it and its held-out metrics.
+
+    A skill whose rows all fall in the held-out fold is trained on them instead (a skill without
+    training rows would have no centroid); the held-out metrics are None when nothing is held out.
+    """
     skills = skills or sorted({r["category"] for r in rows})
     index = {s: i for i, s in enumerate(skills)}
-    x = encode_cached(encoder, [r["prompt"] for r in rows])  # [N, D]
+    x = encode_cached(encoder, [r["prompt"] for r in rows], cache_dir)  # [N, D]
     y = np.array([index[r["category"]] for r in rows])  # [N]
     held = np.array([is_held_out(r["id"]) for r in rows])
+    for s in np.unique(y):
+        if not (~held & (y == s)).any():
+            held[y == s] = False
     head = HEADS[kind].fit(skills, x[~held], y[~held])
-    probs = head.predict_proba(x[held])  # [H, S]
     metrics = {
         "encoder": encoder.name,
         "train_rows": int((~held).sum()),
         "held_out_rows": int(held.sum()),
-        "held_out_accuracy": round(float((probs.argmax(1) == y[held]).mean()), 4),
-        "held_out_top2_accuracy": round(
-            float((np.argsort(-probs, 1)[:, :2] == y[held][:, None]).any(1).mean()), 4
-        ),
+        "held_out_accuracy": None,
+        "held_out_top2_accuracy": None,
     }
+    if held.any():
+        probs = head.predict_proba(x[held])  # [H, S]
+        metrics["held_out_accuracy"] = round(float((probs.argmax(1) == y[held]).mean()), 4)
+        metrics["held_out_top2_accuracy"] = round(
+            float((np.argsort(-probs, 1)[:, :2] == y[held][:, None]).any(1).mean()), 4
+        )
     return head, metrics
 
 
@@ -110,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(head.to_json(**metrics))
         print(
-            f"{kind}: held-out accuracy {metrics['held_out_accuracy']:.4f} "
-            f"(top-2 {metrics['held_out_top2_accuracy']:.4f}, n={metrics['held_out_rows']}) → {out}"
+            f"{kind}: held-out accuracy {metrics['held_out_accuracy']} "
+            f"(top-2 {metrics['held_out_top2_accuracy']}, n={metrics['held_out_rows']}) → {out}"
         )
     return 0
 

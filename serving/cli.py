@@ -6,6 +6,7 @@ quorum models prepare [NAME ...] [--force]             materialise the built-in 
 quorum models list                                     show the built-in models and their folders
 quorum eval-routing ...                                routing quality on outcome data
 quorum fit-policy ...                                  fit the routing policy the service serves
+quorum train-classifier --outcomes FILE --out HEAD     skill taxonomy + head from the data's categories
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ _DELEGATED_HELP = {
     "profile": "measure each expert's competence per skill (quorum profile --help)",
     "eval-routing": "routing quality on outcome data (quorum eval-routing --help)",
     "fit-policy": "fit the routing policy the service serves (quorum fit-policy --help)",
+    "train-classifier": "fit the skill taxonomy and classifier head from outcome data's categories "
+    "(quorum train-classifier --help)",
 }
 
 
@@ -201,6 +204,10 @@ def _delegated(name: str):
         from skills.fit_policy import main as fit_main
 
         return fit_main
+    if name == "train-classifier":
+        from skills.taxonomy import main as taxonomy_main
+
+        return taxonomy_main
     from skills.routing_eval import main as eval_main
 
     return eval_main

@@ -4,6 +4,7 @@
     load_validation_set, GRADERS                         labelled sets and their graders
     python -m skills.profile (quorum profile)            measure competence per skill (Ray job)
     python -m skills.routing_eval (quorum eval-routing)  routing quality on outcome data
+    python -m skills.taxonomy (quorum train-classifier)  skills + classifier head from outcome data
 """
 
 from skills.redis_store import RedisStateStore, StateStoreUnavailableError

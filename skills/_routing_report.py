@@ -212,7 +212,8 @@ def write_plot(report: dict, path: str | Path) -> Path:
     ax.axvline(0.5, color="red", lw=0.6, ls=":")
     ax.axhline(report["oracle_accuracy"], color="green", lw=0.8, label="per-query oracle")
     ax.set_xlabel(f"average cost / cost of {ref['model']} (active params {ref['cost']:g}B)")
-    ax.set_ylabel("accuracy on the test part")
+    score = "mean score" if report.get("outcome_kind") == "fractional" else "accuracy"
+    ax.set_ylabel(f"{score} on the test part")
     ax.set_xlim(0, 1.6)
     ax.set_title(
         f"Routing quality, pool of {len(report['pool'])} (n_test={report['n_test_evaluated']})"

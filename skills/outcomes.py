@@ -1,34 +1,33 @@
-"""Per-query outcome data (which expert answered which question correctly) and the models file.
+"""Outcome data as arrays over a pool of experts (`OutcomeTable`), and the models file.
 
-The outcomes format is one JSON object per line, plain or gzipped (`.gz`):
-
-| field         | type                   | meaning                                             |
-|---------------|------------------------|-----------------------------------------------------|
-| `id`          | str                    | unique question id                                  |
-| `category`    | str                    | coarse skill label (e.g. MMLU-Pro's 14 categories)  |
-| `prompt`      | str                    | question text, what the router embeds               |
-| `answer`      | str                    | gold answer (a letter for MMLU-Pro)                 |
-| `outcomes`    | {model: 0 or 1}        | 1 = that model answered correctly                   |
-| `predictions` | {model: str or null}   | optional; the answer each model gave (for voting)   |
-
-A model absent from `outcomes` did not see the question: its outcome is unknown, not wrong.
+The outcomes file format (scores in [0, 1], missing outcomes, optional category, answer and
+predictions) and its parser live in skills/outcome_format.py and are re-exported here.
 `models.yaml` gives each model's `active_b` (active parameters, the serving-cost proxy) and the
-`reference_pool`; see skills/data/mmlu_pro_models.yaml.
+`reference_pool`; see skills/data/mmlu_pro_models.yaml. Only pool models are read from the
+outcomes: a model in the data but not in the pool is ignored, a pool model missing from
+models.yaml or without any outcome in the data is an error.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from skills.outcome_format import (
+    DEFAULT_CATEGORY,
+    OutcomesError,
+    Question,
+    load_outcomes,
+    parse_question,
+)
+
 __all__ = [
+    "DEFAULT_CATEGORY",
     "ModelInfo",
     "ModelsFile",
     "OutcomeTable",
@@ -36,97 +35,9 @@ __all__ = [
     "Question",
     "load_models",
     "load_outcomes",
+    "models_in",
     "parse_question",
 ]
-
-
-class OutcomesError(ValueError):
-    """Bad outcomes or models input; the message says what was received and what to change."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return (type(self), (self.message,))
-
-
-@dataclass(frozen=True)
-class Question:
-    """One line of an outcomes file."""
-
-    id: str
-    category: str
-    prompt: str
-    answer: str
-    outcomes: dict[str, int]
-    predictions: dict[str, str | None] = field(default_factory=dict)
-
-
-def parse_question(obj: object, where: str = "record") -> Question:
-    """Validate one decoded JSON object; `where` names it in error messages (e.g. 'a.jsonl:12')."""
-    if not isinstance(obj, dict):
-        raise OutcomesError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("id", "category", "prompt", "answer", "outcomes"):
-        if key not in obj:
-            raise OutcomesError(f"{where}: missing field '{key}' (present: {sorted(obj)})")
-    for key in ("id", "category", "prompt", "answer"):
-        if not isinstance(obj[key], str):
-            raise OutcomesError(
-                f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}"
-            )
-    outcomes = obj["outcomes"]
-    if not isinstance(outcomes, dict):
-        raise OutcomesError(f"{where}: 'outcomes' must be an object of model -> 0/1")
-    for model, value in outcomes.items():
-        if isinstance(value, str) or value not in (0, 1):
-            raise OutcomesError(f"{where}: outcome of '{model}' must be 0 or 1, got {value!r}")
-    predictions = obj.get("predictions") or {}
-    if not isinstance(predictions, dict):
-        raise OutcomesError(f"{where}: 'predictions' must be an object of model -> answer or null")
-    for model, value in predictions.items():
-        if value is not None and not isinstance(value, str):
-            raise OutcomesError(
-                f"{where}: prediction of '{model}' must be a string or null, got {value!r}"
-            )
-    return Question(
-        id=obj["id"],
-        category=obj["category"],
-        prompt=obj["prompt"],
-        answer=obj["answer"],
-        outcomes={m: int(v) for m, v in outcomes.items()},
-        predictions=dict(predictions),
-    )
-
-
-def load_outcomes(path: str | Path) -> list[Question]:
-    """Read an outcomes file (`.jsonl` or `.jsonl.gz`); errors name the file and line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise OutcomesError(f"outcomes file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    questions: list[Question] = []
-    seen: set[str] = set()
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise OutcomesError(f"{where}: not valid JSON ({exc.msg})") from None
-                question = parse_question(obj, where)
-                if question.id in seen:
-                    raise OutcomesError(f"{where}: duplicate id '{question.id}'")
-                seen.add(question.id)
-                questions.append(question)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise OutcomesError(f"cannot read {path}: {exc}") from None
-    if not questions:
-        raise OutcomesError(f"{path}: no records (expected one JSON object per line)")
-    return questions
 
 
 class ModelInfo(BaseModel):
@@ -146,13 +57,23 @@ class ModelsFile(BaseModel):
         default_factory=list, description="default pool for routing-quality figures"
     )
 
-    def resolve_pool(self, names: Sequence[str] | None = None) -> list[str]:
-        """The pool to route over (default `reference_pool`), checked to have known costs."""
+    def resolve_pool(
+        self, names: Sequence[str] | None = None, in_data: Collection[str] | None = None
+    ) -> list[str]:
+        """The pool to route over, checked to have known costs: `names`, else `reference_pool`,
+        else (when `in_data` is given) every model of this file with an `active_b` that has
+        outcomes in the data, in this file's order."""
         pool = list(names) if names else list(self.reference_pool)
+        if not pool and in_data is not None:
+            pool = [n for n, m in self.models.items() if m.active_b and n in in_data]
         if not pool:
-            raise OutcomesError(
-                "empty pool: pass --pool NAMES or set reference_pool in models.yaml"
-            )
+            why = "empty pool: pass --pool NAMES or set reference_pool in models.yaml"
+            if in_data is not None:
+                why += (
+                    "; no model of models.yaml with an active_b has outcomes in the data "
+                    f"(models in the data: {', '.join(sorted(in_data))})"
+                )
+            raise OutcomesError(why)
         unknown = [n for n in pool if n not in self.models]
         if unknown:
             raise OutcomesError(
@@ -195,10 +116,12 @@ class OutcomeTable:
 
     | field       | shape  | dtype   | meaning                                     |
     |-------------|--------|---------|---------------------------------------------|
-    | correct     | [N, E] | float64 | 1 / 0, NaN where the outcome is unknown     |
+    | correct     | [N, E] | float64 | score in [0, 1], NaN where it is unknown    |
     | predictions | [N, E] | object  | the expert's answer, None if none/unknown   |
-    | answers     | [N]    | object  | gold answer                                 |
+    | answers     | [N]    | object  | gold answer, None if the row has none       |
     | categories  | [N]    | object  | category label                              |
+
+    `correct` is named for 0/1 outcomes; with fractional scores its mean is the mean score.
     """
 
     ids: list[str]
@@ -224,7 +147,8 @@ class OutcomeTable:
         if never and len(questions):
             raise OutcomesError(
                 f"pool model(s) {never} have no outcome in the data; models seen in the data: "
-                f"{', '.join(sorted({m for q in questions for m in q.outcomes}))}"
+                f"{', '.join(sorted(models_in(questions)))}; leave them out of --pool (or "
+                "reference_pool), or check the model names match the outcomes' keys"
             )
         return cls(
             ids=[q.id for q in questions],
@@ -255,3 +179,14 @@ class OutcomeTable:
     def complete_rows(self) -> np.ndarray:
         """Boolean `[N]`: every pool expert's outcome is known."""
         return ~np.isnan(self.correct).any(axis=1)
+
+    @property
+    def binary(self) -> bool:
+        """Every known outcome is 0 or 1 (else the scores are fractional)."""
+        known = self.correct[~np.isnan(self.correct)]
+        return bool(np.isin(known, (0.0, 1.0)).all())
+
+
+def models_in(questions: Sequence[Question]) -> set[str]:
+    """Every model with at least one known outcome in `questions`."""
+    return {m for q in questions for m in q.outcomes}

@@ -6,8 +6,15 @@
 writes `DIR/report.json` and `DIR/curve.png`. For each policy (router/policies.py) it sweeps the
 cost knob λ on the test part and reports the accuracy/cost curve, `cost_fraction_at` (the least
 average cost, as a fraction of the best single model's, reaching 80/90/95/100% of its accuracy),
-APGR, the λ calibrated on the training part alone for target costs, and multi-expert (k > 1)
+APGR, the λ calibrated on the training part alone for target costs, per-category accuracy of
+every single model and every policy (at λ = 0 and at each calibrated λ), and multi-expert (k > 1)
 curves combined by competence-weighted vote over the `predictions` field.
+
+Outcomes may be fractional scores in [0, 1] (skills/outcome_format.py): "accuracy" is then the
+mean score of the experts chosen. Voting is scored by exact match of the voted answer with the
+gold `answer`, so it is evaluated only for 0/1 outcomes with predictions and gold answers, and
+skipped, with the reason in the report, otherwise. Models in the data but not in the pool are
+ignored (listed in the report).
 
 Missing outcomes: in fitting, an unknown outcome is masked (never counted as wrong). In evaluation,
 test questions where any pool model's outcome is unknown are dropped, since the router may pick
@@ -28,6 +35,7 @@ import numpy as np
 from router.classify import Encoder
 from router.policies import POLICIES, make_policy
 from router.recruit import LAMBDA_GRID, calibrate_quality, recruit
+from skills._routing_categories import category_table, per_category_report
 from skills._routing_report import first_above, mix_curve, summarise, sweep, write_plot
 from skills.outcomes import (
     ModelsFile,
@@ -36,6 +44,7 @@ from skills.outcomes import (
     Question,
     load_models,
     load_outcomes,
+    models_in,
 )
 
 __all__ = ["HashingEncoder", "evaluate_routing", "main", "split_by_hash", "write_plot"]
@@ -135,12 +144,19 @@ def evaluate_routing(
     `policies` maps registry names to hyper-parameters (default: every policy with its defaults).
     Only `train` is used for fitting, choosing the best single model and calibrating λ.
     """
-    pool = models.resolve_pool(pool)
+    # Default pool: reference_pool, else every costed model with outcomes in both parts.
+    pool = models.resolve_pool(pool, models_in(train) & models_in(test))
     cost = models.costs(pool)  # [E]
     tr, te_all = OutcomeTable.build(train, pool), OutcomeTable.build(test, pool)
     te = te_all.subset(te_all.complete_rows())
     if len(te) == 0:
-        raise OutcomesError("no test question has outcomes for every pool model; nothing to score")
+        unknown = np.isnan(te_all.correct).sum(axis=0)
+        gaps = ", ".join(f"{m} ({n})" for m, n in zip(pool, unknown, strict=True) if n)
+        raise OutcomesError(
+            "no test question has outcomes for every pool model, so no routing choice can be "
+            f"scored; unknown outcomes per model: {gaps}; drop the models with the most gaps "
+            "from --pool"
+        )
     if len(tr) < folds:
         raise OutcomesError(f"need at least {folds} training questions, got {len(tr)}")
     policies = {n: {} for n in POLICIES} if policies is None else dict(policies)
@@ -158,7 +174,7 @@ def evaluate_routing(
     else:
         emb_tr, emb_te = encoder.encode(tr.prompts), encoder.encode(te.prompts)
 
-    train_acc = np.nanmean(tr.correct, axis=0)  # [E]
+    train_acc = np.nanmean(tr.correct, axis=0)  # [E]; the mean score for fractional outcomes
     test_acc = te.correct.mean(axis=0)  # [E]
     best = int(np.argmax(train_acc))
     ref = {
@@ -170,8 +186,9 @@ def evaluate_routing(
     }
     cheap = int(np.lexsort((-test_acc, cost))[0])
     weak = (float(test_acc[cheap]), float(cost[cheap]))
-    solved = te.correct.max(axis=1) > 0
-    oracle_cost = np.where(te.correct > 0, cost[None, :], np.inf).min(axis=1)
+    # Oracle: per query the cheapest expert reaching the best score (right, for 0/1 outcomes).
+    top = te.correct.max(axis=1, keepdims=True)  # [M, 1]
+    oracle_cost = np.where(te.correct >= top, cost[None, :], np.inf).min(axis=1)
     singles = [
         {
             "model": m,
@@ -188,16 +205,22 @@ def evaluate_routing(
         "n_train": len(tr),
         "n_test": len(te_all),
         "n_test_evaluated": len(te),
+        "outcome_kind": "binary" if tr.binary and te.binary else "fractional",
+        "categories": sorted(set(tr.categories.tolist()) | set(te_all.categories.tolist())),
+        "ignored_models": sorted((models_in(train) | models_in(test)) - set(pool)),
         "missing_outcomes": {
             "train_unknown_entries_masked": int(np.isnan(tr.correct).sum()),
             "test_questions_dropped": len(te_all) - len(te),
             "treatment": MISSING_TREATMENT,
         },
         "best_single": ref,
-        "oracle_accuracy": round(float(solved.mean()), 4),
-        "oracle_cost": round(float(np.where(solved, oracle_cost, cost.min()).mean()), 4),
+        "oracle_accuracy": round(float(top.mean()), 4),
+        "oracle_cost": round(float(oracle_cost.mean()), 4),
         "single_models": singles,
         "definitions": {
+            "accuracy": "mean outcome score of the expert(s) answering: the fraction right for "
+            "0/1 outcomes, the mean score for fractional ones",
+            "ignored_models": "models with outcomes in the data that are not in the pool",
             "cost": "average over test questions of the summed active_b of the experts called",
             "cost_fraction_at": "least cost/best_single.cost among measured curve points whose "
             "accuracy >= f * best_single.accuracy; null if none",
@@ -218,8 +241,9 @@ def evaluate_routing(
         "per_category_best": summarise(sweep(per_cat, te, cost, 1, lambdas), ref, weak),
     }
 
-    has_predictions = any(p is not None for p in te.predictions.ravel())
+    skip_votes = _vote_skip_reason(te)
     report["policies"] = {}
+    points: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
     for name, params in policies.items():
         log.info("fitting %s %s", name, params)
         policy = make_policy(name, **params).fit(emb_tr, tr.correct, list(tr.categories))
@@ -229,10 +253,12 @@ def evaluate_routing(
             **summarise(sweep(quality, te, cost, 1, lambdas), ref, weak),
         }
         oof = _out_of_fold(name, params, emb_tr, tr, folds, seed)
+        points[name] = {"max_quality": (0.0, recruit(quality, cost, 0.0)[:, 0])}
         entry["calibrated"] = []
         for target in CALIBRATION_TARGETS:
             lam = calibrate_quality(oof, cost, target, reference_cost=ref["cost"])
             chosen = recruit(quality, cost, lam)[:, 0]
+            points[name][f"target_{target}"] = (lam, chosen)
             entry["calibrated"].append(
                 {
                     "target_cost_fraction": target,
@@ -242,7 +268,7 @@ def evaluate_routing(
                 }
             )
         entry["multi_expert"] = {}
-        for k in ks if has_predictions else ():
+        for k in ks if skip_votes is None else ():
             if k > len(pool):
                 continue
             curve = sweep(quality, te, cost, k, lambdas[::4])  # voting is slower; coarser
@@ -253,9 +279,25 @@ def evaluate_routing(
                 "beats_best_single_at": beat,
             }
         report["policies"][name] = entry
-    if not has_predictions:
-        report["multi_expert_skipped"] = "the test file has no 'predictions'; voting needs them"
+    if skip_votes is not None:
+        report["multi_expert_skipped"] = skip_votes
+    report["per_category"] = per_category_report(te, cost, ref["cost"], points)
     return report
+
+
+def _vote_skip_reason(te: OutcomeTable) -> str | None:
+    """Why k > 1 voting cannot be scored on `te`, or None when it can."""
+    if all(p is None for p in te.predictions.ravel()):
+        return "the test file has no 'predictions'; voting needs each model's answer"
+    if not te.binary:
+        return (
+            "outcomes are fractional scores; a vote is scored by exact match with the gold "
+            "'answer', which only 0/1 outcomes support"
+        )
+    missing = sum(a is None for a in te.answers)
+    if missing:
+        return f"{missing} test question(s) have no gold 'answer'; a vote is scored against it"
+    return None
 
 
 def _encoder(name: str) -> Encoder:
@@ -283,7 +325,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pool",
         nargs="+",
         default=None,
-        help="pool model names (space or comma separated); default reference_pool",
+        help="pool model names (space or comma separated); default reference_pool, else every "
+        "model in --models with an active_b and outcomes in both files",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
@@ -315,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.folds < 2:
             raise OutcomesError(f"--folds must be at least 2, got {args.folds}")
         models = load_models(args.models)
-        models.resolve_pool(pool)  # fail on pool names before the slow loads
+        if pool or models.reference_pool:
+            models.resolve_pool(pool)  # fail on pool names before the slow loads
         train, test = load_outcomes(args.train), load_outcomes(args.test)
         report = evaluate_routing(
             train,
@@ -340,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2
+    for point, what in (("max_quality", "λ = 0"), ("target_0.5", "λ calibrated for 50% cost")):
+        print(f"{report['outcome_kind']} outcomes; accuracy per category at {what} (test part):")
+        print(category_table(report, point))
     print(f"wrote {args.out / 'report.json'} and {args.out / 'curve.png'}")
     return 0
 

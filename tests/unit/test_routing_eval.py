@@ -231,7 +231,7 @@ def test_cli_bad_inputs_exit_2_with_a_message(files: dict[str, Path], capsys) ->
         '{"id": "a", "category": "c", "prompt": "p", "answer": "A", "outcomes": {"big": 3}}\n'
     )
     assert run({**files, "test": bad}) == 2
-    assert "bad.jsonl:1: outcome of 'big' must be 0 or 1, got 3" in capsys.readouterr().err
+    assert "bad.jsonl:1: outcome of 'big' is 3, outside [0, 1]" in capsys.readouterr().err
 
     assert run(files, "--policies=oracle") == 2
     assert "unknown policy 'oracle'" in capsys.readouterr().err
