@@ -34,6 +34,7 @@ from typing import Any
 
 from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.models import read_model_meta
+from experts.moe.vllm_plugin import engine_kwargs as moe_engine_kwargs
 from experts.stream import Delta, ExpertRequest
 
 __all__ = [
@@ -126,13 +127,14 @@ class VLLMEngine:
         max_model_len: int = 2048,
         engine_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
+        moe_kernels: str = "vllm",
     ) -> None:
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kwargs: dict[str, Any] = dict(engine_kwargs or {})
+        kwargs: dict[str, Any] = moe_engine_kwargs(moe_kernels, dict(engine_kwargs or {}))
         if current_platform.is_cpu():
             for key, value in _CPU_DEFAULTS.items():
                 kwargs.setdefault(key, value)
@@ -174,12 +176,12 @@ class VLLMEngine:
         max_model_len: int = 2048,
         engine_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
+        moe_kernels: str = "vllm",
     ) -> VLLMEngine:
         """Build an engine from async code without blocking the event loop (the load runs in a
         worker thread; vLLM starts its output task lazily on the loop that first generates)."""
-        return await asyncio.to_thread(
-            lambda: cls(model, max_model_len=max_model_len, engine_kwargs=engine_kwargs, name=name)
-        )
+        return await asyncio.to_thread(cls, model, max_model_len=max_model_len, name=name,
+                                       engine_kwargs=engine_kwargs, moe_kernels=moe_kernels)  # fmt: skip
 
     @property
     def supports_sleep(self) -> bool:
@@ -317,6 +319,12 @@ class VLLMEngine:
                     await asyncio.shield(self._llm.abort(request_id))
             await outputs.aclose()
 
+    async def moe_kernel_stats(self) -> dict[str, Any]:
+        """Quorum MoE-layer calls/layers/fallbacks, read from the model's process(es) (see sum_stats)."""
+        from experts.moe.vllm_plugin import sum_stats
+
+        return sum_stats(await self._llm.collective_rpc("quorum_moe_stats"))
+
     def num_running_requests(self) -> int:
         """Requests admitted and not finished yet (running or queued in vLLM)."""
         return self._llm.get_num_unfinished_requests() if self._llm is not None else 0
@@ -376,6 +384,7 @@ class HostedExpert:
             max_model_len=self.expert.context_length,
             engine_kwargs=self.expert.engine_args,
             name=self.expert.name,
+            moe_kernels=self.expert.moe_kernels,
         )
 
     async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:

@@ -102,6 +102,13 @@ class Expert(Strict):
         default_factory=dict,
         description="Environment of the engine's process, e.g. {VLLM_CPU_KVCACHE_SPACE: '1'}.",
     )
+    moe_kernels: Literal["vllm", "quorum"] = Field(
+        "vllm",
+        description="MoE models (vllm backend): `quorum` runs their unquantized MoE layers on "
+        "Quorum's Triton kernels (vLLM plugin `experts.moe.vllm_plugin`); unsupported layers "
+        "stay on vLLM's and the log says why. On a CPU it needs env {TRITON_INTERPRET: '1'} "
+        "(slow: tests only).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Expert:
@@ -110,6 +117,8 @@ class Expert(Strict):
                 raise ValueError(f"skills.{skill} = {value}: competence is a probability in [0, 1]")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8001/v1)")
+        if self.backend == "openai" and self.moe_kernels != "vllm":
+            raise ValueError("moe_kernels applies to hosted (vllm backend) experts only")
         if self.backend == "vllm" and self.base_url:
             raise ValueError("base_url is only for backend 'openai'; remove it or change backend")
         return self

@@ -71,7 +71,8 @@ class VLLMEngineFactory(EngineFactory):
         if platform_supports_sleep():
             kwargs.setdefault("enable_sleep_mode", True)
         return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
-                                      engine_kwargs=kwargs, name=spec.name)  # fmt: skip
+                                      engine_kwargs=kwargs, name=spec.name,
+                                      moe_kernels=spec.moe_kernels)  # fmt: skip
 
 
 class SlotManager:

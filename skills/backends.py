@@ -130,7 +130,8 @@ class VLLMWorker:
         asyncio.set_event_loop(self.loop)
         self.engine = self.loop.run_until_complete(VLLMEngine.create(
             resolve_model(self.expert.model), max_model_len=self.expert.context_length,
-            engine_kwargs=self.expert.engine_args, name=self.expert.name))  # fmt: skip
+            engine_kwargs=self.expert.engine_args, name=self.expert.name,
+            moe_kernels=self.expert.moe_kernels))  # fmt: skip
 
     def startup_s(self) -> float:
         return self.engine.startup_s

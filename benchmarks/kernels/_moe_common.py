@@ -105,9 +105,13 @@ def eager_loop_layer(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tenso
     return out
 
 
-def grouped_mm_layer(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tensor:
-    """torch._grouped_mm over a permuted copy of the routed rows, scatter-add combine."""
-    ids, w = route_reference(logits_of(x, shape, p), shape.routing, p.bias)
+def grouped_mm_layer(
+    x: torch.Tensor, shape: MoEShape, p: Params, logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """torch._grouped_mm over a permuted copy of the routed rows, scatter-add combine
+    (`logits`: given router logits instead of the router GEMM)."""
+    logits = logits_of(x, shape, p) if logits is None else logits
+    ids, w = route_reference(logits, shape.routing, p.bias)
     ids = to_local(ids, shape)
     t, k = ids.shape
     el = p.w13.shape[0]
