@@ -8,11 +8,13 @@ Router(classifier, registry, profiles).route(text, model) -> RoutingDecision
 | `recruit.py`  | P(skill) × competence − λ·cost → expert(s), k, aggregator; the shared arithmetic |
 | `router.py`   | `Router` (classify → recruit, timed) and `RouteBatcher` for async callers    |
 | `policies.py` | offline-fitted routing policies (kNN, predictor, centroid, symbolic)        |
+| `policies_stacked.py` | the `stacked` policy (kNN + ridge, per-expert logistic stage); registers itself |
 | `train.py`    | trains the classifier's head                                                |
 
 Competence comes in through `recruit.CompetenceSource` (a state store satisfies it).
 """
 
+import router.policies_stacked  # noqa: F401  (adds "stacked" to router.policies.POLICIES)
 from router.classify import (
     HEADS,
     CentroidHead,

@@ -13,6 +13,7 @@ SMALL = {
     "centroid": {"n_clusters": 4},
     "knn": {"k": 8},
     "predictor": {"c": 10.0},
+    "stacked": {"k": 8, "c": 1.0},
     "symbolic": {},
 }
 
