@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experts.moe.kernels.align import align, align_chunk
+from experts.moe.kernels.align import _prefix_kernel, align, align_chunk, layout_tile
 from experts.moe.kernels.reference import align_reference, max_padded_rows
 
 
@@ -32,6 +32,7 @@ CASES = [
     ("one_expert", 50, 2, 5, 16),
     ("empty_experts", 21, 2, 12, 16),
     ("with_nulls", 33, 4, 9, 16),
+    ("uniform", 500, 4, 512, 16),  # wide E: 32 prefix programs, 38 layout programs
 ]
 
 
@@ -75,6 +76,24 @@ def test_align_deterministic(device: torch.device) -> None:
     b = align(ids, 16, 16)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert 300 * 4 > align_chunk(16)  # the case spans several programs
+
+
+def test_wide_case_uses_several_layout_programs() -> None:
+    p = max_padded_rows(500 * 4, 512, 16)
+    assert p // 16 > layout_tile(16, 512)  # the E=512 case above spreads its blocks
+
+
+def test_chunk_prefix_over_several_tiles(device: torch.device) -> None:
+    g = torch.Generator().manual_seed(3)
+    n_chunks, e_pad = 37, 32
+    counts = torch.randint(0, 50, (n_chunks, e_pad), generator=g, dtype=torch.int32).to(device)
+    chunk_off = torch.full_like(counts, -5)
+    totals = torch.full((e_pad,), -5, dtype=torch.int32, device=device)
+    # 2 programs of 16 columns, 10 steps of 4 chunks (the last one partial)
+    _prefix_kernel[(2,)](counts, chunk_off, totals, n_chunks, E_PAD=e_pad, E_BLOCK=16, C_TILE=4)
+    ref = counts.cpu().cumsum(0) - counts.cpu()
+    assert torch.equal(chunk_off.cpu(), ref.int())
+    assert torch.equal(totals.cpu(), counts.cpu().sum(0).int())
 
 
 def test_max_padded_rows_bound() -> None:

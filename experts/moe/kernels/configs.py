@@ -2,7 +2,8 @@
 
 A file maps "E=<experts>,H=<hidden>,I=<intermediate>,K=<top_k>" to {"<max T>": layer config};
 the smallest bucket >= T wins. A layer config is
-{"BLOCK_M": int, "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {...}}.
+{"BLOCK_M": int, "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {...}};
+a GEMM entry with "TMA": true reads its tiles through tensor descriptors (`grouped_gemm_tma`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from experts.moe.kernels._gemm_common import _interpret, _precision
 from experts.moe.kernels._triton import tl, triton
-from experts.moe.kernels.grouped_gemm import _interpret, _precision
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
 

@@ -13,33 +13,19 @@
 | h            | [P, I]      | same as x       |
 | y            | [P, H]      | same as x       |
 
+A GEMM config with `"TMA": true` runs the same GEMMs with descriptor-loaded tiles
+(`grouped_gemm_tma`).
+
 Programs whose row block lies past `num_padded` exit at once, so the grid is sized from the
 static bound P and nothing waits on the host.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision
 from experts.moe.kernels._triton import tl, triton
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _pid_to_tile(pid, num_pid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    # Grouped order: GROUP_M row blocks share each weight tile while it sits in L2.
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -145,11 +131,6 @@ def _combine_kernel(
              mask=offs_n < N)
 
 
-def _precision(t: torch.Tensor) -> str:
-    # float32 inputs get true fp32 products (the default would round them to tf32).
-    return "ieee" if t.dtype == torch.float32 else "tf32"
-
-
 def gate_up(
     x: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, block_expert: torch.Tensor,
     num_padded: torch.Tensor, top_k: int, cfg: dict, out: torch.Tensor | None = None,
@@ -160,6 +141,10 @@ def gate_up(
     p = sorted_ids.numel()
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     h = torch.empty(p, n, dtype=x.dtype, device=x.device) if out is None else out
+    if cfg.get("TMA"):
+        from experts.moe.kernels.grouped_gemm_tma import gate_up_tma
+
+        return gate_up_tma(x, w13, sorted_ids, block_expert, num_padded, top_k, cfg, h)
     num_pid_m = p // bm
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _gate_up_kernel[grid](
@@ -185,6 +170,10 @@ def down(
     n = w2.shape[1]
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     y = torch.empty(p, n, dtype=h.dtype, device=h.device) if out is None else out
+    if cfg.get("TMA"):
+        from experts.moe.kernels.grouped_gemm_tma import down_tma
+
+        return down_tma(h, w2, topk_weights, sorted_ids, block_expert, num_padded, cfg, y)
     num_pid_m = p // bm
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _down_kernel[grid](
