@@ -189,8 +189,9 @@ def run_node_loss(qc: QuorumCluster, rate: float, concurrency: int, kill_at: flo
             result.returned_at = round(time.perf_counter() - t0, 2)
             deadline = time.perf_counter() + back_limit_s
             while time.perf_counter() < deadline:
+                # Closed again after the return: a probe request was answered by the lost expert.
                 back = result.first(result.breaker, "closed", result.returned_at)
-                if back is not None and result.answered_by(LOST, result.returned_at):
+                if back is not None:
                     result.back_at = back
                     return
                 time.sleep(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.node_loss import KEPT, LOST, run_node_loss, start_quorum_cluster
+from benchmarks.node_loss import KEPT, LOST, report, run_node_loss, start_quorum_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,7 @@ def quorum_cluster():
 def test_losing_the_worker_node_under_load(quorum_cluster):
     qc = quorum_cluster
     result = run_node_loss(qc, rate=0.25, concurrency=4, kill_at=30, down_s=60, back_limit_s=600)
+    print(report(result, qc, 0.25, 4, 60))  # shown with -rP; the benchmark records the same
     stats = result.stats
     assert result.killed_at is not None and result.returned_at is not None
     assert result.killed_processes >= 3  # ray start, raylet, agents, the replica, its engine core
