@@ -1,6 +1,6 @@
 """Losing a Ray node under load: Quorum on a two-node Ray cluster, the worker node killed mid-load.
 
-    python -m benchmarks.node_loss [--rate 0.25] [--down 90]
+    python -m benchmarks.node_loss [--rate 0.25] [--kill-at 30] [--down 60]
 
 On this machine, a Ray cluster of two nodes, each a `ray start --block` process tree
 (tests/integration/ray_cluster.py):
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.25, help="requests/s (default 0.25)")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--kill-at", type=float, default=40.0, help="s into the load")
-    parser.add_argument("--down", type=float, default=90.0, help="s the node stays lost")
+    parser.add_argument("--kill-at", type=float, default=30.0, help="s into the load")
+    parser.add_argument("--down", type=float, default=60.0, help="s the node stays lost")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.node_loss " + " ".join(sys.argv[1:] if argv is None else argv)
     folder = Path(tempfile.mkdtemp(prefix="qnl-"))
