@@ -271,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-at", type=float, default=30.0, help="s into the load")
     parser.add_argument("--down", type=float, default=60.0, help="s the node stays lost")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.node_loss " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(
+        ["python -m benchmarks.node_loss", *(sys.argv[1:] if argv is None else argv)]
+    )
     folder = Path(tempfile.mkdtemp(prefix="qnl-"))
     qc = start_quorum_cluster(folder)
     print(f"cluster up, both experts answer after {qc.ready_s:.0f} s", flush=True)
