@@ -60,6 +60,8 @@ class Stats:
     competence: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (t, status) per request
+    # (t, seconds, status, who answered or the error's code) per request, whatever its outcome
+    requests: list[tuple[float, float, int, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -83,6 +85,7 @@ async def one_request(client, url: str, key: str, stats: Stats, t0: float) -> in
     body = {"model": "auto", "max_tokens": 16, "temperature": 0,
             "messages": [{"role": "user", "content": random.choice(PROMPTS)}]}  # fmt: skip
     started = time.perf_counter()
+    r = None
     try:
         r = await client.post(f"{url}/v1/chat/completions", json=body,
                               headers={"authorization": f"Bearer {key}"})  # fmt: skip
@@ -93,6 +96,7 @@ async def one_request(client, url: str, key: str, stats: Stats, t0: float) -> in
     elapsed = time.perf_counter() - started
     stats.status[status] += 1
     stats.timeline.append((round(started - t0, 2), status))
+    stats.requests.append((round(started - t0, 2), round(elapsed, 2), status, _outcome(status, r)))
     if status == 200:
         data = r.json()
         stats.latencies.append(elapsed)
@@ -105,6 +109,22 @@ async def one_request(client, url: str, key: str, stats: Stats, t0: float) -> in
         if status != 429 or key != BURST_KEY:
             stats.errors.append(f"HTTP {status}: {r.text[:200]}")
     return status
+
+
+def _outcome(status: int, response) -> str:
+    """Who answered (200), the OpenAI error's `code` (or `type`), or why there is none."""
+    if status == 0:
+        return "no response"
+    try:
+        body = response.json()
+    except ValueError:
+        return "not JSON"
+    if status == 200:
+        return str(body.get("model"))
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not {"message", "type", "code"} <= set(error):
+        return "not an OpenAI error body"
+    return str(error["code"] or error["type"])
 
 
 async def run_load(url: str, seconds: float, rate: float | None, concurrency: int,

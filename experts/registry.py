@@ -47,6 +47,20 @@ class Resources(Strict):
     memory_gb: float | None = Field(
         None, gt=0, description="Host memory to reserve per replica, GiB (Ray `memory`)."
     )
+    custom: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica (Ray `resources`): places the replicas on "
+        "nodes that declare them, e.g. {node_b: 1} with `ray start --resources '{\"node_b\": 4}'`.",
+    )
+
+    @model_validator(mode="after")
+    def _check_custom(self) -> Resources:
+        builtin = sorted(set(self.custom) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if builtin:
+            raise ValueError(
+                f"custom resource {builtin[0]!r} is Ray's own: use cpus/gpus/memory_gb"
+            )
+        return self
 
 
 class Cost(Strict):

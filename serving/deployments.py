@@ -133,6 +133,8 @@ def expert_deployment(expert: Expert):
     }
     if expert.resources.memory_gb:
         actor_options["memory"] = int(expert.resources.memory_gb * 2**30)
+    if expert.resources.custom:  # placement: only nodes declaring these resources host it
+        actor_options["resources"] = dict(expert.resources.custom)
     return serve.deployment(HostedExpert).options(
         name=f"expert-{expert.name}",
         num_replicas=expert.replicas,
@@ -150,11 +152,19 @@ def expert_pool_deployment(registry: Registry):
     for e in hosted:
         env |= e.env
     slots = registry.residency.slots
+    actor_options: dict[str, Any] = {
+        "num_cpus": slots * max(e.resources.cpus for e in hosted),
+        "num_gpus": slots * max(e.resources.gpus for e in hosted),
+        "runtime_env": {"env_vars": env},
+    }
+    custom: dict[str, float] = {}  # the pool runs every hosted expert: a node fit for each
+    for e in hosted:
+        custom |= {k: max(v, custom.get(k, 0.0)) for k, v in e.resources.custom.items()}
+    if custom:
+        actor_options["resources"] = custom
     return serve.deployment(ExpertPool).options(
         name="expert-pool", num_replicas=1, max_ongoing_requests=4096, health_check_timeout_s=120,
-        ray_actor_options={"num_cpus": slots * max(e.resources.cpus for e in hosted),
-                           "num_gpus": slots * max(e.resources.gpus for e in hosted),
-                           "runtime_env": {"env_vars": env}},
+        ray_actor_options=actor_options,
     )  # fmt: skip
 
 
