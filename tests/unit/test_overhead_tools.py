@@ -1,0 +1,60 @@
+"""The overhead benchmark's own tools: the stub backend answers both OpenAI shapes, the load
+generator counts what it sends, and the Serve options are what Quorum's ingress is built with."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from benchmarks.http_load import closed_loop
+from benchmarks.stub_openai import TEXT, serve
+from serving.serve_options import INGRESS_MAX_ONGOING_REQUESTS, ingress_options
+
+
+async def _against_stub(body: dict, concurrency: int):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    task = asyncio.create_task(serve(port))
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            continue
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return await closed_loop(url, json.dumps(body).encode(), concurrency, 0.3)
+    finally:
+        task.cancel()
+
+
+def test_stub_answers_json_and_sse_and_the_load_generator_counts_them():
+    result = asyncio.run(_against_stub({"model": "m", "messages": []}, 4))
+    assert result.errors == [] and len(result.latencies) > 10
+    assert result.rate > 0 and result.p50 <= result.percentile(0.95)
+    answer = json.loads(result.bodies[0])
+    assert answer["choices"][0]["message"]["content"] == TEXT
+    assert answer["usage"]["completion_tokens"] == 16
+
+    streamed = asyncio.run(_against_stub({"model": "m", "stream": True, "messages": []}, 1))
+    events = [e for e in streamed.bodies[0].decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == TEXT and chunks[-1]["usage"]["completion_tokens"] == 16
+
+
+def test_quorum_ingress_is_built_with_the_measured_serve_options():
+    from serving.deployments import QuorumIngress
+
+    options = ingress_options({"X": "1"})
+    assert options["max_ongoing_requests"] == INGRESS_MAX_ONGOING_REQUESTS > 5  # Serve's default
+    env = options["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["X"] == "1" and env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert QuorumIngress.max_ongoing_requests == INGRESS_MAX_ONGOING_REQUESTS
+    assert options["logging_config"] == {"enable_access_log": False}
