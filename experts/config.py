@@ -25,6 +25,14 @@ Aggregation = Literal["synthesis", "vote", "confidence"]
 
 class ClassifierConfig(Strict):
     kind: str = Field("logreg", description="Head kind: one of router.classify.HEADS.")
+    encoder: str = Field(
+        "static",
+        pattern=r"^(static|minilm(:[0-9]+)?)$",
+        description="Text → vector: `static` (MiniLM distilled into a token table, ~0.1 ms a "
+        "query: router/static_encoder.py) or `minilm` / `minilm:<max tokens>` (the transformer, "
+        "13-80 ms a query on a CPU core). The head and any fitted routing policy must be trained "
+        "on the same encoder; `builtin` heads exist for `static` and `minilm`.",
+    )
     artifact: str = Field(
         "builtin",
         description="Path of the trained head (JSON written by `python -m router.train`), or "

@@ -261,13 +261,17 @@ def evaluate_routing(
 def _encoder(name: str) -> Encoder:
     if name == "hash":
         return HashingEncoder()
+    if name == "static":
+        from router.static_encoder import StaticEncoder
+
+        return StaticEncoder()
     if name.startswith("minilm"):
         from router.classify import MiniLMEncoder
 
         _, _, length = name.partition(":")
         return MiniLMEncoder(max_seq_length=int(length) if length else 256)
     raise OutcomesError(
-        f"unknown encoder '{name}'; choose 'minilm', 'minilm:<max tokens>' or 'hash'"
+        f"unknown encoder '{name}'; choose 'static', 'minilm', 'minilm:<max tokens>' or 'hash'"
     )
 
 
