@@ -58,3 +58,14 @@ def test_quorum_ingress_is_built_with_the_measured_serve_options():
     assert env["X"] == "1" and env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert QuorumIngress.max_ongoing_requests == INGRESS_MAX_ONGOING_REQUESTS
     assert options["logging_config"] == {"enable_access_log": False}
+
+
+def test_serve_yaml_carries_the_ingress_options():
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "infra" / "serve.yaml").read_text())
+    (app,) = config["applications"]
+    ingress = next(d for d in app["deployments"] if d["name"] == "QuorumIngress")
+    assert ingress["max_ongoing_requests"] == INGRESS_MAX_ONGOING_REQUESTS
