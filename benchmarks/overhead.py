@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_results:
         note = f"; {args.shared}" if args.shared else ""
-        command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join([*COMMAND.split(), *(argv if argv is not None else sys.argv[1:])])
         write_section(args.section, args.title, command, machine_description() + note, body)
     return 0
 
@@ -290,31 +291,34 @@ def report(runs: dict[str, list[dict]], prompts: dict[str, str], args) -> str:
 
 
 def ratios(med: dict[str, dict]) -> str:
-    """The issue's targets, each computed from the medians above."""
+    """The issue's targets, each computed from the medians above, for every Quorum variant run."""
     out = ["| target (issue 15) | prompt | measured | met |", "|---|---|---|---|"]
-    auto, named = med.get("quorum auto"), med.get("quorum named")
     lite, passthrough = med.get("litellm proxy"), med.get("ray serve passthrough")
-    for prompt in ("short", "long"):
-        if auto and lite:
+    prefixes = [
+        n.removesuffix(" auto") for n in med if n.startswith("quorum") and n.endswith("auto")
+    ]
+    for prefix, prompt in [(p, q) for p in prefixes for q in ("short", "long")]:
+        auto, named = med[f"{prefix} auto"], med.get(f"{prefix} named")
+        if lite:
             a, b = auto[(32, prompt)], lite[(32, prompt)]
             ok = a["rate"] >= b["rate"] and a["errors"] == 0
-            out.append(f"| c=32 req/s: quorum auto >= litellm, 0 errors | {prompt} | "
+            out.append(f"| c=32 req/s: {prefix} auto >= litellm, 0 errors | {prompt} | "
                        f"{a['rate']:.1f} vs {b['rate']:.1f} ({a['rate'] / b['rate']:.2f}x), "
                        f"{a['errors']:g} errors | {'yes' if ok else 'no'} |")  # fmt: skip
-        if auto and named:
+        if named:
             d = auto[(1, prompt)]["p50"] - named[(1, prompt)]["p50"]
-            out.append(f"| c=1 p50: auto - named <= 5 ms | {prompt} | {d:+.1f} ms | "
+            out.append(f"| c=1 p50: {prefix} auto - named <= 5 ms | {prompt} | {d:+.1f} ms | "
                        f"{'yes' if d <= 5 else 'no'} |")  # fmt: skip
-        if named and passthrough:
+        if named and passthrough and prefix == "quorum":
             d = named[(1, prompt)]["p50"] - passthrough[(1, prompt)]["p50"]
-            out.append(f"| c=1 p50: named - passthrough <= 5 ms | {prompt} | {d:+.1f} ms | "
+            out.append(f"| c=1 p50: quorum named - passthrough <= 5 ms | {prompt} | {d:+.1f} ms | "
                        f"{'yes' if d <= 5 else 'no'} |")  # fmt: skip
-        if passthrough and lite:
-            a, b = passthrough[(32, prompt)], lite[(32, prompt)]
-            out.append(
-                f"| (context) c=32 req/s: passthrough vs litellm | {prompt} | "
-                f"{a['rate']:.1f} vs {b['rate']:.1f} ({a['rate'] / b['rate']:.2f}x) | - |"
-            )
+    for prompt in ("short", "long") if passthrough and lite else ():
+        a, b = passthrough[(32, prompt)], lite[(32, prompt)]
+        out.append(
+            f"| (context) c=32 req/s: passthrough vs litellm | {prompt} | "
+            f"{a['rate']:.1f} vs {b['rate']:.1f} ({a['rate'] / b['rate']:.2f}x) | - |"
+        )
     return "\n".join(out)
 
 

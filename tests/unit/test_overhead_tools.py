@@ -69,3 +69,22 @@ def test_serve_yaml_carries_the_ingress_options():
     (app,) = config["applications"]
     ingress = next(d for d in app["deployments"] if d["name"] == "QuorumIngress")
     assert ingress["max_ongoing_requests"] == INGRESS_MAX_ONGOING_REQUESTS
+
+
+def test_targets_table_compares_the_medians_it_is_given():
+    from benchmarks.overhead import CELLS, ratios
+
+    def cells(rate: float, p50: float, errors: int = 0) -> dict:
+        return {cell: {"rate": rate, "p50": p50, "errors": errors} for cell in CELLS}
+
+    table = ratios({"litellm proxy": cells(100, 10), "ray serve passthrough": cells(40, 8),
+                    "quorum auto": cells(120, 20), "quorum named": cells(130, 12, errors=1),
+                    "quorum app static auto": cells(90, 5, errors=2),
+                    "quorum app static named": cells(95, 4)})  # fmt: skip
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.splitlines()}
+    assert rows[("c=32 req/s: quorum auto >= litellm, 0 errors", "short")].endswith("| yes |")
+    assert "1.20x" in rows[("c=32 req/s: quorum auto >= litellm, 0 errors", "long")]
+    assert rows[("c=1 p50: quorum auto - named <= 5 ms", "short")].endswith("+8.0 ms | no |")
+    assert rows[("c=1 p50: quorum named - passthrough <= 5 ms", "long")].endswith("+4.0 ms | yes |")
+    app = rows[("c=32 req/s: quorum app static auto >= litellm, 0 errors", "short")]
+    assert app.endswith("2 errors | no |")  # slower and with errors
