@@ -100,7 +100,8 @@ class RouteBatcher:
     free); whoever arrives meanwhile joins the next batch. An unknown model fails alone, at once,
     not its batch. `in_thread=False` routes on the event loop instead, for encoders cheaper than
     the hand-off (the static encoder: a fraction of a millisecond a query, while a worker thread
-    waits for the GIL behind a busy loop, 5 ms at a time, measured at 32 concurrent requests);
+    waits for the GIL behind a busy event loop; at 32 concurrent short requests Quorum's app went
+    from 62 to 132 req/s on the shared 2 cores when routing moved onto the loop);
     requests that arrive in the same loop iteration still share a batch."""
 
     def __init__(self, router: Router, max_batch: int = 32, in_thread: bool = True) -> None:

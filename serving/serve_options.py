@@ -1,19 +1,22 @@
 """How Quorum runs on Ray Serve: the options of the ingress deployment and of the Serve processes.
 
-Chosen by measurement (`python -m benchmarks.overhead`, benchmarks/RESULTS.md, section
-`overhead`); `quorum serve`, `serving.deployments` and infra/serve.yaml all take them from here.
+`quorum serve`, `serving.deployments` and infra/serve.yaml all take them from here, and the
+overhead benchmark's Ray Serve passthrough too (`python -m benchmarks.overhead`: run it under the
+heavy lock to measure their effect on Ray Serve; issue 15's table had Ray Serve's defaults).
 
 - `INGRESS_MAX_ONGOING_REQUESTS`: Ray Serve's default is 5 requests per replica; the 6th waits in
   the proxy, so at 32 concurrent clients most of the time went to queueing in front of a replica
-  that was idle on I/O. The ingress awaits experts and batches routing, so it takes many requests
+  that was idle on I/O (issue 15: a plain passthrough with the defaults passed 13 req/s at 32
+  clients, 2.7 s p50). The ingress awaits experts and batches routing, so it takes many requests
   at once; the route timeout (`router.route_timeout_s`) is its back-pressure.
 - `INGRESS_LOGGING`: no per-request access log line from the replica (Ray writes one per request
   to its log file, on the request path); errors are still logged, and Quorum's own metrics and
   routing audit record every request.
 - `INGRESS_ENV` (the ingress replica's environment): user code runs on the replica's own event
   loop instead of a second loop in another thread, and so does the router of its handles (one
-  cross-thread hand-off less per request, each way); the classifier's torch uses one thread (two
-  threads on cores shared with the proxy and the replica's event loop were slower than one).
+  cross-thread hand-off less per request, each way); torch (the `minilm` encoder) uses one
+  thread: on the shared 2 cores, MiniLM took 87 ms for a 7-word prompt with two threads and 22 ms
+  with one (measured while writing this; the `static` encoder uses no torch).
 - `SERVE_ENV` (the driver's environment before `ray.init`, inherited by the proxy): the proxy's
   router on the proxy's event loop, too. On a cluster started with `ray start`, set it there.
 """
