@@ -90,6 +90,9 @@ class Target:
                                              timeout_s=10))  # fmt: skip
             if result.latencies:
                 return
+            refused = [e for e in result.errors if e.startswith("HTTP 4")]
+            if refused:  # up, but refusing the benchmark's request: no point waiting
+                raise RuntimeError(f"{self.name} refused the request: {refused[0]}")
             time.sleep(1)
         raise RuntimeError(
             f"{self.name} did not answer in {timeout}s:\n{self.log.read_text()[-3000:]}"
@@ -232,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         if "stub" in wanted:
             runs[stub.name] = [measure(stub, prompts, args.seconds) for _ in range(args.repeats)]
         for _, group in targets:  # one target at a time; its rounds back to back
-            group[0].start()
             try:
+                group[0].start()  # inside: a target that fails to come up is stopped too
                 for round_ in range(args.repeats):
                     print(f"{group[0].name}: round {round_ + 1}/{args.repeats}", flush=True)
                     for target in group:

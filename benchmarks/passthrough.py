@@ -15,10 +15,12 @@ import os
 import sys
 import time
 
+# At module level: FastAPI resolves the handler's (string) annotations in this module's globals.
+from fastapi import FastAPI, Request, Response
+
 
 def build(upstream: str, naive: bool):
     import httpx
-    from fastapi import FastAPI, Request, Response
     from ray import serve
 
     from serving.serve_options import ingress_options
