@@ -25,26 +25,27 @@ from benchmarks.http_load import closed_loop
 STAGES: list[tuple[str, str]] = [
     (
         "classify (encoder + head)",
-        r"router/(classify|static_encoder)\.py|sentence_transformers|"
-        r"/torch/|/transformers/|/tokenizers/|numpy",
+        r"router/(classify|static_encoder)\.py|\bsentence_transformers/|\btorch/|"
+        r"\btransformers/|\btokenizers/|\bnumpy/",
     ),
-    ("recruit (router/recruit, policies)", r"router/(recruit|policies|live_policy)\.py|/skills/"),
+    ("recruit (router/recruit, policies)", r"router/(recruit|policies|live_policy)\.py|\bskills/"),
     ("route batching (router/router.py)", r"router/router\.py"),
-    ("metrics (Ray metrics API)", r"serving/metrics\.py|ray/util/metrics"),
+    ("metrics (Ray metrics API)", r"serving/metrics\.py|\bray/util/metrics"),
     ("routing audit", r"serving/audit\.py"),
     ("feedback record", r"serving/feedback\.py"),
-    ("auth", r"serving/auth\.py|serving/limits\.py"),
-    ("JSON encode/decode", r"/json/|\(json"),
-    ("parse + validate (protocol, pydantic)", r"serving/protocol\.py|/pydantic"),
-    ("expert call (httpx client)", r"/httpx/|/httpcore/|/h11/|experts/clients\.py|anyio"),
+    ("auth", r"serving/(auth|limits)\.py"),
+    ("JSON encode/decode", r"\bjson/|\borjson"),
+    ("parse + validate (protocol, pydantic)", r"serving/protocol\.py|\bpydantic"),
+    ("expert call (httpx client)", r"\b(httpx|httpcore|h11|anyio)/|experts/clients\.py"),
     ("pipeline + dispatch + ingress", r"serving/(pipeline|dispatch|ingress|observe)\.py"),
-    ("FastAPI / Starlette", r"/fastapi/|/starlette/"),
-    ("HTTP server (uvicorn)", r"/uvicorn/|httptools"),
-    ("Ray Serve (proxy, replica, handles)", r"/ray/serve/"),
-    ("Ray core (actor calls, RPC)", r"/ray/|grpc"),
-    ("event loop (asyncio/uvloop)", r"/asyncio/|uvloop|selectors"),
-    ("logging", r"/logging/"),
+    ("FastAPI / Starlette", r"\b(fastapi|starlette)/"),
+    ("HTTP server (uvicorn)", r"\buvicorn/|httptools"),
+    ("Ray Serve (proxy, replica, handles)", r"\bray/serve/"),
+    ("Ray core (actor calls, RPC)", r"\bray/|\bgrpc"),
+    ("event loop (asyncio/uvloop)", r"\basyncio/|uvloop|\bselectors\.py"),
+    ("logging", r"\blogging/"),
 ]
+# py-spy names files relative to their sys.path entry: "handle (ray/serve/_private/proxy.py:1)".
 _COMPILED = [(name, re.compile(p)) for name, p in STAGES]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

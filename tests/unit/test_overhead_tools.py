@@ -88,3 +88,21 @@ def test_targets_table_compares_the_medians_it_is_given():
     assert rows[("c=1 p50: quorum named - passthrough <= 5 ms", "long")].endswith("+4.0 ms | yes |")
     app = rows[("c=32 req/s: quorum app static auto >= litellm, 0 errors", "short")]
     assert app.endswith("2 errors | no |")  # slower and with errors
+
+
+def test_profile_stages_read_py_spy_frames_innermost_known_first():
+    from benchmarks.overhead_profile import stage_of
+
+    # py-spy names files relative to their sys.path entry, outermost frame first.
+    serve = "handle (ray/serve/_private/replica.py:10);run (asyncio/base_events.py:5)"
+    assert stage_of(serve) == "event loop (asyncio/uvloop)"
+    assert stage_of("handle (ray/serve/_private/proxy.py:10)") == (
+        "Ray Serve (proxy, replica, handles)")  # fmt: skip
+    call = (
+        "chat (serving/pipeline.py:9);stream_chat (experts/clients.py:80);send (httpx/_client.py:5)"
+    )
+    assert stage_of(call) == "expert call (httpx client)"
+    assert stage_of(call + ";loads (json/__init__.py:346)") == "JSON encode/decode"
+    encode = "route_batch (router/router.py:70);encode (router/static_encoder.py:130)"
+    assert stage_of(encode) == "classify (encoder + head)"
+    assert stage_of("f (mymodule.py:1)") == "other"
