@@ -1,8 +1,9 @@
 """How Quorum runs on Ray Serve: the options of the ingress deployment and of the Serve processes.
 
 `quorum serve`, `serving.deployments` and infra/serve.yaml all take them from here, and the
-overhead benchmark's Ray Serve passthrough too (`python -m benchmarks.overhead`: run it under the
-heavy lock to measure their effect on Ray Serve; issue 15's table had Ray Serve's defaults).
+overhead benchmark's Ray Serve passthrough too (`python -m benchmarks.overhead`; benchmarks/
+RESULTS.md, section `overhead`: with these options the passthrough passed 92-124 req/s at 32
+clients on the 2-core machine, where issue 15's run with Serve's defaults had 13).
 
 - `INGRESS_MAX_ONGOING_REQUESTS`: Ray Serve's default is 5 requests per replica; the 6th waits in
   the proxy, so at 32 concurrent clients most of the time went to queueing in front of a replica
