@@ -290,10 +290,15 @@ class LogRegHead(Head):
 HEADS: dict[str, type[Head]] = {"centroid": CentroidHead, "logreg": LogRegHead}
 
 
-def load_head(artifact: str, kind: str | None = None) -> Head:
-    """Load a head: `builtin` (shipped with Quorum, `router/data/skill_head.<kind>.json`) or a path."""
+def load_head(artifact: str, kind: str | None = None, encoder: str = "minilm") -> Head:
+    """Load a head: `builtin` (shipped with Quorum: `router/data/skill_head.<kind>.json` for the
+    `minilm` encoder, `skill_head.<kind>.static.json` for `static`) or a path."""
     if artifact == "builtin":
-        name = f"skill_head.{kind or 'logreg'}.json"
+        if encoder not in ("minilm", "static"):
+            raise ValueError(f"no builtin head for encoder {encoder!r}; train one "
+                             "(python -m router.train --encoder ...) and name its path")  # fmt: skip
+        suffix = ".static" if encoder == "static" else ""
+        name = f"skill_head.{kind or 'logreg'}{suffix}.json"
         text = resources.files("router").joinpath("data", name).read_text()
     else:
         text = Path(artifact).read_text()

@@ -98,11 +98,16 @@ class RouteBatcher:
 
     One batch runs at a time, in a worker thread (the encoder is CPU-bound; the event loop stays
     free); whoever arrives meanwhile joins the next batch. An unknown model fails alone, at once,
-    not its batch."""
+    not its batch. `in_thread=False` routes on the event loop instead, for encoders cheaper than
+    the hand-off (the static encoder: a fraction of a millisecond a query, while a worker thread
+    waits for the GIL behind a busy event loop; at 32 concurrent short requests Quorum's app went
+    from 62 to 132 req/s on the shared 2 cores when routing moved onto the loop);
+    requests that arrive in the same loop iteration still share a batch."""
 
-    def __init__(self, router: Router, max_batch: int = 32) -> None:
+    def __init__(self, router: Router, max_batch: int = 32, in_thread: bool = True) -> None:
         self.router = router
         self.max_batch = max_batch
+        self.in_thread = in_thread
         self._waiting: list[tuple[str, str, asyncio.Future]] = []
         self._running = False
 
@@ -122,7 +127,10 @@ class RouteBatcher:
                                         self._waiting[self.max_batch :])  # fmt: skip
                 texts, models = [b[0] for b in batch], [b[1] for b in batch]
                 try:
-                    decisions = await asyncio.to_thread(self.router.route_batch, texts, models)
+                    if self.in_thread:
+                        decisions = await asyncio.to_thread(self.router.route_batch, texts, models)
+                    else:
+                        decisions = self.router.route_batch(texts, models)
                 except Exception as exc:
                     for *_, future in batch:
                         if not future.done():
@@ -131,5 +139,7 @@ class RouteBatcher:
                 for (*_, future), decision in zip(batch, decisions, strict=True):
                     if not future.done():  # the caller may have given up (route timeout)
                         future.set_result(decision)
+                if not self.in_thread:
+                    await asyncio.sleep(0)  # the loop's other work between inline batches
         finally:
             self._running = False

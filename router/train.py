@@ -1,6 +1,7 @@
 """Train the skill classifier's head on the bundled MMLU-Pro dev data and write it as JSON.
 
-    python -m router.train                      # both kinds → router/data/skill_head.<kind>.json
+    python -m router.train                      # both kinds, MiniLM → router/data/skill_head.<kind>.json
+    python -m router.train --encoder static     # → router/data/skill_head.<kind>.static.json
     python -m router.train --kind centroid --out my_head.json --data my.jsonl
 
 Rows are split by a hash of their `id`: one in five is held out and never trained on; the
@@ -12,51 +13,19 @@ from any outcome data's categories (and adapt a registry to them): `quorum train
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from router.classify import HEADS, Encoder, Head, MiniLMEncoder, encode_cached
+from router.classify import HEADS, Encoder, Head, encode_cached
+from router.dev_data import BUNDLED_DATA, is_held_out, read_rows
+from router.encoders import make_encoder
+
+__all__ = ["BUNDLED_DATA", "is_held_out", "main", "read_rows", "train_head"]
 
 log = logging.getLogger(__name__)
-
-BUNDLED_DATA = "mmlu_pro_dev.jsonl.gz"
-
-
-def is_held_out(row_id: str, folds: int = 5) -> bool:
-    """Deterministic split shared by training and benchmarks: 1 row in `folds` is held out."""
-    return int(hashlib.sha1(row_id.encode()).hexdigest(), 16) % folds == 0
-
-
-def read_rows(path: str | Path | None = None) -> list[dict]:
-    """Rows with at least `id`, `prompt`, `category` (plain or gzipped JSONL); default: bundled."""
-    if path is None:
-        opened = resources.files("skills").joinpath("data", BUNDLED_DATA).open("rb")
-        fh = gzip.open(opened, "rt")
-    else:
-        p = Path(path)
-        fh = gzip.open(p, "rt") if p.suffix == ".gz" else p.open()
-    rows = []
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append(
-                    {"id": str(row["id"]), "prompt": row["prompt"], "category": row["category"]}
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}: line {lineno}: expected JSON with id, prompt, category ({exc})"
-                ) from None
-    return rows
 
 
 def train_head(
@@ -107,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", help="output file (one kind) or folder (all); default router/data/"
     )
+    parser.add_argument("--encoder", default="minilm",
+                        help="minilm (the registry's default), minilm:<max tokens> or static")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -114,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    encoder = MiniLMEncoder()
+    encoder = make_encoder(args.encoder)
+    suffix = "" if args.encoder == "minilm" else "." + args.encoder.replace(":", "")
     kinds = list(HEADS) if args.kind == "all" else [args.kind]
     default_dir = Path(__file__).with_name("data")
     for kind in kinds:
@@ -122,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out and len(kinds) == 1:
             out = Path(args.out)
         else:
-            out = (Path(args.out) if args.out else default_dir) / f"skill_head.{kind}.json"
+            out = (Path(args.out) if args.out else default_dir) / f"skill_head.{kind}{suffix}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(head.to_json(**metrics))
         print(

@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from experts.registry import load_registry
     from serving.deployments import build_app
+    from serving.serve_options import apply_serve_env
 
     registry = load_registry(args.registry)  # fail fast, before Ray starts
     builtin = sorted({e.model.removeprefix("builtin:") for e in registry.experts
@@ -39,10 +40,15 @@ def _serve(args: argparse.Namespace) -> int:
         from experts.models import prepare_builtin_models
 
         prepare_builtin_models(builtin)
+    if registry.router.classifier.encoder == "static":
+        from router.static_encoder import ensure_table
+
+        ensure_table()  # distilled from MiniLM once (minutes), here rather than in the ingress
     go_offline()
     metrics_socket = _reserve_metrics_port(args.metrics_port)
     metrics_port = metrics_socket.getsockname()[1]
     started = time.perf_counter()
+    apply_serve_env()  # before ray.init: the proxy inherits it (serving/serve_options.py)
     # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
     # ingress replica (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
     ray.init(

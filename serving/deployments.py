@@ -31,7 +31,7 @@ from experts.engine import HostedExpert
 from experts.paths import OFFLINE_ENV, quorum_home
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from router import EmbeddingSkillClassifier, RouteBatcher, Router, load_head
-from router.classify import MiniLMEncoder
+from router.encoders import encoder_name, make_encoder
 from router.live_policy import load_served_policy
 from serving.audit import AuditObserver, make_audit_log
 from serving.auth import build_authenticator, load_keys
@@ -42,6 +42,7 @@ from serving.metrics import RayMetricsObserver
 from serving.observe import FanOutObserver
 from serving.pipeline import Pipeline
 from serving.schedule import ExpertPool
+from serving.serve_options import ingress_options
 from skills.policy_store import StorePolicySource
 from skills.store import InMemoryStateStore, StateStore
 
@@ -70,18 +71,23 @@ def make_store(redis_url: str | None = None) -> StateStore:
 
 
 def build_router(registry: Registry, store: StateStore) -> Router:
-    """The production router: MiniLM embeddings + the registry's trained head. Expected quality
+    """The production router: the registry's encoder (`static` by default) + its trained head. Expected quality
     comes from the routing policy published to `store` (hot-reloaded), else the registry's
     `router.policy`, else `store`'s current profile, else the registry's priors."""
     config = registry.router.classifier
-    head = load_head(config.artifact, config.kind)
-    classifier = EmbeddingSkillClassifier(MiniLMEncoder(), head)
+    head = load_head(config.artifact, config.kind, config.encoder)
+    encoder = make_encoder(config.encoder)
+    trained_on = getattr(head, "meta", {}).get("encoder")
+    if trained_on and trained_on != encoder.name:
+        raise ValueError(f"the skill head {config.artifact!r} was trained on encoder {trained_on!r}, "
+                         f"the registry's router.classifier.encoder is {encoder.name!r}")  # fmt: skip
+    classifier = EmbeddingSkillClassifier(encoder, head)
     encoder = classifier.encoder_name
     policies = StorePolicySource(store, registry, encoder, load_served_policy(registry, encoder))
     return Router(classifier, registry, store, policies)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": OFFLINE_ENV}})
+@serve.deployment(**ingress_options(OFFLINE_ENV))  # serving/serve_options.py: why each
 @serve.ingress()
 class QuorumIngress:
     """The OpenAI HTTP API over the pipeline; the FastAPI app is built on the replica."""
@@ -115,7 +121,10 @@ class QuorumIngress:
         self.feedback = FeedbackObserver(store, self.registry, router.classifier.encoder_name)
         observer = FanOutObserver([RayMetricsObserver(self.registry),
                                    AuditObserver(self.audit, self.registry), self.feedback])  # fmt: skip
-        self.pipeline = Pipeline(self.registry, RouteBatcher(router).route, clients, observer)
+        # A static encoder routes on the event loop; a transformer in a worker thread.
+        inline = self.registry.router.classifier.encoder == "static"
+        batcher = RouteBatcher(router, in_thread=not inline)
+        self.pipeline = Pipeline(self.registry, batcher.route, clients, observer)
 
     def __serve_build_asgi_app__(self):
         api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)
@@ -172,7 +181,8 @@ def build_app(args: dict[str, Any] | None = None):
     """Serve application builder. `args`: `registry` (YAML path; default: embedded), `redis_url`."""
     args = args or {}
     registry = load_registry(args.get("registry"))
-    load_served_policy(registry, MiniLMEncoder.name_for())  # a policy that does not fit fails here
+    # A registry policy that does not fit (file, experts, encoder) fails here, before deploying.
+    load_served_policy(registry, encoder_name(registry.router.classifier.encoder))
     data = registry.model_dump(mode="json")
     experts = {e.name: expert_deployment(e).bind(e.model_dump(mode="json"))
                for e in registry.experts if e.backend == "vllm"}  # fmt: skip

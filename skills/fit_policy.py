@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", action="store_true", help="add POST /v1/feedback scores")
     p.add_argument("--publish", action="store_true", help="make it current on the state store")
     p.add_argument("--redis-url", help="the state store (default: $QUORUM_REDIS_URL)")
-    p.add_argument("--encoder", default="minilm", help="minilm (the router's; default) or hash")
+    p.add_argument("--encoder", help="static, minilm[:<max tokens>] or hash; default: the "
+                   "registry's router.classifier.encoder (what the live router embeds with)")  # fmt: skip
     p.add_argument("--folds", type=int, default=5, help="folds of the cross-fitted calibration")
     p.add_argument("--out", type=Path, help="artifact path (default $QUORUM_HOME/policies/...)")
     return p
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
         rows_from_profile(rows, args.profile_dir, args.data)
     for path in args.outcomes:
         rows_from_outcomes(rows, path)
-    encoder = _encoder(args.encoder)
+    encoder = _encoder(args.encoder or registry.router.classifier.encoder)
     store = _store(args.redis_url) if (args.feedback or args.publish) else None
     feedback = None
     if args.feedback:

@@ -303,13 +303,17 @@ def _vote_skip_reason(te: OutcomeTable) -> str | None:
 def _encoder(name: str) -> Encoder:
     if name == "hash":
         return HashingEncoder()
+    if name == "static":
+        from router.static_encoder import StaticEncoder
+
+        return StaticEncoder()
     if name.startswith("minilm"):
         from router.classify import MiniLMEncoder
 
         _, _, length = name.partition(":")
         return MiniLMEncoder(max_seq_length=int(length) if length else 256)
     raise OutcomesError(
-        f"unknown encoder '{name}'; choose 'minilm', 'minilm:<max tokens>' or 'hash'"
+        f"unknown encoder '{name}'; choose 'static', 'minilm', 'minilm:<max tokens>' or 'hash'"
     )
 
 

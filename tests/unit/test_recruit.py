@@ -103,13 +103,14 @@ def test_router_rejects_classifier_with_other_skills():
         Router(router_args, reg, InMemoryStateStore())
 
 
-async def test_route_batcher_classifies_concurrent_requests_together():
+@pytest.mark.parametrize("in_thread", [True, False])
+async def test_route_batcher_classifies_concurrent_requests_together(in_thread):
     import asyncio
 
     from router import RouteBatcher
 
     router, encoder = _router(registry())
-    batcher = RouteBatcher(router)
+    batcher = RouteBatcher(router, in_thread=in_thread)
     texts = ["solve this equation for x", "a contract dispute in court"] * 4
     decisions = await asyncio.gather(*(batcher.route(t, "auto") for t in texts))
     assert [d.experts[0] for d in decisions] == ["mathematician", "jurist"] * 4

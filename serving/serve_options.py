@@ -1,0 +1,65 @@
+"""How Quorum runs on Ray Serve: the options of the ingress deployment and of the Serve processes.
+
+`quorum serve`, `serving.deployments` and infra/serve.yaml all take them from here, and the
+overhead benchmark's Ray Serve passthrough too (`python -m benchmarks.overhead`; benchmarks/
+RESULTS.md, section `overhead`: with these options the passthrough passed 92-124 req/s at 32
+clients on the 2-core machine, where issue 15's run with Serve's defaults had 13).
+
+- `INGRESS_MAX_ONGOING_REQUESTS`: Ray Serve's default is 5 requests per replica; the 6th waits in
+  the proxy, so at 32 concurrent clients most of the time went to queueing in front of a replica
+  that was idle on I/O (issue 15: a plain passthrough with the defaults passed 13 req/s at 32
+  clients, 2.7 s p50). The ingress awaits experts and batches routing, so it takes many requests
+  at once; the route timeout (`router.route_timeout_s`) is its back-pressure.
+- `INGRESS_LOGGING`: no per-request access log line from the replica (Ray writes one per request
+  to its log file, on the request path); errors are still logged, and Quorum's own metrics and
+  routing audit record every request.
+- `INGRESS_ENV` (the ingress replica's environment): user code runs on the replica's own event
+  loop instead of a second loop in another thread, and so does the router of its handles (one
+  cross-thread hand-off less per request, each way); torch (the `minilm` encoder) uses one
+  thread: on the shared 2 cores, MiniLM took 87 ms for a 7-word prompt with two threads and 22 ms
+  with one (measured while writing this; the `static` encoder uses no torch).
+- `SERVE_ENV` (the driver's environment before `ray.init`, inherited by the proxy): the proxy's
+  router on the proxy's event loop, too. On a cluster started with `ray start`, set it there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = [
+    "INGRESS_ENV",
+    "INGRESS_LOGGING",
+    "INGRESS_MAX_ONGOING_REQUESTS",
+    "SERVE_ENV",
+    "apply_serve_env",
+    "ingress_options",
+]
+
+INGRESS_MAX_ONGOING_REQUESTS = 1024
+INGRESS_LOGGING: dict[str, Any] = {"enable_access_log": False}
+SERVE_ENV: dict[str, str] = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+INGRESS_ENV: dict[str, str] = SERVE_ENV | {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def ingress_options(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`serve.deployment(...)` options of an HTTP ingress deployment (Quorum's, or a benchmark's
+    passthrough, which must be tuned as well to be a fair comparison); `env`: more variables."""
+    return {
+        "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS,
+        "logging_config": INGRESS_LOGGING,
+        "ray_actor_options": {
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": INGRESS_ENV | (env or {})},
+        },
+    }
+
+
+def apply_serve_env() -> None:
+    """Put `SERVE_ENV` into this process's environment before `ray.init`, keeping values the user
+    set: Ray's processes (proxy, replicas) started by this driver inherit it."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
