@@ -26,10 +26,11 @@ from router import RoutingDecision
 from serving import protocol
 from serving.aggregate import AggregatedAnswer
 from serving.auth import record_tokens
+from serving.chat_stream import AnswerParts, sse_events
 from serving.dispatch import FallbackStream, FaultPolicy, fallback_order, metric_fallback
 from serving.observe import Observer
 
-__all__ = ["Answer", "Pipeline", "RouteFn", "answered_by", "routing_headers"]
+__all__ = ["Answer", "Pipeline", "RouteFn", "Started", "answered_by", "routing_headers"]
 
 RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
 
@@ -43,6 +44,18 @@ class Answer:
     decision: RoutingDecision
     deltas: AsyncIterator[Delta]
     extension: dict
+
+
+@dataclass
+class Started:
+    """A streamed answer whose first delta has arrived: what every streaming endpoint (chat,
+    completions, responses, messages) turns into its own events."""
+
+    answer: Answer
+    model: str  # who answers (the expert, or the aggregator)
+    first: Delta
+    rest: AsyncIterator[Delta]
+    headers: dict[str, str]
 
 
 class Pipeline:
@@ -109,6 +122,7 @@ class Pipeline:
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            **request.expert_params(),
         )
 
     def dispatch(
@@ -156,47 +170,60 @@ class Pipeline:
 
     # -- respond ---------------------------------------------------------------------------------
 
+    async def gather(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> tuple[Answer, AnswerParts]:
+        """The whole answer: text, logprobs, tool calls and the last delta."""
+        answer = await self.answer(request, decision)
+        parts = AnswerParts(want_logprobs=request.logprobs)
+        async for delta in answer.deltas:
+            parts.add(delta)
+        if parts.last is None:
+            raise ExpertError(
+                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
+            )
+        return answer, parts
+
     async def complete(
         self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
     ) -> tuple[dict, dict]:
         """Non-streaming: the completion body and the response headers."""
-        answer = await self.answer(request, decision)
-        parts: list[str] = []
-        last: Delta | None = None
-        async for delta in answer.deltas:
-            parts.append(delta.text)
-            last = delta
-        if last is None:
-            raise ExpertError(
-                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
-            )
+        answer, parts = await self.gather(request, decision)
+        last = parts.last
         body = protocol.completion(
-            answer.request_id, answered_by(answer.decision, answer.extension), "".join(parts),
+            answer.request_id, answered_by(answer.decision, answer.extension), parts.text,
             last.finish_reason, protocol.usage(last.prompt_tokens, last.completion_tokens),
-            answer.extension,
+            answer.extension, parts.tool_calls or None, parts.logprobs_or_none(),
         )  # fmt: skip
         return body, routing_headers(answer.request_id, answer.decision, answer.extension)
 
-    async def stream(
-        self, request: protocol.ChatCompletionRequest
-    ) -> tuple[AsyncIterator[bytes], dict]:
-        """Streaming: SSE bytes and headers. The first delta is awaited before returning, so an
-        expert that fails at once still gets a proper HTTP error status instead of a 200."""
+    async def start(self, request: protocol.ChatCompletionRequest) -> Started:
+        """A streamed answer, begun: the first delta is awaited, so an expert that fails at once
+        still gets a proper HTTP error status instead of a 200."""
         answer = await self.answer(request)
-        request_id, decision, extension = answer.request_id, answer.decision, answer.extension
         iterator = aiter(answer.deltas)
         try:
             first = await anext(iterator)
         except StopAsyncIteration:
             raise ExpertError(
-                f"expert '{decision.experts[0]}' closed its stream without answering"
+                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
             ) from None
+        model = answered_by(answer.decision, answer.extension)
+        headers = routing_headers(answer.request_id, answer.decision, answer.extension)
+        return Started(answer, model, first, iterator, headers)
+
+    async def stream(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[AsyncIterator[bytes], dict]:
+        """Streaming: OpenAI's SSE bytes and the headers."""
+        started = await self.start(request)
+        answer = started.answer
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        model, created = answered_by(decision, extension), int(time.time())
-        events = protocol.sse_events(
-            request_id, model, created, first, iterator, extension, include_usage
-        )
-        return events, routing_headers(request_id, decision, extension)
+        events = sse_events(
+            answer.request_id, started.model, int(time.time()), started.first, started.rest,
+            answer.extension, include_usage, want_logprobs=request.logprobs,
+        )  # fmt: skip
+        return events, started.headers
 
     def models(self) -> list[dict]:
         """`/v1/models`: the virtual models that route, then every expert."""

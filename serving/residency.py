@@ -71,7 +71,8 @@ class VLLMEngineFactory(EngineFactory):
         if platform_supports_sleep():
             kwargs.setdefault("enable_sleep_mode", True)
         return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
-                                      engine_kwargs=kwargs, name=spec.name)  # fmt: skip
+                                      engine_kwargs=kwargs, name=spec.name,
+                                      tool_parser=spec.capabilities.tool_parser)  # fmt: skip
 
 
 class SlotManager:
@@ -95,7 +96,9 @@ class SlotManager:
         try:
             return self._awake[expert]
         except KeyError:
-            raise RuntimeError(f"expert '{expert}' is not loaded (loaded: {sorted(self._awake)})") from None
+            raise RuntimeError(
+                f"expert '{expert}' is not loaded (loaded: {sorted(self._awake)})"
+            ) from None
 
     async def swap(self, load: str, evict: str | None) -> float:
         """Evict `evict` (when given), then make `load` resident. Returns the seconds taken."""
