@@ -14,7 +14,8 @@ stores of `skills/` satisfy it and `serving/` wires one in, so the router import
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -42,6 +43,7 @@ class Recruitment:
     competence_source: str  # "profile:<version>" or "registry"
     aggregator: str | None = None  # the synthesis expert, when k > 1
     aggregation: str | None = None  # how k > 1 answers combine: synthesis | vote | confidence
+    excluded: dict[str, str] = field(default_factory=dict)  # expert -> why it cannot serve this
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,12 +93,23 @@ class Recruiter:
         allowed = virtual.experts or self._names
         return [self._names.index(n) for n in allowed]
 
-    def recruit(self, skill_probs: np.ndarray, model: str, k: int | None = None) -> Recruitment:
+    def recruit(
+        self,
+        skill_probs: np.ndarray,
+        model: str,
+        k: int | None = None,
+        exclude: Mapping[str, str] | None = None,
+    ) -> Recruitment:
         """Choose experts for one query with skill distribution `skill_probs` `[S]`: `k` of them,
         or by default what the registry says (fixed `experts_per_query`, or adaptive k when
         `adaptive_confidence` p is set: add experts, best first, until their cumulative routing
-        probability reaches p). With more than one, also the aggregation and aggregator."""
-        idx = self.candidates(model)
+        probability reaches p). With more than one, also the aggregation and aggregator.
+        `exclude`: experts that cannot serve this request, with why (router/eligibility.py);
+        they are not ranked, and the recruitment lists them."""
+        excluded = dict(exclude or {})
+        idx = [i for i in self.candidates(model) if self._names[i] not in excluded]
+        if not idx:
+            raise ValueError(f"every expert of model '{model}' is excluded: {excluded}")
         virtual = self.registry.virtual_model(model)
         lam = self.registry.router.cost_weight
         if virtual is not None and virtual.cost_weight is not None:
@@ -119,10 +132,12 @@ class Recruiter:
         n = self._how_many(util[0, order], virtual) if k is None else k
         chosen = [s.expert for s in scores[: max(1, min(n, len(scores)))]]
         if len(chosen) == 1:
-            return Recruitment(chosen, scores, lam, source)
+            return Recruitment(chosen, scores, lam, source, excluded=excluded)
         mode = (virtual.aggregation if virtual else None) or self.registry.router.aggregation
         aggregator = self.aggregator_for(skill_probs, [self._names[i] for i in idx])
-        return Recruitment(chosen, scores, lam, source, aggregator, mode)
+        if aggregator in excluded:  # it could not write this answer either
+            aggregator = None
+        return Recruitment(chosen, scores, lam, source, aggregator, mode, excluded)
 
     def _how_many(self, ranked_utility: np.ndarray, virtual) -> int:
         """k from the registry: fixed, or adaptive. The routing probability of each candidate is

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from ray import serve
@@ -30,6 +31,7 @@ from experts.clients import REMOTE_BACKENDS, ExpertClient, HandleExpertClient, P
 from experts.engine import HostedExpert
 from experts.paths import OFFLINE_ENV, quorum_home
 from experts.registry import Expert, Registry, load_registry, parse_registry
+from experts.tokens import TemplateTokenCounter
 from router import EmbeddingSkillClassifier, RouteBatcher, Router, load_head
 from router.classify import MiniLMEncoder
 from serving.audit import AuditObserver, make_audit_log
@@ -106,7 +108,10 @@ class QuorumIngress:
         observer = FanOutObserver(
             [RayMetricsObserver(self.registry), AuditObserver(self.audit, self.registry)]
         )
-        self.pipeline = Pipeline(self.registry, router.route, clients, observer)
+        # Prompt length in each hosted expert's tokens, so recruitment skips experts it outgrows.
+        counter = TemplateTokenCounter(self.registry)
+        threading.Thread(target=counter.warm, name="load-tokenizers", daemon=True).start()
+        self.pipeline = Pipeline(self.registry, router.route, clients, observer, counter=counter)
 
     def __serve_build_asgi_app__(self):
         api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)

@@ -167,7 +167,7 @@ def create_api(
         body = await read_body(request, limits.max_body_bytes)
         chat_request = protocol.parse_chat_request(body, limits.max_messages)
         check_limits(chat_request, limits)
-        decision = await service.route(chat_request.last_user_text(), chat_request.model)
+        decision = await service.route_request(chat_request)
         return decision.to_dict()
 
     @api.get("/admin/scheduler")

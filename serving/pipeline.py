@@ -22,7 +22,9 @@ from experts.clients import ExpertClient
 from experts.errors import ExpertError, QuorumError, RoutingTimeoutError
 from experts.registry import Registry
 from experts.stream import Delta, ExpertRequest
+from experts.tokens import TokenCounter
 from router import RoutingDecision
+from router.eligibility import Needs, aggregation_error, exclusions, no_expert_error
 from serving import protocol
 from serving.aggregate import AggregatedAnswer
 from serving.auth import record_tokens
@@ -32,7 +34,9 @@ from serving.observe import Observer
 
 __all__ = ["Answer", "Pipeline", "RouteFn", "Started", "answered_by", "routing_headers"]
 
-RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
+RouteFn = Callable[..., Awaitable[RoutingDecision]]
+"""`route(text, model)`, or `route(text, model, exclude)` with the experts that cannot serve the
+request (`router.RouteBatcher.route` is one)."""
 
 
 @dataclass
@@ -68,8 +72,10 @@ class Pipeline:
         clients: dict[str, ExpertClient],
         observer: Observer | None = None,
         faults: FaultPolicy | None = None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.registry = registry
+        self.counter = counter  # prompt length per expert, for eligibility (None: not counted)
         self.route_fn = route
         self.clients = clients
         self.observer = observer or Observer()
@@ -84,7 +90,11 @@ class Pipeline:
         """The stages in order. A caller that already routed the request passes `decision`."""
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.perf_counter()
-        decision = decision or await self.route(request.last_user_text(), request.model)
+        needs = await self.needs(request)
+        decision = decision or await self.route_request(request, needs)
+        refusal = aggregation_error(needs, decision.experts)
+        if refusal is not None:
+            raise refusal
         route_ms = (time.perf_counter() - started) * 1000
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = self.expert_request(request, request_id)
@@ -99,11 +109,56 @@ class Pipeline:
         deltas = self._observed(request_id, answer, started)
         return Answer(request_id, decision, deltas, extension)
 
-    async def route(self, text: str, model: str) -> RoutingDecision:
-        """classify → recruit (router/), within `router.route_timeout_s`."""
+    async def route_request(
+        self, request: protocol.ChatCompletionRequest, needs: Needs | None = None
+    ) -> RoutingDecision:
+        """Route a chat request among the experts that can serve it (a 400 when none can)."""
+        needs = needs or await self.needs(request)
+        excluded = self.excluded(request.model, needs)
+        return await self.route(request.last_user_text(), request.model, excluded)
+
+    async def needs(self, request: protocol.ChatCompletionRequest) -> Needs:
+        """What the request needs from its expert; the prompt counted in each candidate's tokens
+        (in a worker thread: a long prompt takes milliseconds to tokenize)."""
+        counts: dict[str, int] = {}
+        if self.counter is not None:
+            messages = request.plain_messages()
+            tools = request.expert_params().get("tools") if request.calls_tools else None
+            for name in self.candidates(request.model):
+                n = await asyncio.to_thread(self.counter.count, name, messages, tools)
+                if n is not None:
+                    counts[name] = n
+        return Needs(tools=request.calls_tools, structured_output=request.structured,
+                     logprobs=request.logprobs, top_logprobs=request.top_logprobs or 0,
+                     prompt_tokens=counts)  # fmt: skip
+
+    def candidates(self, model: str) -> list[str]:
+        """The experts `model` may use (an unknown model has none; routing reports it)."""
+        if any(e.name == model for e in self.registry.experts):
+            return [model]
+        virtual = self.registry.virtual_model(model)
+        if virtual is None:
+            return []
+        return virtual.experts or [e.name for e in self.registry.experts]
+
+    def excluded(self, model: str, needs: Needs) -> dict[str, str]:
+        """Experts of `model` that cannot serve `needs`, with why; a 400 when none can."""
+        candidates = self.candidates(model)
+        out = exclusions(self.registry, needs, candidates)
+        if candidates and len(out) == len(candidates):
+            raise no_expert_error(model, out)
+        return {name: why.reason for name, why in out.items()}
+
+    async def route(
+        self, text: str, model: str, exclude: dict[str, str] | None = None
+    ) -> RoutingDecision:
+        """classify → recruit (router/), within `router.route_timeout_s`; `exclude`: experts
+        that cannot serve this request (router/eligibility.py), with why."""
         limit = self.registry.router.route_timeout_s
         try:
             async with asyncio.timeout(limit):  # in this task: no extra task per request
+                if exclude:
+                    return await self.route_fn(text, model, exclude)
                 return await self.route_fn(text, model)
         except TimeoutError:
             raise RoutingTimeoutError(

@@ -11,17 +11,28 @@ import openai
 import pytest
 
 from experts.clients import OpenAIHTTPExpertClient
-from experts.registry import Expert
+from experts.registry import Expert, parse_registry
 from experts.stream import ExpertRequest, collect
 from serving.chat_params import REFUSED
 from tests.fakes import FakeExpert
-from tests.unit.test_api import chat, make_client
+from tests.unit.test_api import REGISTRY, chat
+from tests.unit.test_api import make_client as api_client
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object",
                                           "properties": {"city": {"type": "string"}}}}}  # fmt: skip
 CALL = {"id": "call_1", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+# test_api's registry, the experts able to call tools (hermes parser)
+TOOLED = parse_registry(REGISTRY.model_dump(mode="json") | {"experts": [
+    e.model_dump(mode="json") | {"capabilities": {"tool_parser": "hermes"}}
+    for e in REGISTRY.experts]})  # fmt: skip
+
+
+def make_client(**kwargs):
+    return api_client(registry=TOOLED, **kwargs)
+
+
 SCHEMA = {"type": "json_schema",
           "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}  # fmt: skip
 
