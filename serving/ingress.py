@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts.errors import ExpertError, InvalidRequestError, QuorumError, RequestTooLargeError
 from experts.registry import RouterConfig
-from serving import protocol
+from serving import compat_anthropic, compat_completions, compat_responses, protocol
 from serving.audit import AuditLog, AuditRecordNotFoundError
 from serving.auth import Authenticator
 from serving.auth import install as install_auth
+from serving.compat import Surface
 from serving.pipeline import Pipeline
 from serving.protocol import error_response, internal_error
 
@@ -160,6 +161,19 @@ def create_api(
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         completion, headers = await service.complete(chat_request)
         return JSONResponse(completion, headers=headers)
+
+    # The other API surfaces, each translated into a chat request for the same pipeline.
+    async def json_body(request: Request) -> dict:
+        return protocol.json_object(await read_body(request, limits.max_body_bytes))
+
+    def chat_of(data: dict) -> protocol.ChatCompletionRequest:
+        chat_request = protocol.parse_chat_request(data, limits.max_messages)
+        check_limits(chat_request, limits)
+        return chat_request
+
+    surface = Surface(json_body, chat_of)
+    for module in (compat_completions, compat_responses, compat_anthropic):
+        module.install(api, service, surface)
 
     @api.post("/v1/route", openapi_extra=chat_body)
     async def route(request: Request) -> dict:

@@ -306,6 +306,11 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def named_sse(event: str, payload: dict[str, Any]) -> bytes:
+    """One named Server-Sent Event (`event: <name>`), as the Responses and Anthropic APIs send."""
+    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
