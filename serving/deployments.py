@@ -41,6 +41,7 @@ from serving.ingress import create_api
 from serving.metrics import RayMetricsObserver
 from serving.observe import FanOutObserver
 from serving.pipeline import Pipeline
+from serving.readiness import Readiness, start_serve_poller
 from serving.schedule import ExpertPool
 from skills.store import InMemoryStateStore, StateStore
 
@@ -111,7 +112,11 @@ class QuorumIngress:
         # Prompt length in each hosted expert's tokens, so recruitment skips experts it outgrows.
         counter = TemplateTokenCounter(self.registry)
         threading.Thread(target=counter.warm, name="load-tokenizers", daemon=True).start()
-        self.pipeline = Pipeline(self.registry, router.route, clients, observer, counter=counter)
+        # Each expert loading / ready / failed, from Serve's deployment states (/readyz, waits).
+        readiness = Readiness(self.registry)
+        start_serve_poller(self.registry, readiness)
+        self.pipeline = Pipeline(self.registry, router.route, clients, observer, counter=counter,
+                                 readiness=readiness)  # fmt: skip
 
     def __serve_build_asgi_app__(self):
         api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)

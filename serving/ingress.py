@@ -143,6 +143,23 @@ def create_api(
         return {"status": "ok", "experts": [e.name for e in service.registry.experts],
                 "breakers": service.faults.states()}  # fmt: skip
 
+    @api.get("/livez")
+    async def livez() -> dict:
+        """Liveness: the process is up and serving HTTP (experts may still be loading)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: 200 once every expert (or router.readiness.min_ready of them) is loaded;
+        503 with Retry-After before. Per-expert state and since when, either way."""
+        readiness = service.readiness
+        if readiness is None:  # nothing loads behind this pipeline (tests, remote experts only)
+            return JSONResponse({"status": "ready", "experts": {}})
+        ready = readiness.ready()
+        body = {"status": "ready" if ready else "not_ready", "experts": readiness.snapshot()}
+        headers = None if ready else {"Retry-After": str(readiness.config.retry_after_s)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
     @api.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": service.models()}

@@ -31,6 +31,7 @@ from serving.auth import record_tokens
 from serving.chat_stream import AnswerParts, sse_events
 from serving.dispatch import FallbackStream, FaultPolicy, fallback_order, metric_fallback
 from serving.observe import Observer
+from serving.readiness import Readiness
 
 __all__ = ["Answer", "Pipeline", "RouteFn", "Started", "answered_by", "routing_headers"]
 
@@ -73,9 +74,11 @@ class Pipeline:
         observer: Observer | None = None,
         faults: FaultPolicy | None = None,
         counter: TokenCounter | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.registry = registry
         self.counter = counter  # prompt length per expert, for eligibility (None: not counted)
+        self.readiness = readiness  # per-expert loading state (None: always ready)
         self.route_fn = route
         self.clients = clients
         self.observer = observer or Observer()
@@ -95,6 +98,11 @@ class Pipeline:
         refusal = aggregation_error(needs, decision.experts)
         if refusal is not None:
             raise refusal
+        if self.readiness is not None:  # a loading expert: wait, within a bound, then 503
+            aggregator = (decision.recruitment or {}).get("aggregator")
+            await self.readiness.wait_for(
+                [*decision.experts, *([aggregator] if aggregator else [])]
+            )
         route_ms = (time.perf_counter() - started) * 1000
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = self.expert_request(request, request_id)
@@ -288,10 +296,13 @@ class Pipeline:
              "quorum": {"kind": "router", "description": v.description}}
             for v in self.registry.virtual_models
         ]  # fmt: skip
+        states = self.readiness.snapshot() if self.readiness is not None else {}
         rows += [
             {"id": e.name, "object": "model", "created": created, "owned_by": "quorum",
              "quorum": {"kind": "expert", "backend": e.backend, "context_length": e.context_length,
-                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate}}
+                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate,
+                        "capabilities": e.capabilities.model_dump(),
+                        **({"readiness": states[e.name]} if e.name in states else {})}}
             for e in self.registry.experts
         ]  # fmt: skip
         return rows
