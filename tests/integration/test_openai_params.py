@@ -30,15 +30,19 @@ pytestmark = [
 ]
 
 ASK = [{"role": "user", "content": "Describe Paris: its name and population, as JSON."}]
+# `strict: true`: the arguments must follow the schema (OpenAI's meaning; vLLM then pins them
+# with structured output). Without it only the call's envelope and name are enforced.
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
+        "strict": True,
         "parameters": {
             "type": "object",
             "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
             "required": ["city", "unit"],
+            "additionalProperties": False,
         },
     },
 }
@@ -46,8 +50,9 @@ TIME = {
     "type": "function",
     "function": {
         "name": "get_time",
+        "strict": True,
         "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
-                       "required": ["zone"]},
+                       "required": ["zone"], "additionalProperties": False},
     },
 }  # fmt: skip
 
@@ -113,6 +118,16 @@ async def test_named_tool_choice_yields_that_call_with_valid_arguments(engine: V
     args = json.loads(calls[0]["function"]["arguments"])
     jsonschema.validate(args, WEATHER["function"]["parameters"])
     assert all(d.tool_calls is None for d in deltas[:-1])  # calls arrive whole, at the end
+
+
+async def test_a_non_strict_named_tool_choice_still_calls_that_tool(engine: VLLMEngine) -> None:
+    loose = {"type": "function", "function": WEATHER["function"] | {"strict": False}}
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    _, deltas = await answer(engine, request("loose", ask, 96, tools=[loose], tool_choice=choice))
+
+    calls = deltas[-1].tool_calls
+    assert calls and [c["function"]["name"] for c in calls] == ["get_weather"], deltas[-1]
 
 
 async def test_required_tool_choice_yields_a_call(engine: VLLMEngine) -> None:
