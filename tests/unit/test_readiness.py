@@ -124,3 +124,14 @@ def test_serve_states_map_deployments_to_experts():
     assert serve_states(registry, {})["a"][0] == "loading"
     pooled = parse_registry(registry.model_dump(mode="json") | {"residency": {"slots": 1}})
     assert serve_states(pooled, {"expert-pool": ("UPDATING", "")})["b"][0] == "loading"
+
+
+async def test_probes_need_no_api_key():
+    from serving.auth import ApiKey, Authenticator, hash_key
+
+    pipeline = Pipeline(WAITING, None, {}, readiness=Readiness(WAITING))
+    api = create_api(pipeline, auth=Authenticator([ApiKey("k", hash_key("sk-test-0123456789"))]))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(api), base_url="http://quorum")
+    assert (await client.get("/livez")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 503  # loading, not 401
+    assert (await client.get("/v1/models")).status_code == 401
