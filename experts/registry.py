@@ -27,8 +27,8 @@ from experts.config import (
 )
 from experts.errors import RegistryError
 
-__all__ = ["MMLU_PRO_SKILLS", "AuthConfig", "Capabilities", "ClassifierConfig", "Cost", "Expert", "FaultConfig",
-           "Registry", "Residency", "Resources", "RouterConfig", "VirtualModel", "load_registry",
+__all__ = ["MMLU_PRO_SKILLS", "AuthConfig", "Capabilities", "ClassifierConfig", "Cost", "Expert",
+           "FaultConfig", "Registry", "Residency", "Resources", "RouterConfig", "VirtualModel", "load_registry",
            "parse_registry"]  # fmt: skip
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"

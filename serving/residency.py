@@ -96,9 +96,7 @@ class SlotManager:
         try:
             return self._awake[expert]
         except KeyError:
-            raise RuntimeError(
-                f"expert '{expert}' is not loaded (loaded: {sorted(self._awake)})"
-            ) from None
+            raise RuntimeError(f"expert '{expert}' is not loaded (loaded: {sorted(self._awake)})") from None
 
     async def swap(self, load: str, evict: str | None) -> float:
         """Evict `evict` (when given), then make `load` resident. Returns the seconds taken."""
