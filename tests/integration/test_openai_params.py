@@ -200,7 +200,8 @@ async def test_logit_bias_forbids_a_token(engine: VLLMEngine) -> None:
 
 
 async def test_penalties_reduce_repetition(engine: VLLMEngine) -> None:
-    q = [{"role": "user", "content": "Repeat the word 'yes' twenty times."}]
+    # vLLM (like OpenAI) penalises tokens already in the answer, not in the prompt.
+    q = [{"role": "user", "content": "Continue this exactly: yes yes yes yes yes yes yes yes yes"}]
 
     async def most_repeated(rid: str, **penalties: float) -> int:
         _, deltas = await answer(engine, request(rid, q, 40, logprobs=True, **penalties))
