@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from experts.errors import InvalidRequestError
 from serving.protocol import ChatCompletionRequest, validation_error
 
-__all__ = ["Surface", "refuse", "validate"]
+__all__ = ["Surface", "in_their_words", "refuse", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,3 +44,20 @@ def refuse(data: dict[str, Any], rules: dict[str, tuple[Any, str]]) -> None:
         if value is not None and value != noop:
             raise InvalidRequestError(f"'{name}' is not supported: {why}", param=name,
                                       code="unsupported_parameter")  # fmt: skip
+
+
+def in_their_words(
+    chat: Callable[[dict[str, Any]], ChatCompletionRequest],
+    body: dict[str, Any],
+    names: dict[str, str],
+) -> ChatCompletionRequest:
+    """`chat(body)`, with a refusal's parameter named as this surface names it (`names`: chat's
+    name -> the surface's, e.g. max_tokens -> max_output_tokens)."""
+    try:
+        return chat(body)
+    except InvalidRequestError as exc:
+        theirs = names.get(exc.param or "")
+        if theirs is None:
+            raise
+        message = exc.message.replace(f"'{exc.param}'", f"'{theirs}'")
+        raise type(exc)(message, param=theirs, code=exc.code) from None

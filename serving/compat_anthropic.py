@@ -22,11 +22,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
-from serving.compat import Surface, refuse, validate
+from serving.compat import Surface, in_their_words, refuse, validate
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
 from serving.protocol import internal_error, named_sse
 
 __all__ = ["MessagesRequest", "install"]
+
+#: chat parameter -> this API's name for it, in error messages
+NAMES = {"stop": "stop_sequences"}
 
 REFUSED = {
     "top_k": (None, "top_k is not served; drop it and use top_p"),
@@ -174,7 +177,7 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
             data = await surface.body(request)
             refuse(data, REFUSED)
             req = validate(MessagesRequest, data)
-            chat = surface.chat(req.chat())
+            chat = in_their_words(surface.chat, req.chat(), NAMES)
             if req.stream:
                 started = await service.start(chat)
                 headers = started.headers | {"cache-control": "no-cache"}

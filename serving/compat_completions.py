@@ -18,11 +18,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
-from serving.compat import Surface, refuse, validate
+from serving.compat import Surface, in_their_words, refuse, validate
 from serving.pipeline import Pipeline, answered_by, routing_headers
 from serving.protocol import internal_error, sse, usage
 
 __all__ = ["CompletionRequest", "install", "legacy_logprobs"]
+
+#: chat parameter -> this API's name for it, in error messages
+NAMES = {"messages": "prompt"}
 
 REFUSED = {
     "echo": (False, "the prompt is not echoed; drop 'echo'"),
@@ -105,7 +108,7 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
             raise InvalidRequestError("'prompt' as token ids is not served; send the text",
                                       param="prompt")  # fmt: skip
         legacy = validate(CompletionRequest, data)
-        chat = surface.chat(legacy.chat())
+        chat = in_their_words(surface.chat, legacy.chat(), NAMES)
         if chat.stream:
             started = await service.start(chat)
             events = _stream(started, legacy, chat.stream_options)

@@ -24,11 +24,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
-from serving.compat import Surface, refuse, validate
+from serving.compat import Surface, in_their_words, refuse, validate
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
 from serving.protocol import internal_error, named_sse
 
 __all__ = ["ResponsesRequest", "chat_messages", "install"]
+
+#: chat parameter -> this API's name for it, in error messages
+NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text"}
 
 REFUSED = {
     "store": (False, "responses are not stored (stateless); send 'store': false"),
@@ -224,7 +227,7 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
                 raise InvalidRequestError(f"'tools[{i}]' has type {tool.get('type')!r}; only "
                                           "function tools are served", param="tools")  # fmt: skip
         req = validate(ResponsesRequest, data)
-        chat = surface.chat(req.chat() | {"stream": req.stream})
+        chat = in_their_words(surface.chat, req.chat() | {"stream": req.stream}, NAMES)
         if req.stream:
             started = await service.start(chat)
             headers = started.headers | {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -220,3 +220,13 @@ def test_messages_errors_come_in_anthropics_shape():
                                         "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 404 and r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_refusals_name_the_parameter_as_each_api_spells_it():
+    *_, http = clients()
+    r = http.post("/v1/responses", json={"model": "auto", "input": "x", "max_output_tokens": 10**6})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"
+    assert "'max_output_tokens'" in r.json()["error"]["message"]
+    r = http.post("/v1/messages", json={"model": "auto", "max_tokens": 5, "stop_sequences": list(
+        "abcde"), "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert r.status_code == 400 and "stop_sequences" in r.json()["error"]["message"]
