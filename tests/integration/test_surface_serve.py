@@ -6,6 +6,7 @@ per-expert readiness in /v1/models; an unsupported parameter is a 400 and servin
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -39,7 +40,11 @@ def an(base):
 
 def test_live_ready_and_models_show_each_expert_ready(base):
     assert httpx.get(f"{base}/livez").status_code == 200
-    ready = httpx.get(f"{base}/readyz")
+    # Serve reported every deployment running; the ingress polls Serve every poll_s (2 s)
+    deadline = time.monotonic() + 10
+    while (ready := httpx.get(f"{base}/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert ready.headers["retry-after"] and ready.json()["status"] == "not_ready"
+        time.sleep(0.5)
     assert ready.status_code == 200, ready.text
     assert {e["state"] for e in ready.json()["experts"].values()} == {"ready"}
     rows = {m["id"]: m["quorum"] for m in httpx.get(f"{base}/v1/models").json()["data"]}
