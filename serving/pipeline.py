@@ -98,12 +98,12 @@ class Pipeline:
         refusal = aggregation_error(needs, decision.experts)
         if refusal is not None:
             raise refusal
+        route_ms = (time.perf_counter() - started) * 1000
         if self.readiness is not None:  # a loading expert: wait, within a bound, then 503
             aggregator = (decision.recruitment or {}).get("aggregator")
             await self.readiness.wait_for(
                 [*decision.experts, *([aggregator] if aggregator else [])]
             )
-        route_ms = (time.perf_counter() - started) * 1000
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = self.expert_request(request, request_id)
         if len(decision.experts) > 1:
