@@ -108,11 +108,13 @@ def test_responses_stream_and_not(oa):
 
 
 def test_anthropic_messages_stream_and_not(an):
-    done = an.messages.create(model="smollm2-135m", max_tokens=12, temperature=0,
-                              system="Answer briefly.", messages=ASK)  # fmt: skip
+    # temperature through extra_body: this anthropic client's create() has no such argument
+    greedy = {"extra_body": {"temperature": 0}}
+    done = an.messages.create(model="smollm2-135m", max_tokens=12, system="Answer briefly.",
+                              messages=ASK, **greedy)  # fmt: skip
     assert done.content[0].text.strip() and done.usage.output_tokens > 0
-    with an.messages.stream(model="smollm2-135m", max_tokens=12, temperature=0,
-                            system="Answer briefly.", messages=ASK) as stream:  # fmt: skip
+    with an.messages.stream(model="smollm2-135m", max_tokens=12, system="Answer briefly.",
+                            messages=ASK, **greedy) as stream:  # fmt: skip
         text = "".join(stream.text_stream)
     assert text == done.content[0].text
 
