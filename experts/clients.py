@@ -61,21 +61,21 @@ class OpenAIHTTPExpertClient(ExpertClient):
         )
 
     async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        # Every OpenAI parameter the client set goes to the server as sent (`openai_params`);
+        # usage is asked for so the answer's token counts are the server's.
         body = {
             "model": self._model,
             "messages": request.messages,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            **request.openai_params(),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if request.stop:
-            body["stop"] = request.stop
-        if request.seed is not None:
-            body["seed"] = request.seed
         finish: str | None = None
         usage: dict = {}
+        calls = _ToolCallAccumulator()
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code != 200:
@@ -98,9 +98,12 @@ class OpenAIHTTPExpertClient(ExpertClient):
                     usage = payload.get("usage") or usage
                     for choice in payload.get("choices", []):
                         finish = choice.get("finish_reason") or finish
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        if text:
-                            yield Delta(text, None, 0, 0)
+                        delta = choice.get("delta") or {}
+                        calls.add(delta.get("tool_calls"))
+                        text = delta.get("content") or ""
+                        logprobs = (choice.get("logprobs") or {}).get("content")
+                        if text or logprobs:
+                            yield Delta(text, None, 0, 0, logprobs or None)
         except httpx.TimeoutException:
             raise ExpertTimeoutError(
                 f"expert '{self.name}' did not answer within {self._timeout:.0f}s"
@@ -110,8 +113,32 @@ class OpenAIHTTPExpertClient(ExpertClient):
                 f"expert '{self.name}' at {self._url} is unreachable: {type(exc).__name__}: {exc}"
             ) from None
         yield Delta(
-            "", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-        )
+            "", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+            tool_calls=calls.calls() or None,
+        )  # fmt: skip
+
+
+class _ToolCallAccumulator:
+    """Tool calls streamed in pieces (OpenAI's chunks: by `index`, the id, type and name once,
+    the arguments in fragments) put back together."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, pieces: list[dict[str, Any]] | None) -> None:
+        for piece in pieces or []:
+            call = self._calls.setdefault(
+                piece.get("index", len(self._calls)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = piece.get("id") or call["id"]
+            call["type"] = piece.get("type") or call["type"]
+            function = piece.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [self._calls[i] for i in sorted(self._calls)]
 
 
 async def stream_from_handle(name: str, response: Any) -> AsyncIterator[Delta]:
@@ -152,7 +179,6 @@ class HandleExpertClient(ExpertClient):
 
     def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
         return stream_from_handle(self.name, self._handle.stream_chat.remote(request))
-
 
 
 class PoolExpertClient(ExpertClient):

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Aggregation", "AuthConfig", "ClassifierConfig", "FaultConfig", "FeedbackConfig",
-           "PolicyConfig", "Residency", "RouterConfig", "Strict"]  # fmt: skip
+           "PolicyConfig", "ReadinessConfig", "Residency", "RouterConfig", "Strict"]  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -100,6 +100,26 @@ class AuthConfig(Strict):
     )
 
 
+class ReadinessConfig(Strict):
+    min_ready: int | None = Field(
+        None,
+        ge=1,
+        description="`/readyz` answers 200 once this many experts are ready; None: every expert.",
+    )
+    wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a request whose expert is still loading waits for it; after that "
+        "it gets a 503 with `Retry-After` (never an unbounded wait).",
+    )
+    retry_after_s: int = Field(
+        10, ge=1, description="`Retry-After` seconds on that 503 and on a not-ready `/readyz`."
+    )
+    poll_s: float = Field(
+        2.0, gt=0, description="How often the ingress asks Ray Serve for the experts' states."
+    )
+
+
 class RouterConfig(Strict):
     classifier: ClassifierConfig = Field(
         default_factory=ClassifierConfig, description="The skill classifier's trained head."
@@ -170,6 +190,10 @@ class RouterConfig(Strict):
     faults: FaultConfig = Field(
         default_factory=FaultConfig,
         description="Retries, fallback and circuit breaking.",
+    )
+    readiness: ReadinessConfig = Field(
+        default_factory=ReadinessConfig,
+        description="Readiness probe and how long requests wait for a loading expert.",
     )
 
 

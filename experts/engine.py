@@ -128,6 +128,7 @@ class VLLMEngine:
         engine_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
         moe_kernels: str = "vllm",
+        tool_parser: str | None = None,
     ) -> None:
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -156,6 +157,7 @@ class VLLMEngine:
         self.model = model
         self.name = f"expert '{name}'" if name else "this model"  # for error messages
         self.max_model_len = max_model_len
+        self.tool_parser = tool_parser  # vLLM tool parser name; None: no tool calling
         self._sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
         self._sleeping = False
         meta = read_model_meta(model) if _is_local_dir(model) else None
@@ -169,32 +171,30 @@ class VLLMEngine:
         logger.info("vLLM engine for %s ready in %.1f s", model, self.startup_s)
 
     @classmethod
-    async def create(
-        cls,
-        model: str,
-        *,
-        max_model_len: int = 2048,
-        engine_kwargs: dict[str, Any] | None = None,
-        name: str | None = None,
-        moe_kernels: str = "vllm",
-    ) -> VLLMEngine:
+    async def create(cls, model: str, **options: Any) -> VLLMEngine:
         """Build an engine from async code without blocking the event loop (the load runs in a
-        worker thread; vLLM starts its output task lazily on the loop that first generates)."""
-        return await asyncio.to_thread(cls, model, max_model_len=max_model_len, name=name,
-                                       engine_kwargs=engine_kwargs, moe_kernels=moe_kernels)  # fmt: skip
+        worker thread; vLLM starts its output task lazily on the loop that first generates).
+        `options`: the constructor's keywords."""
+        return await asyncio.to_thread(cls, model, **options)
 
     @property
     def supports_sleep(self) -> bool:
         """Whether `sleep()`/`wake_up()` free and restore memory on this engine."""
         return self._sleep_enabled
 
-    def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+    def count_prompt_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> int:
         """The prompt length of `messages` after the chat template (with the generation prompt)."""
-        return len(self._encode(messages))
+        return len(self._encode(messages, tools))
 
-    def _encode(self, messages: list[dict[str, Any]]) -> list[int]:
+    def _encode(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        from experts.vllm_chat import template_messages
+
         text = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            template_messages(messages), tools=tools, add_generation_prompt=True, tokenize=False
         )
         # The chat template writes its own special tokens (BOS, role markers).
         return list(self._tokenizer.encode(text, add_special_tokens=False))
@@ -216,26 +216,21 @@ class VLLMEngine:
         `max_model_len - 1` tokens; `max_tokens` is clamped to the room left in the context.
         Closing or cancelling the iteration aborts the request in vLLM.
         """
+        request = ExpertRequest(request_id, messages, max_tokens, temperature, top_p, stop, seed)
+        async for delta in self.stream_request(request):
+            yield delta
+
+    async def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]:
+        """An `ExpertRequest` answered as deltas, every OpenAI parameter it carries honoured
+        through vLLM's own request types (`experts/vllm_chat.py`). When the request offers tools,
+        the text is held back and the last delta carries the content and the parsed tool calls."""
         from vllm.sampling_params import RequestOutputKind
 
-        sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop)
-        inner = self._generate(messages, RequestOutputKind.DELTA, request_id, seed, **sampling)
+        inner = self._generate(request, RequestOutputKind.DELTA)
         # aclosing: closing this generator must close the inner one now, which aborts in vLLM.
         async with contextlib.aclosing(inner):
             async for delta in inner:
                 yield delta
-
-    def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        """`stream_chat` for an `ExpertRequest`: the one place a request becomes engine arguments."""
-        return self.stream_chat(
-            request.messages,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=request.stop,
-            seed=request.seed,
-            request_id=request.request_id,
-        )
 
     async def chat(
         self,
@@ -253,8 +248,8 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         final: Delta | None = None
-        sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop)
-        inner = self._generate(messages, RequestOutputKind.FINAL_ONLY, request_id, seed, **sampling)
+        request = ExpertRequest(request_id, messages, max_tokens, temperature, top_p, stop, seed)
+        inner = self._generate(request, RequestOutputKind.FINAL_ONLY)
         async with contextlib.aclosing(inner):
             async for delta in inner:
                 final = delta
@@ -262,41 +257,32 @@ class VLLMEngine:
             raise RuntimeError(f"vLLM returned no output for request {request_id}")
         return final
 
-    async def _generate(
-        self,
-        messages: list[dict[str, Any]],
-        output_kind: Any,
-        request_id: str,
-        seed: int | None,
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: list[str] | None,
-    ) -> AsyncIterator[Delta]:
-        from vllm import SamplingParams
+    async def _generate(self, request: ExpertRequest, output_kind: Any) -> AsyncIterator[Delta]:
         from vllm.inputs import TokensPrompt
+
+        from experts.vllm_chat import ChatPlan, openai_logprobs
 
         if self._llm is None:
             raise RuntimeError(f"engine for {self.model} was shut down")
         if self._sleeping:
             raise RuntimeError(f"engine for {self.model} is asleep; call wake_up() first")
-        prompt_ids = self._encode(messages)
+        prompt_ids = self._encode(request.messages, request.tools if request.calls_tools else None)
         limit = self.max_model_len - 1
         if len(prompt_ids) > limit:
             raise ContextLengthExceededError.of_prompt(len(prompt_ids), limit, self.name)
-        params = SamplingParams(
-            max_tokens=min(max_tokens, self.max_model_len - len(prompt_ids)),
-            temperature=temperature,
-            top_p=top_p,
-            stop=[*self.default_stop, *(stop or [])] or None,
-            seed=seed,
-            output_kind=output_kind,
-        )
+        plan = ChatPlan(
+            request, self._tokenizer, self.tool_parser, who=self.name, output_kind=output_kind,
+            max_tokens=min(request.max_tokens, self.max_model_len - len(prompt_ids)),
+            stop=[*self.default_stop, *(request.stop or [])],
+        )  # fmt: skip
+        top = request.top_logprobs or 0
         completion_tokens = 0
         finished = False
+        held: list[str] = []  # the text, when tool calls are parsed from the whole of it
+        token_ids: list[int] = []
+        held_logprobs: list[dict] = []
         outputs = self._llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=request_id
+            TokensPrompt(prompt_token_ids=prompt_ids), plan.sampling, request_id=request.request_id
         )
         try:
             async for out in outputs:
@@ -304,19 +290,27 @@ class VLLMEngine:
                 # DELTA: token_ids are the new ones; FINAL_ONLY: one output with all of them.
                 completion_tokens += len(choice.token_ids)
                 finished = out.finished
-                if choice.text or finished:
-                    yield Delta(
-                        text=choice.text,
-                        finish_reason=choice.finish_reason if finished else None,
-                        prompt_tokens=len(prompt_ids),
-                        completion_tokens=completion_tokens,
-                    )
+                logprobs = None
+                if request.logprobs and choice.logprobs is not None:
+                    logprobs = openai_logprobs(list(choice.token_ids), choice.logprobs, top)
+                reason = choice.finish_reason if finished else None
+                counts = (len(prompt_ids), completion_tokens)
+                if plan.buffers:
+                    held.append(choice.text)
+                    token_ids += choice.token_ids
+                    held_logprobs += logprobs or []
+                    if finished:
+                        text, calls, reason = plan.finish("".join(held), token_ids, reason)
+                        yield Delta(text, reason, *counts,
+                                    held_logprobs if request.logprobs else None, calls)  # fmt: skip
+                elif choice.text or finished:
+                    yield Delta(choice.text, reason, *counts, logprobs)
         finally:
             # Consumer went away (GeneratorExit/CancelledError) or failed: stop the generation
             # now rather than when the garbage collector closes vLLM's generator.
             if not finished:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._llm.abort(request_id))
+                    await asyncio.shield(self._llm.abort(request.request_id))
             await outputs.aclose()
 
     async def moe_kernel_stats(self) -> dict[str, Any]:
@@ -385,6 +379,7 @@ class HostedExpert:
             engine_kwargs=self.expert.engine_args,
             name=self.expert.name,
             moe_kernels=self.expert.moe_kernels,
+            tool_parser=self.expert.capabilities.tool_parser,
         )
 
     async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from experts.capabilities import Capabilities
 from experts.config import (
     Aggregation,
     AuthConfig,
@@ -26,8 +27,8 @@ from experts.config import (
 )
 from experts.errors import RegistryError
 
-__all__ = ["MMLU_PRO_SKILLS", "AuthConfig", "ClassifierConfig", "Cost", "Expert", "FaultConfig",
-           "Registry", "Residency", "Resources", "RouterConfig", "VirtualModel", "load_registry",
+__all__ = ["MMLU_PRO_SKILLS", "AuthConfig", "Capabilities", "ClassifierConfig", "Cost", "Expert",
+           "FaultConfig", "Registry", "Residency", "Resources", "RouterConfig", "VirtualModel", "load_registry",
            "parse_registry"]  # fmt: skip
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -112,6 +113,11 @@ class Expert(Strict):
         False, description="May be chosen to synthesise several experts' answers into one."
     )
     timeout_s: float = Field(120.0, gt=0, description="Per-request time limit for this expert.")
+    capabilities: Capabilities = Field(
+        default_factory=Capabilities,
+        description="Tool calling (and its parser), structured output, logprobs: recruitment "
+        "only sends a request to experts that can serve it.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of the engine's process, e.g. {VLLM_CPU_KVCACHE_SPACE: '1'}.",

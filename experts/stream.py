@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from experts.errors import ExpertError, ExpertTimeoutError
 
@@ -31,6 +32,12 @@ class Delta:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    # OpenAI's `logprobs.content` entries for this delta's tokens (`{token, logprob, bytes,
+    # top_logprobs}`), when the request asked for logprobs.
+    logprobs: list[dict[str, Any]] | None = None
+    # Complete tool calls in OpenAI's shape (`{id, type: "function", function: {name,
+    # arguments}}`), on the last delta of an answer that called tools.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,41 @@ class ExpertRequest:
     """What an expert needs to answer; plain data so it crosses Ray actor boundaries."""
 
     request_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # OpenAI chat messages (role, content; tool_calls, ...)
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] | None = None
     seed: int | None = None
+    # The rest of OpenAI's chat parameters, as the client sent them (validated at the ingress);
+    # `openai_params()` gives them back in OpenAI's wire form.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+
+    def openai_params(self) -> dict[str, Any]:
+        """The optional OpenAI chat parameters this request sets, as OpenAI's body spells them
+        (what an `openai`-backend expert receives verbatim, and what vLLM's own request type is
+        built from for a hosted one)."""
+        names = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
+                 "top_logprobs", "response_format", "tools", "tool_choice",
+                 "parallel_tool_calls", "user")  # fmt: skip
+        params = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.logprobs:
+            params["logprobs"] = True
+        return params
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may be tool calls (tools given and tool_choice is not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:

@@ -19,7 +19,8 @@ that `quorum eval-routing` measures, and a `target_cost` becomes λ through its 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +48,7 @@ class Recruitment:
     competence_source: str  # "policy:<kind>@<version>", "profile:<version>" or "registry"
     aggregator: str | None = None  # the synthesis expert, when k > 1
     aggregation: str | None = None  # how k > 1 answers combine: synthesis | vote | confidence
+    excluded: dict[str, str] = field(default_factory=dict)  # expert -> why it cannot serve this
     target_cost: float | None = None  # the cost target λ was calibrated for, when one is set
     note: str | None = None  # why a setting could not be honoured (e.g. target without policy)
 
@@ -130,13 +132,19 @@ class Recruiter:
         model: str,
         k: int | None = None,
         embedding: np.ndarray | None = None,
+        exclude: Mapping[str, str] | None = None,
     ) -> Recruitment:
         """Choose experts for one query with skill distribution `skill_probs` `[S]` (and its
         `embedding` `[D]`, which a served policy predicts from): `k` of them, or by default what
         the registry says (fixed `experts_per_query`, or adaptive k when `adaptive_confidence` p
         is set: add experts, best first, until their cumulative routing probability reaches p).
-        With more than one, also the aggregation and aggregator."""
-        idx = self.candidates(model)
+        With more than one, also the aggregation and aggregator. `exclude`: experts that cannot
+        serve this request, with why (router/eligibility.py); they are not ranked, and the
+        recruitment lists them."""
+        excluded = dict(exclude or {})
+        idx = [i for i in self.candidates(model) if self._names[i] not in excluded]
+        if not idx:
+            raise ValueError(f"every expert of model '{model}' is excluded: {excluded}")
         virtual = self.registry.virtual_model(model)
         served = self.policies.current_policy() if self.policies is not None else None
         if served is not None and embedding is not None:
@@ -163,10 +171,13 @@ class Recruiter:
         n = self._how_many(util[0, order], virtual) if k is None else k
         chosen = [s.expert for s in scores[: max(1, min(n, len(scores)))]]
         if len(chosen) == 1:
-            return Recruitment(chosen, scores, lam, source, target_cost=target, note=note)
+            return Recruitment(chosen, scores, lam, source, excluded=excluded, target_cost=target,
+                               note=note)  # fmt: skip
         mode = (virtual.aggregation if virtual else None) or self.registry.router.aggregation
         aggregator = self.aggregator_for(skill_probs, [self._names[i] for i in idx])
-        return Recruitment(chosen, scores, lam, source, aggregator, mode, target, note)
+        if aggregator in excluded:  # it could not write this answer either
+            aggregator = None
+        return Recruitment(chosen, scores, lam, source, aggregator, mode, excluded, target, note)
 
     def cost_knob(
         self, virtual, idx: list[int], served: QualityModel | None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -55,11 +55,20 @@ class Router:
         self.recruiter = Recruiter(registry, profiles, policies)
         self._expert_names = {e.name for e in registry.experts}
 
-    def route(self, text: str, model: str) -> RoutingDecision:
-        return self.route_batch([text], [model])[0]
+    def route(
+        self, text: str, model: str, exclude: Mapping[str, str] | None = None
+    ) -> RoutingDecision:
+        return self.route_batch([text], [model], [exclude])[0]
 
-    def route_batch(self, texts: Sequence[str], models: Sequence[str]) -> list[RoutingDecision]:
-        """Route several requests; classification runs once for the batch (what makes batching pay)."""
+    def route_batch(
+        self,
+        texts: Sequence[str],
+        models: Sequence[str],
+        excludes: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[RoutingDecision]:
+        """Route several requests; classification runs once for the batch (what makes batching pay).
+        `excludes[i]`: experts request i cannot use, with why (router/eligibility.py)."""
+        excludes = excludes or [None] * len(texts)
         for model in set(models):
             self.recruiter.candidates(model)  # unknown model fails before any work
         routed = [i for i, m in enumerate(models) if m not in self._expert_names]
@@ -76,7 +85,7 @@ class Router:
             t1 = time.perf_counter()
             embedding = None if scores.embeddings is None else np.asarray(scores.embeddings[n])
             recruitment: Recruitment = self.recruiter.recruit(
-                np.asarray(scores.probs[n]), model, embedding=embedding
+                np.asarray(scores.probs[n]), model, embedding=embedding, exclude=excludes[i]
             )
             recruit_ms = (time.perf_counter() - t1) * 1000
             decisions.append(
@@ -108,13 +117,15 @@ class RouteBatcher:
         self.router = router
         self.max_batch = max_batch
         self.in_thread = in_thread
-        self._waiting: list[tuple[str, str, asyncio.Future]] = []
+        self._waiting: list[tuple[str, str, Mapping[str, str] | None, asyncio.Future]] = []
         self._running = False
 
-    async def route(self, text: str, model: str) -> RoutingDecision:
+    async def route(
+        self, text: str, model: str, exclude: Mapping[str, str] | None = None
+    ) -> RoutingDecision:
         self.router.recruiter.candidates(model)
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((text, model, future))
+        self._waiting.append((text, model, exclude, future))
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -126,11 +137,14 @@ class RouteBatcher:
                 batch, self._waiting = (self._waiting[: self.max_batch],
                                         self._waiting[self.max_batch :])  # fmt: skip
                 texts, models = [b[0] for b in batch], [b[1] for b in batch]
+                excludes = [b[2] for b in batch]
                 try:
                     if self.in_thread:
-                        decisions = await asyncio.to_thread(self.router.route_batch, texts, models)
+                        decisions = await asyncio.to_thread(
+                            self.router.route_batch, texts, models, excludes
+                        )
                     else:
-                        decisions = self.router.route_batch(texts, models)
+                        decisions = self.router.route_batch(texts, models, excludes)
                 except Exception as exc:
                     for *_, future in batch:
                         if not future.done():

@@ -8,7 +8,7 @@ configured, access control is off (the embedded default: any client `api_key` wo
 
 A request presents `Authorization: Bearer <key>` (or `x-api-key`). Then:
 
-    /health, /docs, /openapi.json      open
+    /health, /livez, /readyz, /docs, /openapi.json   open
     /admin/*, /v1/admin/*              need an admin key              (else 403)
     everything else                    needs a known key              (else 401)
     over `requests_per_minute`         429 rate_limit_exceeded, Retry-After
@@ -50,7 +50,8 @@ __all__ = ["ApiKey", "Authenticator", "InMemoryLimiter", "RedisLimiter", "UsageL
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/docs", "/docs/oauth2-redirect",
+                        "/openapi.json", "/redoc"})  # probes and docs carry no key  # fmt: skip
 ADMIN_PREFIXES = ("/admin", "/v1/admin")
 
 Clock = Callable[[], float]

@@ -198,7 +198,7 @@ class BatchRunner:
         async def expert_of(row: dict[str, Any]) -> str:
             try:
                 request = self._request(row)
-                decision = await self.service.route(request.last_user_text(), request.model)
+                decision = await self.service.route_request(request)
             except QuorumError:
                 return ""
             decisions[row["custom_id"]] = decision

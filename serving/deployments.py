@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from ray import serve
@@ -30,6 +31,7 @@ from experts.clients import REMOTE_BACKENDS, ExpertClient, HandleExpertClient, P
 from experts.engine import HostedExpert
 from experts.paths import OFFLINE_ENV, quorum_home
 from experts.registry import Expert, Registry, load_registry, parse_registry
+from experts.tokens import TemplateTokenCounter
 from router import EmbeddingSkillClassifier, RouteBatcher, Router, load_head
 from router.encoders import encoder_name, make_encoder
 from router.live_policy import load_served_policy
@@ -41,6 +43,7 @@ from serving.ingress import create_api
 from serving.metrics import RayMetricsObserver
 from serving.observe import FanOutObserver
 from serving.pipeline import Pipeline
+from serving.readiness import Readiness, start_serve_poller
 from serving.schedule import ExpertPool
 from serving.serve_options import ingress_options
 from skills.policy_store import StorePolicySource
@@ -124,7 +127,14 @@ class QuorumIngress:
         # A static encoder routes on the event loop; a transformer in a worker thread.
         inline = self.registry.router.classifier.encoder == "static"
         batcher = RouteBatcher(router, in_thread=not inline)
-        self.pipeline = Pipeline(self.registry, batcher.route, clients, observer)
+        # Prompt length in each hosted expert's tokens, so recruitment skips experts it outgrows.
+        counter = TemplateTokenCounter(self.registry)
+        threading.Thread(target=counter.warm, name="load-tokenizers", daemon=True).start()
+        # Each expert loading / ready / failed, from Serve's deployment states (/readyz, waits).
+        readiness = Readiness(self.registry)
+        start_serve_poller(self.registry, readiness)
+        self.pipeline = Pipeline(self.registry, batcher.route, clients, observer, counter=counter,
+                                 readiness=readiness)  # fmt: skip
 
     def __serve_build_asgi_app__(self):
         api = create_api(self.pipeline, self.audit, auth=self.auth, scheduler=self.scheduler)

@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts.errors import ExpertError, InvalidRequestError, QuorumError, RequestTooLargeError
 from experts.registry import RouterConfig
-from serving import protocol
+from serving import compat_anthropic, compat_completions, compat_responses, protocol
 from serving.audit import AuditLog, AuditRecordNotFoundError
 from serving.auth import Authenticator
 from serving.auth import install as install_auth
+from serving.compat import Surface
 from serving.pipeline import Pipeline
 from serving.protocol import error_response, internal_error
 
@@ -142,6 +143,23 @@ def create_api(
         return {"status": "ok", "experts": [e.name for e in service.registry.experts],
                 "breakers": service.faults.states()}  # fmt: skip
 
+    @api.get("/livez")
+    async def livez() -> dict:
+        """Liveness: the process is up and serving HTTP (experts may still be loading)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: 200 once every expert (or router.readiness.min_ready of them) is loaded;
+        503 with Retry-After before. Per-expert state and since when, either way."""
+        readiness = service.readiness
+        if readiness is None:  # nothing loads behind this pipeline (tests, remote experts only)
+            return JSONResponse({"status": "ready", "experts": {}})
+        ready = readiness.ready()
+        body = {"status": "ready" if ready else "not_ready", "experts": readiness.snapshot()}
+        headers = None if ready else {"Retry-After": str(readiness.config.retry_after_s)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
     @api.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": service.models()}
@@ -161,13 +179,26 @@ def create_api(
         completion, headers = await service.complete(chat_request)
         return JSONResponse(completion, headers=headers)
 
+    # The other API surfaces, each translated into a chat request for the same pipeline.
+    async def json_body(request: Request) -> dict:
+        return protocol.json_object(await read_body(request, limits.max_body_bytes))
+
+    def chat_of(data: dict) -> protocol.ChatCompletionRequest:
+        chat_request = protocol.parse_chat_request(data, limits.max_messages)
+        check_limits(chat_request, limits)
+        return chat_request
+
+    surface = Surface(json_body, chat_of)
+    for module in (compat_completions, compat_responses, compat_anthropic):
+        module.install(api, service, surface)
+
     @api.post("/v1/route", openapi_extra=chat_body)
     async def route(request: Request) -> dict:
         """Quorum extension: the routing decision for a chat request, without generating."""
         body = await read_body(request, limits.max_body_bytes)
         chat_request = protocol.parse_chat_request(body, limits.max_messages)
         check_limits(chat_request, limits)
-        decision = await service.route(chat_request.last_user_text(), chat_request.model)
+        decision = await service.route_request(chat_request)
         return decision.to_dict()
 
     @api.get("/admin/scheduler")

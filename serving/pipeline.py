@@ -22,16 +22,22 @@ from experts.clients import ExpertClient
 from experts.errors import ExpertError, QuorumError, RoutingTimeoutError
 from experts.registry import Registry
 from experts.stream import Delta, ExpertRequest
+from experts.tokens import TokenCounter
 from router import RoutingDecision
+from router.eligibility import Needs, aggregation_error, exclusions, no_expert_error
 from serving import protocol
 from serving.aggregate import AggregatedAnswer
 from serving.auth import record_tokens
+from serving.chat_stream import AnswerParts, sse_events
 from serving.dispatch import FallbackStream, FaultPolicy, fallback_order, metric_fallback
 from serving.observe import Observer
+from serving.readiness import Readiness
 
-__all__ = ["Answer", "Pipeline", "RouteFn", "answered_by", "routing_headers"]
+__all__ = ["Answer", "Pipeline", "RouteFn", "Started", "answered_by", "routing_headers"]
 
-RouteFn = Callable[[str, str], Awaitable[RoutingDecision]]
+RouteFn = Callable[..., Awaitable[RoutingDecision]]
+"""`route(text, model)`, or `route(text, model, exclude)` with the experts that cannot serve the
+request (`router.RouteBatcher.route` is one)."""
 
 
 @dataclass
@@ -45,6 +51,18 @@ class Answer:
     extension: dict
 
 
+@dataclass
+class Started:
+    """A streamed answer whose first delta has arrived: what every streaming endpoint (chat,
+    completions, responses, messages) turns into its own events."""
+
+    answer: Answer
+    model: str  # who answers (the expert, or the aggregator)
+    first: Delta
+    rest: AsyncIterator[Delta]
+    headers: dict[str, str]
+
+
 class Pipeline:
     """One request through route → dispatch | aggregate → respond, backends injected."""
 
@@ -55,8 +73,12 @@ class Pipeline:
         clients: dict[str, ExpertClient],
         observer: Observer | None = None,
         faults: FaultPolicy | None = None,
+        counter: TokenCounter | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.registry = registry
+        self.counter = counter  # prompt length per expert, for eligibility (None: not counted)
+        self.readiness = readiness  # per-expert loading state (None: always ready)
         self.route_fn = route
         self.clients = clients
         self.observer = observer or Observer()
@@ -71,8 +93,17 @@ class Pipeline:
         """The stages in order. A caller that already routed the request passes `decision`."""
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.perf_counter()
-        decision = decision or await self.route(request.last_user_text(), request.model)
+        needs = await self.needs(request)
+        decision = decision or await self.route_request(request, needs)
+        refusal = aggregation_error(needs, decision.experts)
+        if refusal is not None:
+            raise refusal
         route_ms = (time.perf_counter() - started) * 1000
+        if self.readiness is not None:  # a loading expert: wait, within a bound, then 503
+            aggregator = (decision.recruitment or {}).get("aggregator")
+            await self.readiness.wait_for(
+                [*decision.experts, *([aggregator] if aggregator else [])]
+            )
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = self.expert_request(request, request_id)
         if len(decision.experts) > 1:
@@ -86,11 +117,56 @@ class Pipeline:
         deltas = self._observed(request_id, answer, started)
         return Answer(request_id, decision, deltas, extension)
 
-    async def route(self, text: str, model: str) -> RoutingDecision:
-        """classify → recruit (router/), within `router.route_timeout_s`."""
+    async def route_request(
+        self, request: protocol.ChatCompletionRequest, needs: Needs | None = None
+    ) -> RoutingDecision:
+        """Route a chat request among the experts that can serve it (a 400 when none can)."""
+        needs = needs or await self.needs(request)
+        excluded = self.excluded(request.model, needs)
+        return await self.route(request.last_user_text(), request.model, excluded)
+
+    async def needs(self, request: protocol.ChatCompletionRequest) -> Needs:
+        """What the request needs from its expert; the prompt counted in each candidate's tokens
+        (in a worker thread: a long prompt takes milliseconds to tokenize)."""
+        counts: dict[str, int] = {}
+        if self.counter is not None:
+            messages = request.plain_messages()
+            tools = request.expert_params().get("tools") if request.calls_tools else None
+            for name in self.candidates(request.model):
+                n = await asyncio.to_thread(self.counter.count, name, messages, tools)
+                if n is not None:
+                    counts[name] = n
+        return Needs(tools=request.calls_tools, structured_output=request.structured,
+                     logprobs=request.logprobs, top_logprobs=request.top_logprobs or 0,
+                     prompt_tokens=counts)  # fmt: skip
+
+    def candidates(self, model: str) -> list[str]:
+        """The experts `model` may use (an unknown model has none; routing reports it)."""
+        if any(e.name == model for e in self.registry.experts):
+            return [model]
+        virtual = self.registry.virtual_model(model)
+        if virtual is None:
+            return []
+        return virtual.experts or [e.name for e in self.registry.experts]
+
+    def excluded(self, model: str, needs: Needs) -> dict[str, str]:
+        """Experts of `model` that cannot serve `needs`, with why; a 400 when none can."""
+        candidates = self.candidates(model)
+        out = exclusions(self.registry, needs, candidates)
+        if candidates and len(out) == len(candidates):
+            raise no_expert_error(model, out)
+        return {name: why.reason for name, why in out.items()}
+
+    async def route(
+        self, text: str, model: str, exclude: dict[str, str] | None = None
+    ) -> RoutingDecision:
+        """classify → recruit (router/), within `router.route_timeout_s`; `exclude`: experts
+        that cannot serve this request (router/eligibility.py), with why."""
         limit = self.registry.router.route_timeout_s
         try:
             async with asyncio.timeout(limit):  # in this task: no extra task per request
+                if exclude:
+                    return await self.route_fn(text, model, exclude)
                 return await self.route_fn(text, model)
         except TimeoutError:
             raise RoutingTimeoutError(
@@ -109,6 +185,7 @@ class Pipeline:
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            **request.expert_params(),
         )
 
     def dispatch(
@@ -156,47 +233,60 @@ class Pipeline:
 
     # -- respond ---------------------------------------------------------------------------------
 
+    async def gather(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> tuple[Answer, AnswerParts]:
+        """The whole answer: text, logprobs, tool calls and the last delta."""
+        answer = await self.answer(request, decision)
+        parts = AnswerParts(want_logprobs=request.logprobs)
+        async for delta in answer.deltas:
+            parts.add(delta)
+        if parts.last is None:
+            raise ExpertError(
+                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
+            )
+        return answer, parts
+
     async def complete(
         self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
     ) -> tuple[dict, dict]:
         """Non-streaming: the completion body and the response headers."""
-        answer = await self.answer(request, decision)
-        parts: list[str] = []
-        last: Delta | None = None
-        async for delta in answer.deltas:
-            parts.append(delta.text)
-            last = delta
-        if last is None:
-            raise ExpertError(
-                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
-            )
+        answer, parts = await self.gather(request, decision)
+        last = parts.last
         body = protocol.completion(
-            answer.request_id, answered_by(answer.decision, answer.extension), "".join(parts),
+            answer.request_id, answered_by(answer.decision, answer.extension), parts.text,
             last.finish_reason, protocol.usage(last.prompt_tokens, last.completion_tokens),
-            answer.extension,
+            answer.extension, parts.tool_calls or None, parts.logprobs_or_none(),
         )  # fmt: skip
         return body, routing_headers(answer.request_id, answer.decision, answer.extension)
 
-    async def stream(
-        self, request: protocol.ChatCompletionRequest
-    ) -> tuple[AsyncIterator[bytes], dict]:
-        """Streaming: SSE bytes and headers. The first delta is awaited before returning, so an
-        expert that fails at once still gets a proper HTTP error status instead of a 200."""
+    async def start(self, request: protocol.ChatCompletionRequest) -> Started:
+        """A streamed answer, begun: the first delta is awaited, so an expert that fails at once
+        still gets a proper HTTP error status instead of a 200."""
         answer = await self.answer(request)
-        request_id, decision, extension = answer.request_id, answer.decision, answer.extension
         iterator = aiter(answer.deltas)
         try:
             first = await anext(iterator)
         except StopAsyncIteration:
             raise ExpertError(
-                f"expert '{decision.experts[0]}' closed its stream without answering"
+                f"expert '{answer.decision.experts[0]}' closed its stream without answering"
             ) from None
+        model = answered_by(answer.decision, answer.extension)
+        headers = routing_headers(answer.request_id, answer.decision, answer.extension)
+        return Started(answer, model, first, iterator, headers)
+
+    async def stream(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[AsyncIterator[bytes], dict]:
+        """Streaming: OpenAI's SSE bytes and the headers."""
+        started = await self.start(request)
+        answer = started.answer
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        model, created = answered_by(decision, extension), int(time.time())
-        events = protocol.sse_events(
-            request_id, model, created, first, iterator, extension, include_usage
-        )
-        return events, routing_headers(request_id, decision, extension)
+        events = sse_events(
+            answer.request_id, started.model, int(time.time()), started.first, started.rest,
+            answer.extension, include_usage, want_logprobs=request.logprobs,
+        )  # fmt: skip
+        return events, started.headers
 
     def models(self) -> list[dict]:
         """`/v1/models`: the virtual models that route, then every expert."""
@@ -206,10 +296,13 @@ class Pipeline:
              "quorum": {"kind": "router", "description": v.description}}
             for v in self.registry.virtual_models
         ]  # fmt: skip
+        states = self.readiness.snapshot() if self.readiness is not None else {}
         rows += [
             {"id": e.name, "object": "model", "created": created, "owned_by": "quorum",
              "quorum": {"kind": "expert", "backend": e.backend, "context_length": e.context_length,
-                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate}}
+                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate,
+                        "capabilities": e.capabilities.model_dump(),
+                        **({"readiness": states[e.name]} if e.name in states else {})}}
             for e in self.registry.experts
         ]  # fmt: skip
         return rows

@@ -11,14 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experts.errors import InvalidRequestError, QuorumError
-from experts.stream import Delta
+from serving.chat_params import (
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_logit_bias,
+    refused_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +37,37 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... are accepted and ignored
+    """One chat message. Fields OpenAI returns on an assistant message (`refusal`,
+    `annotations`, ...) may come back in a conversation; they are accepted when empty."""
+
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _no_unused_fields(self) -> Message:
+        for key, value in (self.model_extra or {}).items():
+            if value not in (None, [], {}, ""):
+                raise ValueError(f"message field '{key}' is not supported; drop it")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError(
+                "a 'tool' message needs 'tool_call_id' (the id of the call it answers)"
+            )
+        return self
+
+    def to_expert(self) -> dict[str, Any]:
+        """The message as an expert receives it (OpenAI's shape, text parts joined)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+            out["content"] = self.text() or None
+        for key in ("name", "tool_call_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -48,7 +83,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields Quorum acts on; other OpenAI fields are accepted and ignored."""
+    """OpenAI's chat-completions request. Every field here is honoured; `parse_chat_request`
+    refuses every other one with a 400 naming it (`serving/chat_params.py`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -64,6 +100,44 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        return check_logit_bias(bias)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _Refusal("top_logprobs", "needs 'logprobs': true")
+        if self.stream_options is not None and not self.stream:
+            raise _Refusal("stream_options", "is only allowed with 'stream': true")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise _Refusal("tool_choice", "needs 'tools'")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise _Refusal("tool_choice", f"names '{self.tool_choice.function.name}', which "
+                               f"is not in 'tools' ({', '.join(names)})")  # fmt: skip
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def structured(self) -> bool:
+        """Whether the answer must follow a JSON format (`response_format` json_*)."""
+        return self.response_format is not None and self.response_format.structured
 
     @field_validator("n")
     @classmethod
@@ -87,15 +161,36 @@ class ChatCompletionRequest(BaseModel):
                 return message.text()
         return self.messages[-1].text()
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+    def plain_messages(self) -> list[dict[str, Any]]:
+        return [m.to_expert() for m in self.messages]
+
+    def expert_params(self) -> dict[str, Any]:
+        """The optional parameters an `ExpertRequest` carries, in OpenAI's wire form."""
+        params = self.model_dump(
+            include={"presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+                     "top_logprobs", "tool_choice", "parallel_tool_calls", "user"},
+            exclude_none=True,
+        )  # fmt: skip
+        if self.response_format is not None:
+            params["response_format"] = self.response_format.model_dump(by_alias=True,
+                                                                        exclude_none=True)  # fmt: skip
+        if self.tools:
+            params["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+        return params
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 
 
-def parse_chat_request(body: bytes, max_messages: int) -> ChatCompletionRequest:
-    """Bytes → validated request, or an InvalidRequestError that names the field and the fix."""
+class _Refusal(ValueError):
+    """A cross-field rule broken; carries the parameter to name in the 400."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}|{message}")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or an InvalidRequestError saying what is wrong."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -106,19 +201,37 @@ def parse_chat_request(body: bytes, max_messages: int) -> ChatCompletionRequest:
         raise InvalidRequestError(
             f"the request body must be a JSON object, got {type(data).__name__}"
         )
+    return data
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """pydantic's first complaint as a 400 naming the parameter and the fix."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if "|" in msg and err["type"] == "value_error" and not param:  # a cross-field rule
+        param, msg = msg.split("|", 1)
+        return InvalidRequestError(f"'{param}' {msg}", param=param)
+    if err["type"] == "missing":
+        msg = "is required"
+    elif err["type"] == "too_short" and param == "messages":
+        msg = "must contain at least one message"
+    return InvalidRequestError(
+        f"'{param}': {msg} (got {err.get('input')!r:.100})", param=param.split(".")[0]
+    )
+
+
+def parse_chat_request(body: bytes | dict, max_messages: int) -> ChatCompletionRequest:
+    """Bytes (or the decoded object) → validated request, or an InvalidRequestError that names
+    the field and the fix. Fields Quorum does not honour are refused, never ignored."""
+    data = body if isinstance(body, dict) else json_object(body)
+    refused = refused_fields(data, set(ChatCompletionRequest.model_fields))
+    if refused is not None:
+        raise InvalidRequestError(refused[1], param=refused[0], code="unsupported_parameter")
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            msg = "is required"
-        elif err["type"] == "too_short" and param == "messages":
-            msg = "must contain at least one message"
-        raise InvalidRequestError(
-            f"'{param}': {msg} (got {err.get('input')!r:.100})", param=param.split(".")[0]
-        ) from None
+        raise validation_error(exc) from None
     if len(request.messages) > max_messages:
         raise InvalidRequestError(
             f"'messages' has {len(request.messages)} entries; at most {max_messages} are allowed",
@@ -128,8 +241,20 @@ def parse_chat_request(body: bytes, max_messages: int) -> ChatCompletionRequest:
 
 
 def completion(
-    request_id: str, model: str, text: str, finish_reason: str | None, usage: dict, extension: dict
+    request_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage: dict,
+    extension: dict,
+    tool_calls: list[dict] | None = None,
+    logprobs: list[dict] | None = None,
 ) -> dict[str, Any]:
+    """A `chat.completion` body. With `tool_calls` the message carries them (and `content` is
+    null when there is no text); `logprobs` (OpenAI's `content` entries) when they were asked."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message |= {"content": text or None, "tool_calls": tool_calls}
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -138,8 +263,8 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "message": message,
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                 "finish_reason": finish_reason,
             }
         ],
@@ -156,7 +281,9 @@ def chunk(
     finish_reason: str | None = None,
     usage: dict | None = None,
     extension: dict | None = None,
+    logprobs: list[dict] | None = None,
 ) -> dict[str, Any]:
+    lp = None if logprobs is None else {"content": logprobs, "refusal": None}
     body: dict[str, Any] = {
         "id": request_id,
         "object": "chat.completion.chunk",
@@ -164,7 +291,7 @@ def chunk(
         "model": model,
         "choices": []
         if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        else [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}],
     }
     if usage is not None:
         body["usage"] = usage
@@ -177,6 +304,11 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     """One Server-Sent Event, as OpenAI frames them: `data: <json>\\n\\n`."""
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+def named_sse(event: str, payload: dict[str, Any]) -> bytes:
+    """One named Server-Sent Event (`event: <name>`), as the Responses and Anthropic APIs send."""
+    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -200,41 +332,3 @@ def error_response(exc: QuorumError) -> JSONResponse:
 def internal_error(request_id: str) -> QuorumError:
     """What a client sees of an unexpected failure: a 500 naming the request; never a traceback."""
     return QuorumError(f"internal error while serving request {request_id}; see the server log")
-
-
-async def sse_events(
-    request_id: str,
-    model: str,
-    created: int,
-    first: Delta,
-    rest: AsyncIterator[Delta],
-    extension: dict,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    """An answer as OpenAI's SSE chunks: the role chunk (with the `quorum` extension), a chunk per
-    delta, the final chunk (finish reason; for k > 1 the completed aggregation record), usage when
-    asked, `[DONE]`. A failure after the first byte ends the stream with an error event."""
-    yield sse(chunk(request_id, model, created, {"role": "assistant", "content": ""},
-                    extension=extension))  # fmt: skip
-    delta: Delta | None = first
-    last = first
-    try:
-        while delta is not None:
-            last = delta
-            if delta.text:
-                yield sse(chunk(request_id, model, created, {"content": delta.text}))
-            delta = await anext(rest, None)
-    except QuorumError as exc:
-        log.warning("request %s: stream failed: %s", request_id, exc.message)
-        yield sse(exc.to_openai())
-        return
-    except Exception:
-        log.exception("request %s: stream failed", request_id)
-        yield sse(internal_error(request_id).to_openai())
-        return
-    final = {"aggregation": extension["aggregation"]} if "aggregation" in extension else None
-    yield sse(chunk(request_id, model, created, {}, last.finish_reason or "stop", extension=final))
-    if include_usage:
-        yield sse(chunk(request_id, model, created, None,
-                        usage=usage(last.prompt_tokens, last.completion_tokens)))  # fmt: skip
-    yield sse("[DONE]")

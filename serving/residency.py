@@ -72,7 +72,8 @@ class VLLMEngineFactory(EngineFactory):
             kwargs.setdefault("enable_sleep_mode", True)
         return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
                                       engine_kwargs=kwargs, name=spec.name,
-                                      moe_kernels=spec.moe_kernels)  # fmt: skip
+                                      moe_kernels=spec.moe_kernels,
+                                      tool_parser=spec.capabilities.tool_parser)  # fmt: skip
 
 
 class SlotManager:

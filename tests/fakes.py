@@ -42,6 +42,10 @@ Examples::
     FakeExpert(n, requests=shared, gate=event, free=2)  # 2 calls over all fakes sharing the
                                                         # list pass; the rest wait for event.set()
 
+With `tool_calls` the final delta carries those calls (OpenAI's shape); with `logprob` and a
+request that asks for logprobs, every text delta carries one logprobs entry for its text (that
+logprob, no alternatives).
+
 Every option is a plain attribute: a test may change `text`, `error`, ... between requests.
 """
 
@@ -84,6 +88,9 @@ class FakeExpert(ExpertClient):
             over every fake sharing that list) wait for `gate.set()` before answering.
         requests: the list to record requests in; pass one list to several fakes to see all
             their calls in arrival order. A new list by default.
+        tool_calls: tool calls (OpenAI's shape) put on the final delta.
+        logprob: when the request asks for logprobs, each text delta carries one entry
+            `{token: <its text>, logprob, bytes, top_logprobs: []}`.
 
     Attributes read by tests: `requests` (every `ExpertRequest` received, in order) and `calls`
     (how many times this fake's `stream_chat` was started).
@@ -109,6 +116,8 @@ class FakeExpert(ExpertClient):
         gate: asyncio.Event | None = None,
         free: int = 0,
         requests: list[ExpertRequest] | None = None,
+        tool_calls: list[dict] | None = None,
+        logprob: float | None = None,
     ) -> None:
         if words not in (None, "leading", "trailing"):
             raise ValueError(f"words must be None, 'leading' or 'trailing', not {words!r}")
@@ -120,6 +129,7 @@ class FakeExpert(ExpertClient):
         self.delay, self.gate, self.free = delay, gate, free
         self.requests: list[ExpertRequest] = [] if requests is None else requests
         self.calls = 0
+        self.tool_calls, self.logprob = tool_calls, logprob
 
     def chunks(self, request: ExpertRequest) -> list[str]:
         """The texts of the answer's deltas for `request` (before the optional empty last one)."""
@@ -152,6 +162,13 @@ class FakeExpert(ExpertClient):
         final = (self.finish_reason, self.prompt_tokens, completion)
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1 and not self.final_delta
-            yield Delta(chunk, *final) if last else Delta(chunk, None, *partial)
+            logprobs = None
+            if self.logprob is not None and request.logprobs:
+                logprobs = [{"token": chunk, "logprob": self.logprob,
+                             "bytes": list(chunk.encode()), "top_logprobs": []}]  # fmt: skip
+            if last:
+                yield Delta(chunk, *final, logprobs, self.tool_calls)
+            else:
+                yield Delta(chunk, None, *partial, logprobs)
         if self.final_delta:
-            yield Delta("", *final)
+            yield Delta("", *final, tool_calls=self.tool_calls)

@@ -53,20 +53,21 @@ def stalled() -> FakeExpert:
     return FakeExpert("slow", "never", final_delta=False, completion_tokens=0, delay=30)
 
 
-def make_client(flaky_after: int = 0, observer=None, overrides=None):
+def make_client(flaky_after: int = 0, observer=None, overrides=None, registry=REGISTRY,
+                counter=None):  # fmt: skip
     encoder = KeywordEncoder()
     head = CentroidHead(
         ["law", "math"], encoder.encode(["court contract judge", "solve equation x"]), 0.05
     )
-    router = Router(EmbeddingSkillClassifier(encoder, head), REGISTRY, InMemoryStateStore())
+    router = Router(EmbeddingSkillClassifier(encoder, head), registry, InMemoryStateStore())
 
-    async def route(text, model):
-        return router.route(text, model)
+    async def route(text, model, exclude=None):
+        return router.route(text, model, exclude)
 
     experts = {"mathematician": scripted("mathematician"), "jurist": scripted("jurist"),
                "flaky": failing(flaky_after), "slow": stalled()}  # fmt: skip
     experts |= overrides or {}
-    service = Pipeline(REGISTRY, route, experts, observer)
+    service = Pipeline(registry, route, experts, observer, counter=counter)
     return TestClient(create_api(service)), experts
 
 

@@ -1,0 +1,255 @@
+"""`POST /v1/messages`: Anthropic's Messages API, through the chat pipeline.
+
+Served: `messages` (text, `tool_use` and `tool_result` blocks), `system`, `max_tokens`,
+`temperature`, `top_p`, `stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto, any,
+tool, none; `disable_parallel_tool_use`), `metadata.user_id`, and `stream` with Anthropic's events
+(`message_start`, `content_block_start` / `_delta` / `_stop`, `message_delta`, `message_stop`).
+Refused with a 400 naming them: `top_k`, `thinking`, image and document blocks. Errors come in
+Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`), with the same status.
+
+`stop_reason` is `end_turn`, `max_tokens` or `tool_use`; a stop sequence ends the answer too but
+is reported as `end_turn` (`stop_sequence` null): the engine does not say which stop matched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from experts.errors import InvalidRequestError, QuorumError
+from serving.compat import Surface, in_their_words, refuse, validate
+from serving.pipeline import Pipeline, Started, answered_by, routing_headers
+from serving.protocol import internal_error, named_sse
+
+__all__ = ["MessagesRequest", "install"]
+
+#: chat parameter -> this API's name for it, in error messages
+NAMES = {"stop": "stop_sequences"}
+
+REFUSED = {
+    "top_k": (None, "top_k is not served; drop it and use top_p"),
+    "thinking": (None, "the experts are not reasoning models; drop 'thinking'"),
+    "service_tier": ("auto", "there is one service tier; drop 'service_tier'"),
+    "container": (None, "code execution containers are not served"),
+    "mcp_servers": (None, "MCP servers are not served"),
+}
+
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "abort": "end_turn"}
+
+
+class AnthropicTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class MessagesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)]
+    system: str | list[dict[str, Any]] | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    tools: list[AnthropicTool] | None = None
+    tool_choice: ToolChoice | None = None
+    metadata: dict[str, Any] | None = None
+    top_k: int | None = None
+    thinking: dict[str, Any] | None = None
+    service_tier: str | None = None
+    container: Any = None
+    mcp_servers: Any = None
+
+    def chat(self) -> dict[str, Any]:
+        """The same request as a chat request's body."""
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
+                                "messages": self._messages(), "stream": self.stream}  # fmt: skip
+        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
+                             ("stop_sequences", "stop")):  # fmt: skip
+            if getattr(self, ours) is not None:
+                body[theirs] = getattr(self, ours)
+        if (self.metadata or {}).get("user_id"):
+            body["user"] = self.metadata["user_id"]
+        if self.tools:
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "parameters": t.input_schema,
+                **({"description": t.description} if t.description else {})}}
+                for t in self.tools]  # fmt: skip
+        choice = self.tool_choice
+        if choice is not None:
+            body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(
+                choice.type) or {"type": "function", "function": {"name": choice.name}}  # fmt: skip
+            if choice.disable_parallel_tool_use is not None:
+                body["parallel_tool_calls"] = not choice.disable_parallel_tool_use
+        return body
+
+    def _messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.system:
+            out.append({"role": "system", "content": _text(self.system, "system")})
+        for i, message in enumerate(self.messages):
+            role, content = message.get("role"), message.get("content")
+            if role not in ("user", "assistant"):
+                raise InvalidRequestError(f"'messages[{i}].role' must be user or assistant, "
+                                          f"got {role!r}", param="messages")  # fmt: skip
+            if isinstance(content, str):
+                out.append({"role": role, "content": content})
+                continue
+            texts, calls = [], []
+            for j, block in enumerate(content or []):
+                kind = block.get("type")
+                if kind == "text":
+                    texts.append(block.get("text", ""))
+                elif kind == "tool_use" and role == "assistant":
+                    calls.append({"id": block["id"], "type": "function", "function": {
+                        "name": block["name"], "arguments": json.dumps(block.get("input", {}))}})  # fmt: skip
+                elif kind == "tool_result" and role == "user":
+                    out.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
+                                "content": _text(block.get("content", ""),
+                                                 f"messages[{i}].content[{j}]")})  # fmt: skip
+                else:
+                    raise InvalidRequestError(f"'messages[{i}].content[{j}]' is a {kind!r} "
+                                              "block; served are text, tool_use (assistant) and "
+                                              "tool_result (user)", param="messages")  # fmt: skip
+            if calls:
+                out.append({"role": "assistant", "content": "".join(texts) or None,
+                            "tool_calls": calls})  # fmt: skip
+            elif texts:
+                out.append({"role": role, "content": "".join(texts)})
+        return out
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for block in content if isinstance(content, list) else [None]:
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise InvalidRequestError(f"'{where}' may hold only text blocks", param=where)
+        texts.append(block.get("text", ""))
+    return "".join(texts)
+
+
+def _error(exc: QuorumError) -> JSONResponse:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+            503: "overloaded_error"}.get(exc.status, "api_error")  # fmt: skip
+    body = {"type": "error", "error": {"type": kind, "message": exc.message}}
+    return JSONResponse(body, status_code=exc.status, headers=getattr(exc, "headers", None))
+
+
+def _blocks(text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    for call in calls:
+        blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
+                       "input": _arguments(call["function"]["arguments"])})  # fmt: skip
+    return blocks
+
+
+def _arguments(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return {"_raw": arguments}  # the model wrote something that is not JSON: keep it whole
+
+
+def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
+    @api.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        try:
+            data = await surface.body(request)
+            refuse(data, REFUSED)
+            req = validate(MessagesRequest, data)
+            chat = in_their_words(surface.chat, req.chat(), NAMES)
+            if req.stream:
+                started = await service.start(chat)
+                headers = started.headers | {"cache-control": "no-cache"}
+                return StreamingResponse(_events(started), media_type="text/event-stream",
+                                         headers=headers)  # fmt: skip
+            answer, parts = await service.gather(chat)
+        except QuorumError as exc:
+            service.observer.rejected(exc)
+            return _error(exc)
+        last = parts.last
+        body = {
+            "id": answer.request_id.replace("chatcmpl-", "msg_"), "type": "message",
+            "role": "assistant", "model": answered_by(answer.decision, answer.extension),
+            "content": _blocks(parts.text, parts.tool_calls),
+            "stop_reason": "tool_use" if parts.tool_calls else _STOP.get(last.finish_reason,
+                                                                         "end_turn"),
+            "stop_sequence": None,
+            "usage": {"input_tokens": last.prompt_tokens, "output_tokens": last.completion_tokens},
+            "quorum": answer.extension,
+        }  # fmt: skip
+        headers = routing_headers(answer.request_id, answer.decision, answer.extension)
+        return JSONResponse(body, headers=headers)
+
+
+async def _events(started: Started) -> AsyncIterator[bytes]:
+    answer = started.answer
+    message = {
+        "id": answer.request_id.replace("chatcmpl-", "msg_"), "type": "message",
+        "role": "assistant", "model": started.model, "content": [], "stop_reason": None,
+        "stop_sequence": None, "usage": {"input_tokens": started.first.prompt_tokens,
+                                         "output_tokens": 0},
+        "quorum": answer.extension,
+    }  # fmt: skip
+    yield named_sse("message_start", {"type": "message_start", "message": message})
+    index, text_open, calls = 0, False, []
+    delta, last = started.first, started.first
+    try:
+        while delta is not None:
+            last = delta
+            if delta.text:
+                if not text_open:
+                    yield named_sse("content_block_start", {"type": "content_block_start",
+                                    "index": 0, "content_block": {"type": "text", "text": ""}})  # fmt: skip
+                    text_open = True
+                yield named_sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": delta.text}})  # fmt: skip
+            calls += delta.tool_calls or []
+            delta = await anext(started.rest, None)
+    except QuorumError as exc:
+        kind = "overloaded_error" if exc.status == 503 else "api_error"
+        yield named_sse("error", {"type": "error", "error": {"type": kind, "message": exc.message}})
+        return
+    except Exception:
+        message = internal_error(answer.request_id).message
+        yield named_sse("error", {"type": "error", "error": {"type": "api_error",
+                                                             "message": message}})  # fmt: skip
+        return
+    if text_open:
+        yield named_sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        index = 1
+    for call in calls:
+        block = {"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
+                 "input": {}}  # fmt: skip
+        yield named_sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": block})  # fmt: skip
+        yield named_sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta",
+                                  "partial_json": call["function"]["arguments"]}})  # fmt: skip
+        yield named_sse("content_block_stop", {"type": "content_block_stop", "index": index})
+        index += 1
+    reason = "tool_use" if calls else _STOP.get(last.finish_reason or "stop", "end_turn")
+    yield named_sse("message_delta", {"type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": None},
+                    "usage": {"output_tokens": last.completion_tokens}})  # fmt: skip
+    yield named_sse("message_stop", {"type": "message_stop"})

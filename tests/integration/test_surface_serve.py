@@ -1,0 +1,127 @@
+"""The whole OpenAI surface on the real service (`quorum serve`, both tiny models on vLLM CPU):
+structured output, tool calls, logprobs through chat; /v1/completions, /v1/responses and
+Anthropic's /v1/messages with the official clients, streaming and not; /livez, /readyz and the
+per-expert readiness in /v1/models; an unsupported parameter is a 400 and serving goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import jsonschema
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "strict": True,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"], "additionalProperties": False}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(quorum_default):
+    return quorum_default[0]
+
+
+@pytest.fixture(scope="module")
+def oa(base):
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=300, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def an(base):
+    return anthropic.Anthropic(base_url=base, api_key="unused", timeout=300, max_retries=0)
+
+
+def test_live_ready_and_models_show_each_expert_ready(base):
+    assert httpx.get(f"{base}/livez").status_code == 200
+    # Serve reported every deployment running; the ingress polls Serve every poll_s (2 s)
+    deadline = time.monotonic() + 10
+    while (ready := httpx.get(f"{base}/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert ready.headers["retry-after"] and ready.json()["status"] == "not_ready"
+        time.sleep(0.5)
+    assert ready.status_code == 200, ready.text
+    assert {e["state"] for e in ready.json()["experts"].values()} == {"ready"}
+    rows = {m["id"]: m["quorum"] for m in httpx.get(f"{base}/v1/models").json()["data"]}
+    assert rows["smollm2-135m"]["readiness"]["state"] == "ready"
+
+
+def test_chat_json_schema_output_validates(oa):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    done = oa.chat.completions.create(
+        model="auto", messages=ASK, max_tokens=48, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )  # fmt: skip
+    jsonschema.validate(json.loads(done.choices[0].message.content), schema)
+
+
+def test_chat_required_tool_choice_returns_a_call(oa):
+    done = oa.chat.completions.create(
+        model="gemma3-270m", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[WEATHER], tool_choice="required", max_tokens=64, temperature=0,
+    )  # fmt: skip
+    [call] = done.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments),
+                        WEATHER["function"]["parameters"])  # fmt: skip
+    assert done.choices[0].finish_reason == "tool_calls"
+
+
+def test_chat_logprobs_stream_and_not(oa):
+    done = oa.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=6,
+                                      temperature=0, logprobs=True, top_logprobs=2)  # fmt: skip
+    entries = done.choices[0].logprobs.content
+    assert len(entries) == done.usage.completion_tokens
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+    streamed = [e for c in oa.chat.completions.create(
+        model="smollm2-135m", messages=ASK, max_tokens=6, temperature=0, logprobs=True,
+        stream=True) for ch in c.choices if ch.logprobs for e in ch.logprobs.content or []]  # fmt: skip
+    assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+def test_legacy_completions_stream_and_not(oa):
+    done = oa.completions.create(model="smollm2-135m", prompt="The capital of France is",
+                                 max_tokens=8, temperature=0)  # fmt: skip
+    assert done.choices[0].text.strip() and done.usage.completion_tokens > 0
+    pieces = list(oa.completions.create(model="smollm2-135m", prompt="The capital of France is",
+                                        max_tokens=8, temperature=0, stream=True))  # fmt: skip
+    assert "".join(c.text for p in pieces for c in p.choices) == done.choices[0].text
+
+
+def test_responses_stream_and_not(oa):
+    done = oa.responses.create(model="smollm2-135m", instructions="Answer briefly.", input=ASK,
+                               max_output_tokens=12, temperature=0)  # fmt: skip
+    assert done.status in ("completed", "incomplete") and done.output_text.strip()
+    events = list(oa.responses.create(model="smollm2-135m", instructions="Answer briefly.",
+                                      input=ASK, max_output_tokens=12, temperature=0,
+                                      stream=True))  # fmt: skip
+    assert events[0].type == "response.created"
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == events[-1].response.output_text == done.output_text
+
+
+def test_anthropic_messages_stream_and_not(an):
+    # temperature through extra_body: this anthropic client's create() has no such argument
+    greedy = {"extra_body": {"temperature": 0}}
+    done = an.messages.create(model="smollm2-135m", max_tokens=12, system="Answer briefly.",
+                              messages=ASK, **greedy)  # fmt: skip
+    assert done.content[0].text.strip() and done.usage.output_tokens > 0
+    with an.messages.stream(model="smollm2-135m", max_tokens=12, system="Answer briefly.",
+                            messages=ASK, **greedy) as stream:  # fmt: skip
+        text = "".join(stream.text_stream)
+    assert text == done.content[0].text
+
+
+def test_an_unsupported_parameter_is_a_400_and_serving_goes_on(oa):
+    with pytest.raises(openai.BadRequestError) as err:
+        oa.chat.completions.create(model="auto", messages=ASK, max_tokens=4,
+                                   extra_body={"audio": {"voice": "alloy"}})  # fmt: skip
+    assert err.value.body["param"] == "audio"
+    assert oa.chat.completions.create(model="auto", messages=ASK, max_tokens=4).choices

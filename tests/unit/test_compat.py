@@ -1,0 +1,232 @@
+"""/v1/completions, /v1/responses and Anthropic's /v1/messages through the same pipeline, driven
+by the official `openai` and `anthropic` clients against the in-memory app (scripted experts)."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+
+from tests.fakes import FakeExpert
+from tests.unit.test_api import make_client
+from tests.unit.test_chat_params import TOOLED
+
+CALL = {"id": "call_7", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
+
+
+def clients(**overrides):
+    http, experts = make_client(registry=TOOLED, overrides=overrides)
+    oa = openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http)
+    an = anthropic.Anthropic(base_url="http://testserver", api_key="k", http_client=http)
+    return oa, an, experts, http
+
+
+# -- /v1/completions ------------------------------------------------------------------------------
+
+
+def test_completions_route_the_prompt_and_return_a_text_completion():
+    oa, _, experts, _ = clients()
+    done = oa.completions.create(model="auto", prompt="solve the equation for x", max_tokens=5)
+
+    assert done.object == "text_completion"
+    assert done.choices[0].text == "mathematician says: solve the equation for x"
+    assert done.model == "mathematician" and done.choices[0].finish_reason == "stop"
+    assert done.usage.prompt_tokens == 11
+    sent = experts["mathematician"].requests[0]
+    assert sent.messages == [{"role": "user", "content": "solve the equation for x"}]
+    assert sent.max_tokens == 5
+    assert done.model_extra["quorum"]["routing"]["experts"] == ["mathematician"]
+
+
+def test_completions_stream_and_legacy_logprobs():
+    oa, *_ = clients(mathematician=FakeExpert("mathematician", "a b", words="leading",
+                                              logprob=-0.5))  # fmt: skip
+    pieces = list(oa.completions.create(model="mathematician", prompt="x", stream=True,
+                                        logprobs=2, stream_options={"include_usage": True}))  # fmt: skip
+    text = "".join(c.text for p in pieces for c in p.choices)
+    assert text == "a b"
+    tokens = [t for p in pieces for c in p.choices if c.logprobs for t in c.logprobs.tokens]
+    assert tokens == ["a", " b"]
+    assert [p.choices[0].finish_reason for p in pieces if p.choices][-1] == "stop"
+    assert pieces[-1].usage is not None
+
+    done = oa.completions.create(model="mathematician", prompt="x", logprobs=1)
+    assert done.choices[0].logprobs.token_logprobs == [-0.5, -0.5]
+    assert done.choices[0].logprobs.text_offset == [0, 1]
+
+
+@pytest.mark.parametrize("body, param", [({"echo": True}, "echo"), ({"suffix": "z"}, "suffix"),
+                                         ({"best_of": 2}, "best_of"), ({"prompt": [[1, 2]]}, "prompt"),
+                                         ({"logprobs": 9}, "logprobs"), ({"n": 2}, "n"),
+                                         ({"frobnicate": 1}, "frobnicate")])  # fmt: skip
+def test_completions_refuse_what_they_do_not_serve(body, param):
+    *_, http = clients()
+    r = http.post("/v1/completions", json={"model": "auto", "prompt": "x", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+# -- /v1/responses --------------------------------------------------------------------------------
+
+
+def test_responses_with_instructions_and_text_input():
+    oa, _, experts, _ = clients()
+    done = oa.responses.create(model="auto", instructions="Be brief.",
+                               input="solve the equation for x", max_output_tokens=6)  # fmt: skip
+
+    assert done.status == "completed"
+    assert done.output_text == "mathematician says: solve the equation for x"
+    assert done.usage.input_tokens == 11
+    sent = experts["mathematician"].requests[0]
+    assert sent.messages[0] == {"role": "system", "content": "Be brief."}
+    assert sent.max_tokens == 6
+
+
+def test_responses_function_calls_and_their_outputs_round_trip():
+    oa, _, experts, _ = clients(mathematician=FakeExpert("mathematician", "", tool_calls=[CALL],
+                                                         finish_reason="tool_calls"))  # fmt: skip
+    tool = {"type": "function", "name": "get_weather", "strict": True,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"], "additionalProperties": False}}  # fmt: skip
+    done = oa.responses.create(model="mathematician", input="weather in Oslo?", tools=[tool],
+                               tool_choice={"type": "function", "name": "get_weather"})  # fmt: skip
+
+    [call] = [o for o in done.output if o.type == "function_call"]
+    assert (call.name, call.call_id, json.loads(call.arguments)) == ("get_weather", "call_7",
+                                                                     {"city": "Oslo"})  # fmt: skip
+    sent = experts["mathematician"].requests[0]
+    assert sent.tool_choice == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent.tools[0]["function"]["parameters"] == tool["parameters"]
+
+    oa.responses.create(model="mathematician", tools=[tool], input=[
+        {"role": "user", "content": "weather in Oslo?"},
+        {"type": "function_call", "call_id": "call_7", "name": "get_weather",
+         "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call_output", "call_id": "call_7", "output": "sunny"},
+    ])  # fmt: skip
+    assert experts["mathematician"].requests[1].messages[1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_7"},
+    ]
+
+
+def test_responses_stream_events_as_openai_sends_them():
+    oa, *_ = clients()
+    events = list(oa.responses.create(model="jurist", input="a contract", stream=True))
+
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    for kind in ("response.output_item.added", "response.content_part.added",
+                 "response.output_text.delta", "response.output_text.done",
+                 "response.content_part.done", "response.output_item.done"):  # fmt: skip
+        assert kind in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "jurist says: a contract" == events[-1].response.output_text
+
+
+def test_responses_json_schema_becomes_the_chat_response_format():
+    oa, _, experts, _ = clients()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    oa.responses.create(model="jurist", input="x", text={"format": {
+        "type": "json_schema", "name": "thing", "schema": schema, "strict": True}})  # fmt: skip
+    assert experts["jurist"].requests[0].response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": schema, "strict": True},
+    }
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"tools": [{"type": "web_search"}]}, "tools"), ({"reasoning": {"effort": "low"}}, "reasoning"),
+    ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
+])  # fmt: skip
+def test_responses_refuse_state_and_what_they_do_not_serve(body, param):
+    *_, http = clients()
+    r = http.post("/v1/responses", json={"model": "auto", "input": "x"} | body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+# -- /v1/messages (Anthropic) ---------------------------------------------------------------------
+
+
+def test_messages_with_system_and_usage():
+    _, an, experts, _ = clients()
+    done = an.messages.create(model="auto", max_tokens=9, system="Be brief.",
+                              messages=[{"role": "user", "content": "solve the equation for x"}])  # fmt: skip
+
+    assert done.type == "message" and done.role == "assistant"
+    assert done.content[0].text == "mathematician says: solve the equation for x"
+    assert done.stop_reason == "end_turn" and done.usage.input_tokens == 11
+    sent = experts["mathematician"].requests[0]
+    assert sent.messages[0] == {"role": "system", "content": "Be brief."}
+    assert sent.max_tokens == 9
+
+
+def test_messages_tool_use_and_tool_result():
+    _, an, experts, _ = clients(jurist=FakeExpert("jurist", "", tool_calls=[CALL],
+                                                  finish_reason="tool_calls"))  # fmt: skip
+    tool = {"name": "get_weather", "input_schema": {"type": "object",
+                                                    "properties": {"city": {"type": "string"}}}}  # fmt: skip
+    done = an.messages.create(model="jurist", max_tokens=20, tools=[tool],
+                              tool_choice={"type": "tool", "name": "get_weather"},
+                              messages=[{"role": "user", "content": "weather?"}])  # fmt: skip
+    [use] = [b for b in done.content if b.type == "tool_use"]
+    assert (use.id, use.name, use.input) == ("call_7", "get_weather", {"city": "Oslo"})
+    assert done.stop_reason == "tool_use"
+    assert experts["jurist"].requests[0].tool_choice == {"type": "function",
+                                                         "function": {"name": "get_weather"}}  # fmt: skip
+
+    an.messages.create(model="jurist", max_tokens=20, tools=[tool], messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_7",
+                                           "name": "get_weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_7",
+                                      "content": "sunny"}]},
+    ])  # fmt: skip
+    assert experts["jurist"].requests[1].messages[1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_7"},
+    ]
+
+
+def test_messages_stream_with_the_anthropic_client():
+    _, an, *_ = clients()
+    with an.messages.stream(model="jurist", max_tokens=9,
+                            messages=[{"role": "user", "content": "a contract"}]) as stream:  # fmt: skip
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "jurist says: a contract" == final.content[0].text
+    assert final.stop_reason == "end_turn"
+
+    raw = list(an.messages.create(model="jurist", max_tokens=9, stream=True,
+                                  messages=[{"role": "user", "content": "x"}]))  # fmt: skip
+    assert raw[0].type == "message_start" and raw[-1].type == "message_stop"
+
+
+def test_messages_errors_come_in_anthropics_shape():
+    _, an, _, http = clients()
+    with pytest.raises(anthropic.BadRequestError) as err:
+        an.messages.create(model="auto", max_tokens=5, extra_body={"top_k": 3},
+                           messages=[{"role": "user", "content": "x"}])  # fmt: skip
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert "top_k" in err.value.body["error"]["message"]
+    r = http.post("/v1/messages", json={"model": "nope", "max_tokens": 5,
+                                        "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert r.status_code == 404 and r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_refusals_name_the_parameter_as_each_api_spells_it():
+    *_, http = clients()
+    r = http.post("/v1/responses", json={"model": "auto", "input": "x", "max_output_tokens": 10**6})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"
+    assert "'max_output_tokens'" in r.json()["error"]["message"]
+    r = http.post("/v1/messages", json={"model": "auto", "max_tokens": 5, "stop_sequences": list(
+        "abcde"), "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert r.status_code == 400 and "stop_sequences" in r.json()["error"]["message"]
