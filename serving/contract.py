@@ -223,5 +223,9 @@ def chat_schema(limits: RouterConfig) -> dict:
         {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {
             "enum": ["none", None]}}}}, "then": {"required": ["tools"], "properties": {
             "tools": {"type": "array", "minItems": 1}}}},
+        {"if": {"required": ["response_format"], "properties": {"response_format": {
+            "type": "object", "required": ["type"], "properties": {"type": {
+                "const": "json_schema"}}}}}, "then": {"properties": {"response_format": {
+            "required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}}}}},
     ]  # fmt: skip
     return schema

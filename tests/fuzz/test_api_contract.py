@@ -41,6 +41,15 @@ OPERATIONS = {
 }  # fmt: skip
 
 
+def unobservable(label: str, check: str, message: str) -> bool:
+    """A multipart file part is bytes whatever the generator meant: a `file` "mutated" to an
+    integer or an object reaches the server as the bytes of its text, a valid file. Only a
+    `negative_data_rejection` failure whose sole violation is `file`'s type is excused."""
+    violations = [line for line in message.splitlines() if "violates" in line]
+    return (label == "POST /v1/files" and check == "negative_data_rejection"
+            and len(violations) == 1 and "at /properties/file (was string" in violations[0])  # fmt: skip
+
+
 def inexpressible(check: str, status: int, body: bytes) -> bool:
     """A 400 for one of the two rules JSON Schema cannot state, excused from
     `positive_data_acceptance` only (the 400 is documented, so `status_code_conformance` still
@@ -99,6 +108,9 @@ def run_schemathesis(app, headers: dict | None) -> tuple[Counter, list[str], set
                 if check.failure_info is None:
                     continue
                 response = recorder.interactions[case_id].response
+                failure = check.failure_info.failure
+                if unobservable(recorder.label, check.name, failure.message):
+                    continue
                 if response is not None and inexpressible(
                     check.name, response.status_code, response.content
                 ):
