@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.routing import Match
 
 from experts.errors import (
     AuthenticationError,
@@ -42,8 +43,8 @@ from experts.errors import (
     RegistryError,
 )
 from experts.registry import AuthConfig
+from serving.contract import error_response_for
 from serving.limits import InMemoryLimiter, RedisLimiter, UsageLimiter
-from serving.protocol import error_response
 
 __all__ = ["ApiKey", "Authenticator", "InMemoryLimiter", "RedisLimiter", "UsageLimiter",
            "hash_key", "load_keys"]  # fmt: skip
@@ -100,7 +101,9 @@ class _KeyFile(BaseModel):
 
 def _from_file(path: Path, config: AuthConfig) -> list[ApiKey]:
     if not path.is_file():
-        raise RegistryError(f"API key file not found: {path} (auth.keys_file / QUORUM_API_KEYS_FILE)")
+        raise RegistryError(
+            f"API key file not found: {path} (auth.keys_file / QUORUM_API_KEYS_FILE)"
+        )
     try:
         data = yaml.safe_load(path.read_text())
         parsed = _KeyFile.model_validate(data)
@@ -256,12 +259,20 @@ class Authenticator:
 class AuthMiddleware:
     """ASGI middleware around the whole API, so endpoints added later are covered too."""
 
-    def __init__(self, app: Any, auth: Authenticator) -> None:
+    def __init__(self, app: Any, auth: Authenticator, router: Any = None) -> None:
         self.app = app
         self.auth = auth
+        self.router = router  # the app's router: requests no route takes are answered 404/405
+
+    def routed(self, scope: dict) -> bool:
+        """Whether a route takes this method on this path (else the app answers 404/405, with
+        `Allow`, whoever asks: the schema at /openapi.json is public anyway)."""
+        if self.router is None:
+            return True
+        return any(route.matches(scope)[0] is Match.FULL for route in self.router.routes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.routed(scope):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -270,7 +281,7 @@ class AuthMiddleware:
             key = self.auth.admit(scope.get("path", ""), headers)
         except QuorumError as exc:
             log.info("refused %s %s: %s", scope.get("method"), scope.get("path"), exc.code)
-            await error_response(exc)(scope, receive, send)  # the one OpenAI error body
+            await error_response_for(scope.get("path", ""), exc)(scope, receive, send)
             return
         if key is None:
             await self.app(scope, receive, send)
@@ -288,7 +299,7 @@ def install(api: Any, auth: Authenticator | None) -> None:
     """Put access control in front of `api` (a FastAPI app); nothing when auth is off."""
     if auth is None or not auth.enabled:
         return
-    api.add_middleware(AuthMiddleware, auth=auth)
+    api.add_middleware(AuthMiddleware, auth=auth, router=api.router)
     log.info("access control on: %d API key(s)", len(auth._by_digest))
 
 

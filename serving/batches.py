@@ -27,15 +27,17 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from experts.errors import InvalidRequestError, QuorumError
 from router import RoutingDecision
 from serving import protocol
 from serving.batch_store import BatchStore, NotFoundError
+from serving.ingress import read_body
 
 __all__ = ["BatchRunner", "BatchStore", "NotFoundError", "batch_routes", "install_batches"]
 
@@ -159,7 +161,9 @@ class BatchRunner:
 
     def _counts(self, batch: dict[str, Any], total: int) -> dict[str, int]:
         results = self.store.read_results(batch["id"])
-        ok = sum(1 for r in results.values() if r["response"] and r["response"]["status_code"] == 200)
+        ok = sum(
+            1 for r in results.values() if r["response"] and r["response"]["status_code"] == 200
+        )
         return {"total": total, "completed": ok, "failed": len(results) - ok}
 
     async def _execute(self, batch: dict[str, Any], lines: list[dict[str, Any]]) -> None:
@@ -178,13 +182,17 @@ class BatchRunner:
             self.store.append_result(batch["id"], record)
             key = "completed" if record["response"]["status_code"] == 200 else "failed"
             counts[key] += 1
-            self.store.save_batch(self.store.get_batch(batch["id"]) | {"request_counts": dict(counts)})
+            self.store.save_batch(
+                self.store.get_batch(batch["id"]) | {"request_counts": dict(counts)}
+            )
 
         for _expert, rows in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             await asyncio.gather(*(one(row) for row in rows))
         current = self.store.get_batch(batch["id"])
         if current["status"] == "in_progress":
-            self.store.save_batch(current | {"status": "finalizing", "finalizing_at": int(time.time())})
+            self.store.save_batch(
+                current | {"status": "finalizing", "finalizing_at": int(time.time())}
+            )
 
     async def _group_by_expert(
         self, rows: Iterable[dict[str, Any]]
@@ -218,7 +226,9 @@ class BatchRunner:
         check_limits(request, limits)
         return request
 
-    async def _answer(self, row: dict[str, Any], decision: RoutingDecision | None) -> dict[str, Any]:
+    async def _answer(
+        self, row: dict[str, Any], decision: RoutingDecision | None
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex[:24]}",
                                   "custom_id": row["custom_id"], "error": None}  # fmt: skip
         try:
@@ -244,10 +254,12 @@ class BatchRunner:
         update: dict[str, Any] = {"request_counts": self._counts(batch, len(lines))}
         if ok:
             update["output_file_id"] = self.store.create_file(
-                ("\n".join(ok) + "\n").encode(), f"{batch['id']}_output.jsonl", "batch_output")["id"]
+                ("\n".join(ok) + "\n").encode(), f"{batch['id']}_output.jsonl", "batch_output"
+            )["id"]
         if bad:
             update["error_file_id"] = self.store.create_file(
-                ("\n".join(bad) + "\n").encode(), f"{batch['id']}_error.jsonl", "batch_output")["id"]
+                ("\n".join(bad) + "\n").encode(), f"{batch['id']}_error.jsonl", "batch_output"
+            )["id"]
         if batch["status"] == "cancelling":
             update |= {"status": "cancelled", "cancelled_at": now}
         else:
@@ -269,29 +281,44 @@ class BatchRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+Page = Annotated[int, Query(ge=1, le=10_000)]  # a list's page size
+
+
 def _page(items: list[dict], limit: int, after: str | None) -> dict[str, Any]:
     if after is not None:
         ids = [i["id"] for i in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
+        items = items[ids.index(after) + 1 :] if after in ids else []
     page = items[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}  # fmt: skip
 
 
-def batch_routes(runner: BatchRunner) -> APIRouter:
+class BatchRequest(BaseModel):
+    """`POST /v1/batches`'s body (its schema is the one `/openapi.json` publishes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_file_id: str
+    endpoint: Literal["/v1/chat/completions"]
+    completion_window: Literal["24h"] = "24h"
+    metadata: dict[str, str] | None = None
+
+
+def batch_routes(runner: BatchRunner, max_body_bytes: int) -> APIRouter:
     """`/v1/files` and `/v1/batches` over `runner` (errors: QuorumError → the app's handler)."""
     api = APIRouter()
     store = runner.store
+    batch_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": BatchRequest.model_json_schema()}}}}  # fmt: skip
 
     @api.post("/v1/files")
-    async def upload(file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
-        if purpose not in ("batch", "batch_output"):
-            raise InvalidRequestError(f"purpose must be 'batch', got '{purpose}'", param="purpose")
+    async def upload(
+        file: UploadFile = File(...), purpose: Literal["batch", "batch_output"] = Form(...)
+    ) -> dict:
         content = await file.read()
         return store.create_file(content, file.filename or "upload.jsonl", purpose)
 
     @api.get("/v1/files")
-    async def files(limit: int = 100, after: str | None = None) -> dict:
+    async def files(limit: Page = 100, after: str | None = None) -> dict:
         return _page(store.list_files(), limit, after)
 
     @api.get("/v1/files/{file_id}")
@@ -306,18 +333,17 @@ def batch_routes(runner: BatchRunner) -> APIRouter:
     async def delete(file_id: str) -> dict:
         return store.delete_file(file_id)
 
-    @api.post("/v1/batches")
+    @api.post("/v1/batches", openapi_extra=batch_body)
     async def create(request: Request) -> dict:
+        data = protocol.json_object(await read_body(request, max_body_bytes))
         try:
-            body = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"the request body is not valid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise InvalidRequestError("the request body must be a JSON object")
-        return runner.create(body)
+            body = BatchRequest.model_validate(data)
+        except ValidationError as exc:
+            raise protocol.validation_error(exc) from None
+        return runner.create(body.model_dump())
 
     @api.get("/v1/batches")
-    async def batches(limit: int = 20, after: str | None = None) -> dict:
+    async def batches(limit: Page = 20, after: str | None = None) -> dict:
         runner.start()
         return _page(store.list_batches(), limit, after)
 
@@ -333,10 +359,13 @@ def batch_routes(runner: BatchRunner) -> APIRouter:
     return api
 
 
-def install_batches(app: FastAPI, service: Any, root: str | Path, concurrency: int = 8) -> BatchRunner:
+def install_batches(
+    app: FastAPI, service: Any, root: str | Path, concurrency: int = 8
+) -> BatchRunner:
     """Add the batch API to `app` (built by `serving.ingress.create_api`); unfinished batches
-    under `root` resume when the app starts."""
+    under `root` resume when the app starts. Bodies are limited to the registry's
+    `router.max_body_bytes`."""
     runner = BatchRunner(BatchStore(root), service, concurrency)
-    app.include_router(batch_routes(runner))
+    app.include_router(batch_routes(runner, service.registry.router.max_body_bytes))
     app.router.on_startup.append(runner.start)
     return runner

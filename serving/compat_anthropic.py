@@ -22,7 +22,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
+from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
+from serving.contract import anthropic_error, noop_only, request_body
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
 from serving.protocol import internal_error, named_sse
 
@@ -113,11 +115,20 @@ class MessagesRequest(BaseModel):
                 out.append({"role": role, "content": content})
                 continue
             texts, calls = [], []
-            for j, block in enumerate(content or []):
-                kind = block.get("type")
+            if not isinstance(content, list):
+                raise InvalidRequestError(f"'messages[{i}].content' must be text or a list of "
+                                          "content blocks", param="messages")  # fmt: skip
+            for j, block in enumerate(content):
+                where = f"messages[{i}].content[{j}]"
+                kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
-                    texts.append(block.get("text", ""))
+                    texts.append(_block_text(block, where))
                 elif kind == "tool_use" and role == "assistant":
+                    if not (
+                        isinstance(block.get("id"), str) and isinstance(block.get("name"), str)
+                    ):
+                        raise InvalidRequestError(f"'{where}' (tool_use) needs string 'id' and "
+                                                  "'name'", param="messages")  # fmt: skip
                     calls.append({"id": block["id"], "type": "function", "function": {
                         "name": block["name"], "arguments": json.dumps(block.get("input", {}))}})  # fmt: skip
                 elif kind == "tool_result" and role == "user":
@@ -143,16 +154,18 @@ def _text(content: Any, where: str) -> str:
     for block in content if isinstance(content, list) else [None]:
         if not isinstance(block, dict) or block.get("type") != "text":
             raise InvalidRequestError(f"'{where}' may hold only text blocks", param=where)
-        texts.append(block.get("text", ""))
+        texts.append(_block_text(block, where))
     return "".join(texts)
 
 
-def _error(exc: QuorumError) -> JSONResponse:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-            503: "overloaded_error"}.get(exc.status, "api_error")  # fmt: skip
-    body = {"type": "error", "error": {"type": kind, "message": exc.message}}
-    return JSONResponse(body, status_code=exc.status, headers=getattr(exc, "headers", None))
+def _block_text(block: dict[str, Any], where: str) -> str:
+    text = block.get("text", "")
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"'{where}.text' must be a string", param=where)
+    return text
+
+
+_error = anthropic_error  # Anthropic's error shape (serving.contract)
 
 
 def _blocks(text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,8 +183,53 @@ def _arguments(arguments: str) -> Any:
         return {"_raw": arguments}  # the model wrote something that is not JSON: keep it whole
 
 
+def published(limits: RouterConfig) -> dict[str, Any]:
+    """`openapi_extra` for this body: the content blocks and limits the translation enforces."""
+    text = {"type": "string", "maxLength": limits.max_message_chars}
+    text_block = {"type": "object", "required": ["type"], "properties": {
+        "type": {"const": "text"}, "text": text}}  # fmt: skip
+    texts = {"anyOf": [text, {"type": "array", "items": text_block}]}
+    tool_use = {"type": "object", "required": ["type", "id", "name"], "properties": {
+        "type": {"const": "tool_use"}, "id": {"type": "string"}, "name": {"type": "string"},
+        "input": {"type": "object"}}}  # fmt: skip
+    tool_result = {"type": "object", "required": ["type", "tool_use_id"], "properties": {
+        "type": {"const": "tool_result"}, "tool_use_id": {"type": "string", "minLength": 1},
+        "content": texts}}  # fmt: skip
+
+    def message(role: str, block: dict) -> dict:
+        blocks = {"type": "array", "minItems": 1, "items": {"anyOf": [text_block, block]}}
+        return {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"const": role}, "content": {"anyOf": [text, blocks]}}}  # fmt: skip
+
+    extra = request_body(MessagesRequest, noop_only(REFUSED) | {
+        "messages": {"type": "array", "minItems": 1, "maxItems": limits.max_messages - 1,
+                     "items": {"anyOf": [message("user", tool_result),
+                                         message("assistant", tool_use)]}},
+        "system": {"anyOf": [texts["anyOf"][0], texts["anyOf"][1], {"type": "null"}]},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": limits.max_tokens_cap},
+        "stop_sequences": {"anyOf": [
+            {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]},
+        "metadata": {"anyOf": [{"type": "object", "properties": {
+            "user_id": {"type": ["string", "null"]}}}, {"type": "null"}]},
+    })  # fmt: skip
+    schema = extra["requestBody"]["content"]["application/json"]["schema"]
+    tool = schema["properties"]["tools"]["anyOf"][0]["items"]["properties"]
+    tool["name"] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+    schema["allOf"] = [
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
+            "type": "object", "properties": {"type": {"not": {"const": "none"}}}}}},
+         "then": {"required": ["tools"], "properties": {"tools": {"type": "array",
+                                                                   "minItems": 1}}}},
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
+            "type": "object", "properties": {"type": {"const": "tool"}}}}},
+         "then": {"properties": {"tool_choice": {"required": ["name"],
+                                                 "properties": {"name": {"type": "string"}}}}}},
+    ]  # fmt: skip
+    return extra
+
+
 def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
-    @api.post("/v1/messages")
+    @api.post("/v1/messages", openapi_extra=published(service.registry.router))
     async def messages(request: Request) -> Response:
         try:
             data = await surface.body(request)

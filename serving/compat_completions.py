@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
+from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
+from serving.contract import chat_schema, noop_only, request_body
 from serving.pipeline import Pipeline, answered_by, routing_headers
 from serving.protocol import internal_error, sse, usage
 
@@ -95,8 +97,24 @@ def _body(rid, model, created, text, finish, logprobs, extension=None, use=None)
     return body
 
 
+def published(limits: RouterConfig) -> dict[str, Any]:
+    """`openapi_extra` for this body: the model's schema, with chat's rules for shared fields."""
+    chat = chat_schema(limits)
+    text = {"type": "string", "maxLength": limits.max_message_chars}
+    shared = {k: chat["properties"][k] for k in ("stream_options", "stop", "seed", "user",
+              "presence_penalty", "frequency_penalty", "logit_bias", "temperature", "top_p")}  # fmt: skip
+    extra = request_body(CompletionRequest, shared | noop_only(REFUSED) | {
+        "prompt": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": 1}]},
+        "max_tokens": {"anyOf": [{"type": "integer", "minimum": 1,
+                                  "maximum": limits.max_tokens_cap}, {"type": "null"}]},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+    })  # fmt: skip
+    extra["requestBody"]["content"]["application/json"]["schema"]["allOf"] = [chat["allOf"][1]]
+    return extra
+
+
 def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", openapi_extra=published(service.registry.router))
     async def completions(request: Request) -> Response:
         data = await surface.body(request)
         refuse(data, REFUSED)

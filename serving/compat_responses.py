@@ -24,7 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.errors import InvalidRequestError, QuorumError
+from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
+from serving.contract import chat_schema, noop_only, request_body
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
 from serving.protocol import internal_error, named_sse
 
@@ -141,7 +143,11 @@ def _text(content: Any, where: str) -> str:
             if kind not in ("input_text", "output_text", "text"):
                 raise InvalidRequestError(f"'{where}.content[{j}]' has type {kind!r}; only text "
                                           "parts are served", param="input")  # fmt: skip
-            parts.append(part.get("text") or "")
+            text = part.get("text") or ""
+            if not isinstance(text, str):
+                raise InvalidRequestError(f"'{where}.content[{j}].text' must be a string",
+                                          param="input")  # fmt: skip
+            parts.append(text)
         return "".join(parts)
     raise InvalidRequestError(f"'{where}.content' must be text or a list of text parts",
                               param="input")  # fmt: skip
@@ -217,8 +223,46 @@ def _response(rid: str, req: ResponsesRequest, model: str, created: int, status:
     return body
 
 
+def published(limits: RouterConfig) -> dict[str, Any]:
+    """`openapi_extra` for this body: the input items and limits the translation enforces."""
+    chat = chat_schema(limits)["properties"]
+    text = {"type": "string", "maxLength": limits.max_message_chars}
+    part = {"type": "object", "required": ["type"], "properties": {
+        "type": {"enum": ["input_text", "output_text", "text"]}, "text": text}}  # fmt: skip
+    content = {"anyOf": [text, {"type": "array", "items": part}]}
+    call_id = {"type": "string", "minLength": 1}
+    items = {"anyOf": [
+        {"type": "object", "required": ["role", "content"], "properties": {
+            "type": {"const": "message"}, "content": content,
+            "role": {"enum": ["system", "developer", "user", "assistant"]}}},
+        {"type": "object", "required": ["type", "call_id", "name", "arguments"], "properties": {
+            "type": {"const": "function_call"}, "call_id": call_id, "name": {"type": "string"},
+            "arguments": {"type": "string"}}},
+        {"type": "object", "required": ["type", "call_id", "output"], "properties": {
+            "type": {"const": "function_call_output"}, "call_id": call_id, "output": content}},
+    ]}  # fmt: skip
+    extra = request_body(ResponsesRequest, noop_only(REFUSED) | {
+        "input": {"anyOf": [text, {"type": "array", "items": items, "minItems": 1,
+                                   "maxItems": limits.max_messages - 1}]},
+        "instructions": {"anyOf": [text, {"type": "null"}]},
+        "max_output_tokens": {"anyOf": [{"type": "integer", "minimum": 1,
+                                         "maximum": limits.max_tokens_cap}, {"type": "null"}]},
+        "temperature": chat["temperature"], "top_p": chat["top_p"], "user": chat["user"],
+    })  # fmt: skip
+    schema = extra["requestBody"]["content"]["application/json"]["schema"]
+    tool = schema["properties"]["tools"]["anyOf"][0]["items"]["properties"]
+    tool["name"] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+    fmt = schema["properties"]["text"]["anyOf"][0]["properties"]["format"]["anyOf"][0]
+    fmt["properties"]["name"] = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 64},
+                                           {"type": "null"}]}  # fmt: skip
+    schema["allOf"] = [{"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
+        "not": {"enum": ["none", None]}}}}, "then": {"required": ["tools"], "properties": {
+        "tools": {"type": "array", "minItems": 1}}}}]  # fmt: skip
+    return extra
+
+
 def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
-    @api.post("/v1/responses")
+    @api.post("/v1/responses", openapi_extra=published(service.registry.router))
     async def responses(request: Request) -> Response:
         data = await surface.body(request)
         refuse(data, REFUSED)

@@ -14,16 +14,19 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from experts.errors import ExpertError, InvalidRequestError, QuorumError, RequestTooLargeError
 from experts.registry import RouterConfig
 from serving import compat_anthropic, compat_completions, compat_responses, protocol
 from serving.audit import AuditLog, AuditRecordNotFoundError
-from serving.auth import Authenticator
+from serving.auth import OPEN_PATHS, Authenticator
 from serving.auth import install as install_auth
 from serving.compat import Surface
+from serving.contract import chat_schema, error_response_for, install_contract
 from serving.pipeline import Pipeline
 from serving.protocol import error_response, internal_error
 
@@ -42,31 +45,9 @@ class SchedulerNotConfiguredError(QuorumError):
 
 
 def chat_request_openapi(limits: RouterConfig) -> dict:
-    """OpenAPI `requestBody` for a chat request: `ChatCompletionRequest`'s JSON schema, inlined."""
-    schema = protocol.ChatCompletionRequest.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node):
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    schema = inline(schema)
-    # The limits the handler enforces beyond the model, so generated valid bodies are valid.
-    props = schema["properties"]
-    props["messages"]["maxItems"] = limits.max_messages
-    for name in ("max_tokens", "max_completion_tokens"):
-        for option in props[name].get("anyOf", []):
-            if option.get("type") == "integer":
-                option["maximum"] = limits.max_tokens_cap
-    props["n"] |= {"maximum": 1}
+    """OpenAPI `requestBody` for a chat request (`chat_schema`)."""
     return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+                            "content": {"application/json": {"schema": chat_schema(limits)}}}}  # fmt: skip
 
 
 def check_limits(request: protocol.ChatCompletionRequest, limits: RouterConfig) -> None:
@@ -102,6 +83,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def allowed_methods(api: FastAPI, request: Request) -> list[str]:
+    """The methods of every route that matches `request`'s path (for a 405's `Allow`)."""
+    methods: set[str] = set()
+    for route in api.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
 def create_api(
     service: Pipeline,
     audit: AuditLog | None = None,
@@ -118,24 +108,38 @@ def create_api(
         title="Quorum", version="0.1.0", description="Skill-routed mixture of expert LLMs."
     )
     install_auth(api, auth)  # API keys, rate limits, token budgets (off without keys)
+    install_contract(api, OPEN_PATHS)  # /openapi.json documents every status and error body
 
     @api.exception_handler(QuorumError)
-    async def _quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
+    async def _quorum_error(request: Request, exc: QuorumError) -> JSONResponse:
         if not isinstance(exc, ExpertError):  # expert failures are reported by `finished`
             service.observer.rejected(exc)
-        return error_response(exc)
+        return error_response_for(request.url.path, exc)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         error = QuorumError(f"{request.method} {request.url.path}: {exc.detail}")
         error.status, error.type = exc.status_code, kind
-        return error_response(error)
+        error.headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only the first route's
+            error.headers["Allow"] = ", ".join(allowed_methods(api, request))
+        return error_response_for(request.url.path, error)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Parameters FastAPI validates (query, form fields): a 400 like every other, never a 422.
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        error = InvalidRequestError(f"'{param or 'request'}': {first.get('msg')}", param=param)
+        return error_response_for(request.url.path, error)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(internal_error(request.headers.get("x-request-id", "?")))
+        error = internal_error(request.headers.get("x-request-id", "?"))
+        return error_response_for(request.url.path, error)
 
     @api.get("/health")
     async def health() -> dict:

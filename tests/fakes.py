@@ -133,8 +133,7 @@ class FakeExpert(ExpertClient):
 
     def chunks(self, request: ExpertRequest) -> list[str]:
         """The texts of the answer's deltas for `request` (before the optional empty last one)."""
-        # A message may have no content (an assistant turn with tool_calls only): "" then.
-        fields = {"name": self.name, "question": request.messages[-1].get("content") or ""}
+        fields = {"name": self.name, "question": request.messages[-1]["content"] or ""}
         if not isinstance(self.text, str):
             return [t.format(**fields) if self.template else t for t in self.text]
         text = self.text.format(**fields) if self.template else self.text
