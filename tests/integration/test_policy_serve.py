@@ -69,9 +69,9 @@ def test_feedback_refit_publish_and_the_service_switches_policy(tmp_path, redis_
     reg = tmp_path / "registry.yaml"
     reg.write_text(registry(base_url))
     # Outcomes: `cheap` answers law right and math wrong; `dear` the opposite.
-    lines = [{"id": f"law{i}", "category": "law", "prompt": p, "answer": "",
+    lines = [{"id": f"law{i}", "category": "law", "prompt": p,
               "outcomes": {"cheap": 1, "dear": 0}} for i, p in enumerate(LAW)]  # fmt: skip
-    lines += [{"id": f"math{i}", "category": "math", "prompt": p, "answer": "",
+    lines += [{"id": f"math{i}", "category": "math", "prompt": p,
                "outcomes": {"cheap": 0, "dear": 1}} for i, p in enumerate(MATH)]  # fmt: skip
     outcomes = tmp_path / "outcomes.jsonl"
     outcomes.write_text("".join(json.dumps(r) + "\n" for r in lines))
