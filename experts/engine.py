@@ -217,8 +217,9 @@ class VLLMEngine:
         Closing or cancelling the iteration aborts the request in vLLM.
         """
         request = ExpertRequest(request_id, messages, max_tokens, temperature, top_p, stop, seed)
-        async for delta in self.stream_request(request):
-            yield delta
+        async with contextlib.aclosing(self.stream_request(request)) as inner:  # close = abort now
+            async for delta in inner:
+                yield delta
 
     async def stream_request(self, request: ExpertRequest) -> AsyncIterator[Delta]:
         """An `ExpertRequest` answered as deltas, every OpenAI parameter it carries honoured
