@@ -86,7 +86,10 @@ def test_errors_are_openai_shaped_and_service_keeps_serving(client, quorum_defau
         client.chat.completions.create(
             model="smollm2-135m", messages=[{"role": "user", "content": too_long}]
         )
-    assert info.value.code == "context_length_exceeded"
+    # Eligibility counts the prompt in the expert's own tokens before dispatch (issue 14): the
+    # named expert cannot serve it, and the 400 says how long it is and what the context holds.
+    assert info.value.code == "no_eligible_expert"
+    assert "of its tokens" in info.value.message and "context holds" in info.value.message
     ok = client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
