@@ -99,11 +99,11 @@ class Pipeline:
         if refusal is not None:
             raise refusal
         route_ms = (time.perf_counter() - started) * 1000
-        if self.readiness is not None:  # a loading expert: wait, within a bound, then 503
-            aggregator = (decision.recruitment or {}).get("aggregator")
-            await self.readiness.wait_for(
-                [*decision.experts, *([aggregator] if aggregator else [])]
-            )
+        # A named expert that is loading: wait, within a bound, then 503. Routed requests go on:
+        # dispatch's fallback and breakers move them to a live expert (a lost node's expert is
+        # "failed" here, and a 503 would fail requests another expert can answer).
+        if self.readiness is not None and decision.recruitment is None:
+            await self.readiness.wait_for(decision.experts)
         self.observer.routed(request_id, decision, route_ms / 1000)
         expert_request = self.expert_request(request, request_id)
         if len(decision.experts) > 1:
