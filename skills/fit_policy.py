@@ -32,7 +32,7 @@ from experts.paths import quorum_home
 from experts.registry import Registry, load_registry
 from router.artifact import artifact_bytes, write_artifact
 from router.classify import Encoder, encode_cached
-from router.policies import POLICIES, make_policy
+from router.policies import POLICIES, cross_fitted_quality, make_policy
 from skills.feedback import feedback_records, feedback_rows
 from skills.outcomes import OutcomesError, load_outcomes
 from skills.policy_store import publish_policy
@@ -40,7 +40,7 @@ from skills.routing_eval import _encoder
 from skills.store import StateStore
 from skills.validation import load_validation_set
 
-__all__ = ["TrainingRows", "cross_fitted_quality", "fit_and_save", "main", "rows_from_outcomes",
+__all__ = ["TrainingRows", "fit_and_save", "main", "rows_from_outcomes",
            "rows_from_profile"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -97,22 +97,6 @@ def rows_from_profile(rows: TrainingRows, profile_dir: Path, data_path: Path) ->
 def rows_from_outcomes(rows: TrainingRows, path: Path) -> None:
     for q in load_outcomes(path):
         rows.add(q.prompt, q.category, dict(q.outcomes), "outcomes")
-
-
-def cross_fitted_quality(
-    kind: str, embeddings: np.ndarray, outcomes: np.ndarray, categories: Sequence[str],
-    folds: int = 5, seed: int = 0,
-) -> np.ndarray:  # fmt: skip
-    """Each row's quality predicted by a policy fitted without its fold: honest calibration data
-    (in-sample predictions are over-confident)."""
-    order = np.random.default_rng(seed).permutation(len(outcomes))
-    quality = np.zeros(outcomes.shape)
-    cats = np.asarray(categories)
-    for part in np.array_split(order, folds):
-        rest = np.setdiff1d(order, part)
-        policy = make_policy(kind).fit(embeddings[rest], outcomes[rest], list(cats[rest]))
-        quality[part] = policy.predict_quality(embeddings[part])
-    return quality
 
 
 def fit_and_save(

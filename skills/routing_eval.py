@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from router.classify import Encoder
-from router.policies import POLICIES, make_policy
+from router.policies import POLICIES, cross_fitted_quality, make_policy
 from router.recruit import LAMBDA_GRID, calibrate_quality, recruit
 from skills._routing_categories import category_table, per_category_report
 from skills._routing_report import first_above, mix_curve, summarise, sweep, write_plot
@@ -90,26 +90,6 @@ def split_by_hash(
         bucket = int.from_bytes(hashlib.sha256(q.id.encode()).digest()[:8], "big") / 2.0**64
         (train if bucket < train_fraction else test).append(q)
     return train, test
-
-
-def _out_of_fold(
-    name: str,
-    params: Mapping[str, object],
-    emb: np.ndarray,
-    table: OutcomeTable,
-    folds: int,
-    seed: int,
-) -> np.ndarray:
-    """Cross-fitted quality on the training part: each fold predicted by a policy fitted without it."""
-    order = np.random.default_rng(seed).permutation(len(table))
-    quality = np.zeros(table.correct.shape)
-    for part in np.array_split(order, folds):
-        rest = np.setdiff1d(order, part)
-        policy = make_policy(name, **params).fit(
-            emb[rest], table.correct[rest], list(table.categories[rest])
-        )
-        quality[part] = policy.predict_quality(emb[part])
-    return quality
 
 
 def _category_quality(train: OutcomeTable, test: OutcomeTable, strength: float = 5.0) -> np.ndarray:
@@ -252,7 +232,9 @@ def evaluate_routing(
             "params": dict(params),
             **summarise(sweep(quality, te, cost, 1, lambdas), ref, weak),
         }
-        oof = _out_of_fold(name, params, emb_tr, tr, folds, seed)
+        oof = cross_fitted_quality(
+            name, emb_tr, tr.correct, tr.categories, folds, seed, dict(params)
+        )
         points[name] = {"max_quality": (0.0, recruit(quality, cost, 0.0)[:, 0])}
         entry["calibrated"] = []
         for target in CALIBRATION_TARGETS:
