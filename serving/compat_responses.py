@@ -266,7 +266,8 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
     async def responses(request: Request) -> Response:
         data = await surface.body(request)
         refuse(data, REFUSED)
-        for i, tool in enumerate(data.get("tools") or []):
+        tools = data.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
             if isinstance(tool, dict) and tool.get("type") != "function":
                 raise InvalidRequestError(f"'tools[{i}]' has type {tool.get('type')!r}; only "
                                           "function tools are served", param="tools")  # fmt: skip

@@ -144,6 +144,7 @@ def test_responses_json_schema_becomes_the_chat_response_format():
     ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"tools": [{"type": "web_search"}]}, "tools"), ({"reasoning": {"effort": "low"}}, "reasoning"),
     ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
+    ({"tools": True}, "tools"), ({"tools": [None]}, "tools"),
 ])  # fmt: skip
 def test_responses_refuse_state_and_what_they_do_not_serve(body, param):
     *_, http = clients()
