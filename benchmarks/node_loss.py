@@ -267,7 +267,8 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.25, help="requests/s (default 0.25)")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="most requests in flight; high enough that requests stuck on the lost node do not hold back new arrivals")
     parser.add_argument("--kill-at", type=float, default=30.0, help="s into the load")
     parser.add_argument("--down", type=float, default=60.0, help="s the node stays lost")
     args = parser.parse_args(argv)
