@@ -10,15 +10,9 @@ an admin key and with none) and writes the generated-case counts and the failure
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 from benchmarks._results import machine_description, write_section
+from benchmarks._schemathesis_run import run_schemathesis_test
 
 FIXED = """Failures schemathesis found while this contract was built, and what changed:
 
@@ -54,39 +48,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=25, help="fuzzing examples per operation")
     args = parser.parse_args(argv)
-    report = Path(tempfile.mkdtemp(prefix="quorum-contract-")) / "contract.json"
-    env = os.environ | {"QUORUM_CONTRACT_REPORT": str(report),
-                        "QUORUM_CONTRACT_EXAMPLES": str(args.examples)}  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/fuzz/test_api_contract.py"], env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    elapsed = time.perf_counter() - started
-    print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
-    data = json.loads(report.read_text())
+    run = run_schemathesis_test("tests/fuzz/test_api_contract.py", "CONTRACT", args.examples)
+    data, elapsed = run.report, run.elapsed_s
     rows = "\n".join(
         f"| {key} | {r['cases'].get('coverage', 0)} | {r['cases'].get('fuzzing', 0)} | "
         f"{r['failures']} |" for key, r in sorted(data.items())
     )  # fmt: skip
     total = sum(sum(r["cases"].values()) for r in data.values())
     body = (
-        f"Schemathesis {_version()}, `--checks all` equivalent (every built-in check), coverage "
+        f"Schemathesis {run.version}, `--checks all` equivalent (every built-in check), coverage "
         f"and fuzzing phases, every operation of /openapi.json, against the real app in process "
         f"(`create_api` + batches + feedback + compat surfaces, scripted experts, access control "
         f"on): **{total} generated cases** in {elapsed:.0f} s; pytest exit status "
-        f"{proc.returncode}.\n\n| key | coverage cases | fuzzing cases | failures |\n"
+        f"{run.returncode}.\n\n| key | coverage cases | fuzzing cases | failures |\n"
         f"|---|---|---|---|\n{rows}\n\n{FIXED}"
     )
     write_section("contract", "HTTP API contract (OpenAPI schema, schemathesis all checks)",
                   f"python -m benchmarks.contract --examples {args.examples}",
                   machine_description(), body)  # fmt: skip
-    return proc.returncode
-
-
-def _version() -> str:
-    import schemathesis
-
-    return schemathesis.__version__
+    return run.returncode
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ class Result:
         return statistics.median(self.latencies) if self.latencies else float("nan")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_message(reader: asyncio.StreamReader) -> tuple[str, bytes]:
+    """One HTTP/1.1 message from `reader`: its start line and its body (by Content-Length or
+    chunked). Both ends of the benchmark's raw HTTP (this client, benchmarks/stub_openai.py)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length, chunked = None, False
+    length, chunked = 0, False
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
@@ -51,16 +52,20 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             length = int(value)
         elif name == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
-    if chunked:
-        body = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            data = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += data[:-2]
-        return status, bytes(body)
-    return status, await reader.readexactly(length or 0)
+    if not chunked:
+        return lines[0], await reader.readexactly(length) if length else b""
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        data = await reader.readexactly(size + 2)  # the chunk and its CRLF
+        if size == 0:
+            return lines[0], bytes(body)
+        body += data[:-2]
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    start, body = await read_message(reader)
+    return int(start.split(" ", 2)[1]), body
 
 
 def _request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:

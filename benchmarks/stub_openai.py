@@ -14,6 +14,8 @@ import asyncio
 import json
 import sys
 
+from benchmarks.http_load import read_message
+
 WORDS = ["stub"] * 16
 TEXT = " ".join(WORDS)
 USAGE = {"prompt_tokens": 0, "completion_tokens": len(WORDS), "total_tokens": len(WORDS)}
@@ -78,29 +80,8 @@ def answer(method: str, path: str, body: bytes) -> bytes:
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = lines[0].split(" ", 2)
-            length = 0
-            chunked = False
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "transfer-encoding" and "chunked" in value.lower():
-                    chunked = True
-            if chunked:
-                body = bytearray()
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                    data = await reader.readexactly(size + 2)  # the chunk and its CRLF
-                    if size == 0:
-                        break
-                    body += data[:-2]
-                body = bytes(body)
-            else:
-                body = await reader.readexactly(length) if length else b""
+            start, body = await read_message(reader)
+            method, path, _ = start.split(" ", 2)
             writer.write(answer(method, path, body))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, ValueError):

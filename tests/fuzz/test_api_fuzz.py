@@ -1,6 +1,7 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis + hypothesis).
 
-The app is the real FastAPI app in process: real router logic (keyword encoder), scripted experts,
+The app is the contract tests' app (tests/fuzz/contract_app.py): the real FastAPI app in process
+with the batch, feedback and compat routes, real router logic (keyword encoder), scripted experts,
 access control on. Schemathesis generates requests for every operation in /openapi.json (valid
 and invalid bodies, both); the property is that none gets a 5xx and the service still answers
 afterwards. The number of generated cases is counted; with `QUORUM_FUZZ_REPORT=<file>` it is
@@ -22,47 +23,17 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from experts.registry import parse_registry  # noqa: E402
-from router import Router  # noqa: E402
-from router.classify import CentroidHead, EmbeddingSkillClassifier  # noqa: E402
-from serving.auth import ApiKey, Authenticator, hash_key  # noqa: E402
-from serving.ingress import create_api  # noqa: E402
-from serving.pipeline import Pipeline  # noqa: E402
-from skills.store import InMemoryStateStore  # noqa: E402
-from tests.conftest import KeywordEncoder  # noqa: E402
-from tests.fakes import FakeExpert  # noqa: E402
+from tests.fuzz.contract_app import ADMIN_KEY as KEY  # noqa: E402
+from tests.fuzz.contract_app import build_app  # noqa: E402
 
-KEY = "sk-fuzz-0123456789abcdef"
 EXAMPLES = int(os.environ.get("QUORUM_FUZZ_EXAMPLES", "100"))  # per operation and mode
 MODELS = ["auto", "mathematician", "jurist"]
 COUNTS: Counter[str] = Counter()
 
 
-def build_app():
-    registry = parse_registry({
-        "skills": ["law", "math"],
-        "router": {"max_body_bytes": 20_000, "max_messages": 16, "max_message_chars": 2000},
-        "experts": [{"name": "mathematician", "model": "m1", "skills": {"math": 0.9}},
-                    {"name": "jurist", "model": "m2", "skills": {"law": 0.9}}],
-    })  # fmt: skip
-    encoder = KeywordEncoder()
-    head = CentroidHead(["law", "math"], encoder.encode(["court judge", "solve equation"]), 0.05)
-    router = Router(EmbeddingSkillClassifier(encoder, head), registry, InMemoryStateStore())
-
-    async def route(text, model):
-        return router.route(text, model)
-
-    # Each answers '<name>: ' and the question's first 20 characters, then an empty "stop" delta.
-    echo = {n: FakeExpert(n, ["{name}: ", "{question:.20}"], template=True, prompt_tokens=5,
-                          completion_tokens=2) for n in ("mathematician", "jurist")}  # fmt: skip
-    service = Pipeline(registry, route, echo)
-    auth = Authenticator([ApiKey("fuzz", hash_key(KEY), admin=True)])
-    return create_api(service, auth=auth)
-
-
 @pytest.fixture(scope="module")
-def api():
-    app = build_app()
+def api(tmp_path_factory):
+    app = build_app(tmp_path_factory.mktemp("batches"))
     yield app
     report = os.environ.get("QUORUM_FUZZ_REPORT")
     if report:
