@@ -11,8 +11,8 @@ beat the token-alone vectors by 2.8 points of 5-fold CV accuracy inside the trai
 (0.752 vs 0.724, logreg C=10; recipe `idf-v1` was token-alone only). A text's vector is the
 sum of its tokens' rows, L2-normalised: a tokenizer call and a gather, no transformer.
 
-The table is built once from the packaged MiniLM (`distill()`, a MiniLM pass over the ~4,800
-training prompts plus one over the vocabulary: about 2.5 minutes on 2 cores) and
+The table is built once from the packaged MiniLM (`distill()`, a MiniLM pass over the 4,918
+training prompts plus one over the vocabulary: 375 s measured on 2 shared cores) and
 cached under `$QUORUM_HOME/encoders/`; `quorum serve` builds it before Ray starts. Its `name`
 names the recipe, so embeddings cached, heads trained and routing policies fitted on it are
 never mixed up with MiniLM's.
