@@ -26,13 +26,14 @@ Aggregation = Literal["synthesis", "vote", "confidence"]
 class ClassifierConfig(Strict):
     kind: str = Field("logreg", description="Head kind: one of router.classify.HEADS.")
     encoder: str = Field(
-        "minilm",
+        "static",
         pattern=r"^(static|minilm(:[0-9]+)?)$",
-        description="Text → vector: `minilm` / `minilm:<max tokens>` (all-MiniLM-L6-v2, the "
-        "default: skill accuracy 0.789 on MMLU-Pro's held-out fifth, 13-80 ms a query on a CPU "
-        "core) or `static` (MiniLM distilled into a token table, ~0.1-1.4 ms a query, accuracy "
-        "0.755: router/static_encoder.py). The head and any fitted routing policy must be trained "
-        "on the same encoder; `builtin` heads exist for both.",
+        description="Text → vector: `static` (the default: MiniLM distilled into a token table, "
+        "~0.1-1.4 ms a query on a CPU core, skill accuracy 0.776 on MMLU-Pro's held-out fifth: "
+        "router/static_encoder.py; `quorum serve` builds the table once) or `minilm` / "
+        "`minilm:<max tokens>` (all-MiniLM-L6-v2: accuracy 0.789, 21-106 ms a query). The head "
+        "and any fitted routing policy must be trained on the same encoder; `builtin` heads "
+        "exist for both.",
     )
     artifact: str = Field(
         "builtin",

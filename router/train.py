@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="output file (one kind) or folder (all); default router/data/"
     )
     parser.add_argument("--encoder", default="minilm",
-                        help="minilm (the registry's default), minilm:<max tokens> or static")  # fmt: skip
+                        help="minilm, minilm:<max tokens> or static (the registry's default)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

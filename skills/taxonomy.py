@@ -1,7 +1,7 @@
 """Fit the skill taxonomy and the classifier head from the categories of an outcomes file.
 
     quorum train-classifier --outcomes FILE --out head.json [--kind logreg|centroid]
-                            [--registry IN.yaml --registry-out OUT.yaml] [--encoder minilm|hash]
+                            [--registry IN.yaml --registry-out OUT.yaml] [--encoder static|minilm|hash]
 
 The head's skills are the data's categories, sorted (rows without one are `default`,
 skills/outcome_format.py). The service refuses a classifier whose skills differ from the
@@ -12,8 +12,9 @@ priors replaced by its measured mean score per category when the expert's `name`
 a model in the outcomes (other experts keep only their `default_competence`).
 
 The head is trained on four rows in five (split by a hash of the id, router/train.py); the fifth
-measures the held-out accuracy stored in the head's `meta`. The service embeds with MiniLM, so a
-head fitted with `--encoder hash` (no model; tests) is not for serving.
+measures the held-out accuracy stored in the head's `meta`. The registry lines name the encoder
+the head was fitted with (`router.classifier.encoder`; the service refuses a head fitted on
+another), so a head fitted with `--encoder hash` (no model; tests) is not for serving.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", default="logreg", help=f"head kind: {', '.join(HEADS)}")
     parser.add_argument("--registry", type=Path, help="registry YAML to adapt to the taxonomy")
     parser.add_argument("--registry-out", type=Path, help="where to write the adapted registry")
-    parser.add_argument("--encoder", default="minilm", help="minilm (default; what serving uses) "
-                        "or hash (no model; tests only)")  # fmt: skip
+    parser.add_argument("--encoder", default="static", help="static (default; the registry's "
+                        "default), minilm[:<max tokens>] or hash (no model; tests only)")  # fmt: skip
     parser.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
     return parser.parse_args(argv)
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(head.to_json(**metrics, data=str(args.outcomes)))
         config = {"kind": head.kind, "artifact": str(args.out.resolve())}
+        if args.encoder != "hash":
+            config["encoder"] = args.encoder
         competence = measured_competence(questions)
         if registry is not None:
             doc = registry_with_taxonomy(registry, head.skills, config, competence)

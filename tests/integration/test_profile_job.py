@@ -49,22 +49,25 @@ def _registry_with_a_head(tmp_path: Path):
     from router.classify import load_head
 
     registry = load_registry(None)
+    config = registry.router.classifier
     try:
-        load_head("builtin", registry.router.classifier.kind)
+        load_head("builtin", config.kind, config.encoder)
         return registry
     except FileNotFoundError:
         pass
-    from router.classify import MiniLMEncoder
+    from router.encoders import make_encoder
     from router.train import read_rows, train_head
 
     per_category: dict[str, list[dict]] = {}
     for row in read_rows():
         per_category.setdefault(row["category"], []).append(row)
     rows = [r for group in per_category.values() for r in group[:20]]
-    head, _ = train_head("logreg", rows, MiniLMEncoder(), skills=registry.skills)
-    (tmp_path / "head.json").write_text(head.to_json())
+    encoder = make_encoder(config.encoder)
+    head, metrics = train_head("logreg", rows, encoder, skills=registry.skills)
+    (tmp_path / "head.json").write_text(head.to_json(**metrics))
     data = registry.model_dump(mode="json")
-    data["router"]["classifier"] = {"kind": "logreg", "artifact": str(tmp_path / "head.json")}
+    data["router"]["classifier"] = {"kind": "logreg", "artifact": str(tmp_path / "head.json"),
+                                    "encoder": config.encoder}  # fmt: skip
     return parse_registry(data)
 
 

@@ -53,8 +53,9 @@ def test_idf_weighs_rare_tokens_more():
 
 def test_registry_encoder_names_and_builtin_heads():
     registry = parse_registry({"experts": [{"name": "a", "model": "m"}]})
-    # MiniLM stays the default: the static encoder is 3.4 points less accurate (0.7553 vs 0.7887).
-    assert registry.router.classifier.encoder == "minilm"
+    # The static encoder is the default: held-out accuracy 0.7764 (issue 15's bar: 0.774; MiniLM@256:
+    # 0.7887) at ~1/70 of MiniLM's time per query.
+    assert registry.router.classifier.encoder == "static"
     assert encoder_name("minilm") == "all-MiniLM-L6-v2@256" == encoder_name("minilm:256")
     assert encoder_name("static") == StaticEncoder.name
     for spec in ("minilm", "minilm:64", "static"):
@@ -68,6 +69,7 @@ def test_registry_encoder_names_and_builtin_heads():
     static, minilm = load_head("builtin", "logreg", "static"), load_head("builtin", "logreg")
     assert static.meta["encoder"] == StaticEncoder.name
     assert minilm.meta["encoder"] == "all-MiniLM-L6-v2@256"
-    assert static.meta["held_out_accuracy"] >= 0.75  # measured 0.7553 (MiniLM@256: 0.7887)
+    assert static.meta["encoder"] == "static-MiniLM-L6-v2/ctx-idf-v2"
+    assert static.meta["held_out_accuracy"] >= 0.774  # measured 0.7764 (MiniLM@256: 0.7887)
     with pytest.raises(ValueError):
         load_head("builtin", "logreg", "minilm:64")
