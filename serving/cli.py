@@ -2,7 +2,8 @@
 
 quorum serve [--registry FILE] [--host H] [--port P]   run the service (Ray Serve)
 quorum route [--registry FILE] [--model M] [--json] TEXT   print the routing decision only
-quorum models prepare [NAME ...] [--force]             materialise the built-in tiny models
+quorum models prepare [NAME ...] [--force]             materialise the built-in tiny models (and,
+                                                         without NAME, the static encoder's table)
 quorum models list                                     show the built-in models and their folders
 quorum eval-routing ...                                routing quality on outcome data
 quorum fit-policy ...                                  fit the routing policy the service serves
@@ -140,6 +141,10 @@ def _models(args: argparse.Namespace) -> int:
     if args.models_command == "prepare":
         for name, path in prepare_builtin_models(args.names or None, force=args.force).items():
             print(f"{name}: {path}")
+        if not args.names:  # everything the default registry needs offline: the router's table too
+            from router.static_encoder import ensure_table
+
+            print(f"static encoder table: {ensure_table()}")
         return 0
     for name in BUILTIN_MODELS:
         path = builtin_model_dir(name)
@@ -179,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_p = sub.add_parser("models", help="built-in tiny models")
     models_sub = models_p.add_subparsers(dest="models_command", required=True)
-    prep = models_sub.add_parser("prepare", help="convert the bundled GGUF models to HF folders")
+    prep = models_sub.add_parser(
+        "prepare",
+        help="convert the bundled GGUF models to HF folders; "
+        "without names, build the static encoder table too",
+    )
     prep.add_argument("names", nargs="*")
     prep.add_argument("--force", action="store_true")
     models_sub.add_parser("list")
