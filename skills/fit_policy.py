@@ -36,7 +36,7 @@ from router.policies import POLICIES, cross_fitted_quality, make_policy
 from skills.feedback import feedback_records, feedback_rows
 from skills.outcomes import OutcomesError, load_outcomes
 from skills.policy_store import publish_policy
-from skills.routing_eval import _encoder
+from skills.routing_eval import cli_encoder
 from skills.store import StateStore
 from skills.validation import load_validation_set
 
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
         rows_from_profile(rows, args.profile_dir, args.data)
     for path in args.outcomes:
         rows_from_outcomes(rows, path)
-    encoder = _encoder(args.encoder or registry.router.classifier.encoder)
+    encoder = cli_encoder(args.encoder or registry.router.classifier.encoder)
     store = _store(args.redis_url) if (args.feedback or args.publish) else None
     feedback = None
     if args.feedback:

@@ -47,7 +47,7 @@ from skills.outcomes import (
     models_in,
 )
 
-__all__ = ["HashingEncoder", "evaluate_routing", "main", "split_by_hash", "write_plot"]
+__all__ = ["HashingEncoder", "cli_encoder", "evaluate_routing", "main", "split_by_hash", "write_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -282,21 +282,18 @@ def _vote_skip_reason(te: OutcomeTable) -> str | None:
     return None
 
 
-def _encoder(name: str) -> Encoder:
+def cli_encoder(name: str) -> Encoder:
+    """The encoder a command-line tool was asked for: the registry's names
+    (`router.encoders.make_encoder`: static, minilm, minilm:<max tokens>) or `hash` (no model;
+    tests only)."""
     if name == "hash":
         return HashingEncoder()
-    if name == "static":
-        from router.static_encoder import StaticEncoder
+    from router.encoders import make_encoder
 
-        return StaticEncoder()
-    if name.startswith("minilm"):
-        from router.classify import MiniLMEncoder
-
-        _, _, length = name.partition(":")
-        return MiniLMEncoder(max_seq_length=int(length) if length else 256)
-    raise OutcomesError(
-        f"unknown encoder '{name}'; choose 'static', 'minilm', 'minilm:<max tokens>' or 'hash'"
-    )
+    try:
+        return make_encoder(name)
+    except ValueError as exc:
+        raise OutcomesError(f"{exc} (or hash)") from None
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -352,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             test,
             models,
             pool,
-            _encoder(args.encoder),
+            cli_encoder(args.encoder),
             policies={n: {} for n in names},
             ks=ks,
             folds=args.folds,

@@ -101,7 +101,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
-    from skills.routing_eval import _encoder
+    from skills.routing_eval import cli_encoder
 
     try:
         args = _parse_args(argv)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         questions = load_outcomes(args.outcomes)
         with tempfile.TemporaryDirectory(prefix="quorum-emb-") as scratch:
             cache = scratch if args.no_cache else None
-            head, metrics = fit_taxonomy(questions, _encoder(args.encoder), args.kind, cache)
+            head, metrics = fit_taxonomy(questions, cli_encoder(args.encoder), args.kind, cache)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(head.to_json(**metrics, data=str(args.outcomes)))
         config = {"kind": head.kind, "artifact": str(args.out.resolve())}
