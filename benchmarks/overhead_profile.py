@@ -109,12 +109,13 @@ def profile_quorum(
     group: list, prompts: dict[str, str], seconds: float, pids: dict[str, int] | None = None
 ) -> str:
     """The breakdown table (markdown) for Quorum's cells; `group` = [auto, named] targets;
-    `pids`: the processes to sample (default: Quorum's ingress replica and the Serve proxy)."""
+    `pids`: the processes to sample (default: Quorum's ingress replica, and whichever of Serve's
+    Python proxy and HAProxy is running; HAProxy is not Python, so it gets CPU time only)."""
     spy = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
-    pids = pids or {
-        "ingress": find_pid(r"ServeReplica:\w+:QuorumIngress"),
-        "proxy": find_pid(r"ProxyActor"),
-    }
+    if pids is None:
+        found = {"ingress": find_pid(r"ServeReplica:\w+:QuorumIngress"),
+                 "proxy": find_pid(r"ProxyActor"), "haproxy": find_pid(r"(^|/)haproxy -")}  # fmt: skip
+        pids = {name: pid for name, pid in found.items() if pid or name == "ingress"}
     if not all(pids.values()) or not Path(spy).exists():
         return f"(profile skipped: py-spy at {spy}, processes {pids})"
     stages = [name for name, _ in STAGES] + ["other"]

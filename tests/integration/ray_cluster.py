@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.serve_options import SERVE_ENV
 from tests.integration.conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {"RAY_AUTH_MODE": "disabled"}
+# Serve's process options, as infra/serve.yaml says to start a cluster (serving/serve_options.py).
+ENV = {"RAY_AUTH_MODE": "disabled"} | SERVE_ENV
 SERVE = str(Path(sys.executable).with_name("serve"))
 
 
