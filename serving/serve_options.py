@@ -33,10 +33,13 @@ clients on the 2-core machine, where issue 15's run with Serve's defaults had 13
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from typing import Any
 
 __all__ = [
+    "HAPROXY_PORTS",
     "INGRESS_ENV",
     "INGRESS_LOGGING",
     "INGRESS_MAX_ONGOING_REQUESTS",
@@ -45,6 +48,10 @@ __all__ = [
     "ingress_options",
 ]
 
+log = logging.getLogger("quorum")
+
+# HAProxy's own ports (Ray's defaults), moved by `apply_serve_env` when taken.
+HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 INGRESS_LOGGING: dict[str, Any] = {"enable_access_log": False}
 SERVE_ENV: dict[str, str] = {
@@ -72,6 +79,31 @@ def ingress_options(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 def apply_serve_env() -> None:
     """Put `SERVE_ENV` into this process's environment before `ray.init`, keeping values the user
-    set: Ray's processes (proxy, replicas) started by this driver inherit it."""
+    set: Ray's processes (proxy, replicas) started by this driver inherit it.
+
+    HAProxy also binds two ports of its own on every interface, its Prometheus endpoint (9101)
+    and its stats page (8404), whatever the API port; a second Serve on the same machine (a test
+    beside a running service) would fail to start on them. A default that is taken is replaced
+    by a free port, with a warning naming it; ports the user set are kept."""
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return
+    for key, default in HAPROXY_PORTS.items():
+        if key not in os.environ:
+            port = _free_port_or(default)
+            if port != default:
+                log.warning("port %d (%s) is taken; HAProxy uses %d", default, key, port)
+            os.environ[key] = str(port)
+
+
+def _free_port_or(wanted: int) -> int:
+    """`wanted` if nothing is bound to it (probed without SO_REUSEADDR), else a free port."""
+    for port in (wanted, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError("no free TCP port")  # binding port 0 failed: the machine is out of ports

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.serve_options import SERVE_ENV
+from serving.serve_options import HAPROXY_PORTS, SERVE_ENV
 from tests.integration.conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -50,12 +50,14 @@ class RayNode:
 def _start(name: str, ip: str, args: list[str], folder: Path, env: dict[str, str],
            timeout: float = 120) -> RayNode:  # fmt: skip
     log = folder / f"ray-{name}.log"
+    # HAProxy's own ports, per node: these nodes share one machine (and may meet another Serve).
+    haproxy_ports = {key: str(free_port()) for key in HAPROXY_PORTS}
     proc = subprocess.Popen(
         [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
          "--temp-dir", str(folder / "ray"), "--object-store-memory", str(200 * 2**20),
          "--dashboard-agent-listen-port", str(free_port()),
          "--metrics-export-port", str(free_port()), *args],
-        env=os.environ | ENV | env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env=os.environ | ENV | haproxy_ports | env, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     node = RayNode(name, proc, log)

@@ -75,6 +75,30 @@ def test_serve_env_puts_haproxy_on_the_api_port_and_the_binary_is_installed():
     assert version.returncode == 0 and version.stdout.startswith("HAProxy version")
 
 
+def test_haproxy_ports_move_off_taken_defaults_and_user_ports_are_kept(monkeypatch):
+    """A second Serve on the machine (a test beside a running service) must not find HAProxy's
+    fixed ports taken: `apply_serve_env` moves a taken default to a free port."""
+    import os
+    import socket
+
+    from serving.serve_options import HAPROXY_PORTS, SERVE_ENV, apply_serve_env
+
+    for key in [*SERVE_ENV, *HAPROXY_PORTS]:  # restored after the test
+        monkeypatch.delenv(key, raising=False)
+    metrics, stats = HAPROXY_PORTS
+    monkeypatch.setenv(stats, "18404")  # the user's choice
+    with socket.socket() as held:
+        try:
+            held.bind(("", HAPROXY_PORTS[metrics]))
+        except OSError:
+            pass  # something else holds it already: taken either way
+        apply_serve_env()
+        moved = int(os.environ[metrics])
+    assert moved != HAPROXY_PORTS[metrics] and moved > 0
+    assert os.environ[stats] == "18404"
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
 def test_serve_yaml_carries_the_ingress_options():
     from pathlib import Path
 
