@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -81,7 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     print(f"  Metrics        http://{metrics_host}:{metrics_port}/metrics  (Prometheus; Ray's "
           "metrics agent, names prefixed ray_quorum_)")  # fmt: skip
-    print("  Stop with Ctrl-C", flush=True)
+    print("  Stop with Ctrl-C (or SIGTERM)", flush=True)
+    # SIGTERM (Kubernetes, systemd, docker stop) shuts down like Ctrl-C: Serve and Ray stop, and
+    # HAProxy lets go of the API port, instead of the process dying with them left running.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -91,6 +95,10 @@ def _serve(args: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _reserve_metrics_port(wanted: int) -> socket.socket:
