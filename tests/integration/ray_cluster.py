@@ -48,12 +48,12 @@ class RayNode:
 
 
 def _start(name: str, ip: str, args: list[str], folder: Path, env: dict[str, str],
-           timeout: float = 120) -> RayNode:  # fmt: skip
+           timeout: float = 120, nice: int = 0) -> RayNode:  # fmt: skip
     log = folder / f"ray-{name}.log"
     # HAProxy's own ports, per node: these nodes share one machine (and may meet another Serve).
     haproxy_ports = {key: str(free_port()) for key in HAPROXY_PORTS}
     proc = subprocess.Popen(
-        [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
+        [*(["nice", "-n", str(nice)] if nice else []), RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
          "--temp-dir", str(folder / "ray"), "--object-store-memory", str(200 * 2**20),
          "--dashboard-agent-listen-port", str(free_port()),
          "--metrics-export-port", str(free_port()), *args],
@@ -88,9 +88,16 @@ class Cluster:
     dashboard: str
 
     def add_worker(self, name: str, ip: str, num_cpus: int, resources: dict[str, float]) -> RayNode:
-        """A worker node at loopback address `ip` (e.g. 127.0.0.3) joining the cluster."""
+        """A worker node at loopback address `ip` (e.g. 127.0.0.3) joining the cluster.
+
+        Its processes run at a lower CPU priority (nice 10) than the head's: the nodes share this
+        machine's cores, and a worker's vLLM engine starting again after a node loss would
+        otherwise take CPU from the head's engine, which a separate machine never does (seen in
+        CI: with equal priority the head's expert stalled for two minutes while the returned
+        node's engine loaded, and requests failing over to it timed out)."""
         return _start(name, ip, ["--address", self.gcs, "--num-cpus", str(num_cpus),
-                             "--resources", json.dumps(resources)], self.folder, self.env)  # fmt: skip
+                                 "--resources", json.dumps(resources)], self.folder, self.env,
+                      nice=10)  # fmt: skip
 
     def deploy(self, config: Path, timeout: float = 120) -> None:
         """`serve deploy`: the cluster's Serve controller takes the config and starts the app."""
