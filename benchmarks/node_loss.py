@@ -237,8 +237,9 @@ def report(
         rows.append(f"| {name} | {len(part)} | {sum(1 for r in part if r[2] != 200)} | {who} | "
                     f"{max((r[1] for r in part), default=0):.1f} |")  # fmt: skip
     lines = [
-        f"Two Ray nodes on this machine (`ray start --block` each): head with Serve's proxy, the "
-        f"QuorumIngress (router) and `{KEPT}`; worker with `{LOST}` (`auto`'s pick), placed by the "
+        f"Two Ray nodes on this machine (`ray start --block` each): head with the API port "
+        f"(Serve's HAProxy ingress), the QuorumIngress (router) and `{KEPT}`; worker (nice 10: "
+        f"the nodes share the cores) with `{LOST}` (`auto`'s pick), placed by the "
         f"registry's `resources.custom`. Cluster up and both experts answering after "
         f"{qc.ready_s:.0f} s. Load: `auto`, non-streaming, max_tokens 16, {rate} req/s, "
         f"{concurrency} workers. At {killed} s every process of the worker node "
