@@ -65,9 +65,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def quorum_default():
-    """The embedded default (both tiny models on vLLM CPU) behind `quorum serve`."""
+    """The embedded default (both tiny models on vLLM CPU) behind `quorum serve`, for one test
+    module: stopped when the module ends, so it does not run (a Ray instance, two engines)
+    beside later modules' own clusters, such as the node-loss test's two timing-sensitive nodes."""
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'quorum[cpu]')")
     port = free_port()
     proc, log = start_quorum(port)
