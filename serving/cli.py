@@ -109,13 +109,10 @@ def _reserve_metrics_port(wanted: int) -> socket.socket:
     Ray failing to start. The probe binds without SO_REUSEADDR, so it fails on any bound socket;
     the held socket then sets SO_REUSEADDR and never listens, so Ray's agent (which binds with
     SO_REUSEADDR) can still take the port."""
-    held = socket.socket()
-    try:
-        held.bind(("", wanted))
-    except OSError:
-        held.close()
-        held = socket.socket()
-        held.bind(("", 0))
+    from serving.serve_options import bind_port_or_free
+
+    held = bind_port_or_free(wanted)
+    if wanted and held.getsockname()[1] != wanted:  # 0: any free port was asked for
         log.warning("metrics port %d is taken; Ray exports metrics on %d instead "
                     "(pass --metrics-port to choose)", wanted, held.getsockname()[1])  # fmt: skip
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

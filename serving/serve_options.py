@@ -45,6 +45,7 @@ __all__ = [
     "INGRESS_MAX_ONGOING_REQUESTS",
     "SERVE_ENV",
     "apply_serve_env",
+    "bind_port_or_free",
     "ingress_options",
 ]
 
@@ -91,19 +92,21 @@ def apply_serve_env() -> None:
         return
     for key, default in HAPROXY_PORTS.items():
         if key not in os.environ:
-            port = _free_port_or(default)
+            with bind_port_or_free(default) as probe:
+                port = probe.getsockname()[1]
             if port != default:
                 log.warning("port %d (%s) is taken; HAProxy uses %d", default, key, port)
             os.environ[key] = str(port)
 
 
-def _free_port_or(wanted: int) -> int:
-    """`wanted` if nothing is bound to it (probed without SO_REUSEADDR), else a free port."""
-    for port in (wanted, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("", port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise OSError("no free TCP port")  # binding port 0 failed: the machine is out of ports
+def bind_port_or_free(wanted: int) -> socket.socket:
+    """A socket bound to `wanted` if nothing is bound to it (probed without SO_REUSEADDR, so any
+    bound socket counts), else to a free port; the caller closes it or holds it."""
+    held = socket.socket()
+    try:
+        held.bind(("", wanted))
+    except OSError:
+        held.close()
+        held = socket.socket()
+        held.bind(("", 0))
+    return held

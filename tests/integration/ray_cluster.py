@@ -53,7 +53,8 @@ def _start(name: str, ip: str, args: list[str], folder: Path, env: dict[str, str
     # HAProxy's own ports, per node: these nodes share one machine (and may meet another Serve).
     haproxy_ports = {key: str(free_port()) for key in HAPROXY_PORTS}
     proc = subprocess.Popen(
-        [*(["nice", "-n", str(nice)] if nice else []), RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
+        [*(["nice", "-n", str(nice)] if nice else []), RAY, "start", "--block",
+         "--disable-usage-stats", "--node-ip-address", ip,
          "--temp-dir", str(folder / "ray"), "--object-store-memory", str(200 * 2**20),
          "--dashboard-agent-listen-port", str(free_port()),
          "--metrics-export-port", str(free_port()), *args],
@@ -92,9 +93,9 @@ class Cluster:
 
         Its processes run at a lower CPU priority (nice 10) than the head's: the nodes share this
         machine's cores, and a worker's vLLM engine starting again after a node loss would
-        otherwise take CPU from the head's engine, which a separate machine never does (seen in
-        CI: with equal priority the head's expert stalled for two minutes while the returned
-        node's engine loaded, and requests failing over to it timed out)."""
+        otherwise take CPU from the head's engine, which a separate machine never does (in CI
+        with equal priority, requests after the node's return timed out while its engine
+        loaded; benchmarks/RESULTS.md, section `node-loss`)."""
         return _start(name, ip, ["--address", self.gcs, "--num-cpus", str(num_cpus),
                                  "--resources", json.dumps(resources)], self.folder, self.env,
                       nice=10)  # fmt: skip
