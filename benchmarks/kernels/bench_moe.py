@@ -34,7 +34,7 @@ from benchmarks.kernels._moe_common import (
     triton_layer,
     work,
 )
-from benchmarks.kernels._streams import read_designs
+from benchmarks.kernels._streams import read_buffer, read_designs
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
 
 def _read_times(nbytes: float, dev: torch.device, rep_ms: int) -> dict[str, float]:
     """A read-only stream of the floor's bytes in each of `read_designs`, timed like a layer."""
-    src = torch.empty(int(nbytes) // 2, dtype=torch.bfloat16, device=dev).normal_()
+    src = read_buffer(nbytes, dev)
     times = {}
     for name, fn in read_designs(src).items():
         g = _graph(fn)
