@@ -3,8 +3,10 @@
 A decode layer must read every touched weight once; `read_designs` are plain kernels that do
 only that (read `n` elements, keep a per-program sum so nothing is optimised away), in the
 structures that stream well on a GPU: one tile per program over a grid as large as the data (the
-shape of an elementwise copy kernel), a few hundred programs looping over long runs, and
-`torch.sum`'s reduction.
+shape of an elementwise copy kernel), a few hundred programs looping over long runs,
+`torch.sum`'s reduction, and, where CuPy is installed (the GPU machine's image), a CUDA C++
+reader compiled with NVRTC: 16-byte read-only loads, UNROLL of them in flight per thread, a
+grid-stride loop. On the H200 the CUDA reader was the fastest (NOTES.md, Session 6).
 """
 
 from __future__ import annotations
@@ -30,6 +32,51 @@ def _read_kernel(src, out, n, n_per, R: tl.constexpr, BLOCK: tl.constexpr):
 
 
 STEP = 16384  # elements; sizes are rounded up to this (see `read_buffer`)
+
+
+_CUDA_SRC = r"""
+extern "C" __global__ void read_stream(const int4* __restrict__ src, long long n_vec,
+                                       float* __restrict__ out) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned int acc = 0;
+    for (; i + (UNROLL - 1) * stride < n_vec; i += UNROLL * stride) {
+        int4 v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) v[u] = __ldg(src + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n_vec; i += stride) {
+        int4 v = __ldg(src + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    __shared__ unsigned int s;
+    if (threadIdx.x == 0) s = 0;
+    __syncthreads();
+    atomicXor(&s, acc);
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(out, (float)(s & 1));  // keeps every load live
+}
+"""
+
+
+def cuda_reader(src: torch.Tensor, blocks: int, threads: int, unroll: int):
+    """Zero-argument launcher of the CUDA C++ reader over `src` on torch's current stream."""
+    import cupy
+
+    kern = cupy.RawKernel(
+        _CUDA_SRC.replace("UNROLL", str(unroll)), "read_stream", options=("--std=c++17",)
+    )
+    out = torch.zeros(1, dtype=torch.float32, device=src.device)
+    n_vec = src.numel() * src.element_size() // 16
+
+    def run() -> None:
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            args = (cupy.uint64(src.data_ptr()), cupy.int64(n_vec), cupy.uint64(out.data_ptr()))
+            kern((blocks,), (threads,), args)
+
+    return run
 
 
 def read_buffer(nbytes: float, device: torch.device) -> torch.Tensor:
@@ -61,4 +108,12 @@ def read_designs(src: torch.Tensor) -> dict:
         designs[label] = partial(
             _read_kernel[(grid,)], src, out, n, n_per, R=r, BLOCK=block, num_warps=warps
         )
+    try:
+        import cupy  # noqa: F401 - on the GPU machine's image, not a project dependency
+    except ImportError:
+        return designs
+    sms = torch.cuda.get_device_properties(src.device).multi_processor_count
+    for per_sm, threads, unroll in ((8, 256, 8), (4, 512, 4)):
+        label = f"cuda {per_sm} blocks/SM x {threads} threads, unroll {unroll}"
+        designs[label] = cuda_reader(src, per_sm * sms, threads, unroll)
     return designs
