@@ -66,26 +66,26 @@ def _graph(fn):
     return g
 
 
-def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
-    """A device copy of the layer's floor bytes (half read, half written), timed like a layer:
-    what any kernel can reach at this size under this timing (graph launch, ramp, tail)."""
-    src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
-    dst = torch.empty_like(src)
-    g = _graph(partial(dst.copy_, src))
+def _graph_time(fn, rep_ms: int) -> float:
+    """`fn` captured in a CUDA graph and timed by its replays, as the layer is."""
+    g = _graph(fn)
     t = _bench(g.replay, rep_ms)
     g.reset()
     return t
 
 
+def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
+    """A device copy of the layer's floor bytes (half read, half written), timed like a layer:
+    what any kernel can reach at this size under this timing (graph launch, ramp, tail)."""
+    src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
+    dst = torch.empty_like(src)
+    return _graph_time(partial(dst.copy_, src), rep_ms)
+
+
 def _read_times(nbytes: float, dev: torch.device, rep_ms: int) -> dict[str, float]:
     """A read-only stream of the floor's bytes in each of `read_designs`, timed like a layer."""
     src = read_buffer(nbytes, dev)
-    times = {}
-    for name, fn in read_designs(src).items():
-        g = _graph(fn)
-        times[name] = _bench(g.replay, rep_ms)
-        g.reset()
-    return times
+    return {name: _graph_time(fn, rep_ms) for name, fn in read_designs(src).items()}
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -17,8 +17,8 @@ from functools import partial
 import torch
 
 from benchmarks.kernels._moe_common import measure_ceilings
-from benchmarks.kernels._streams import cuda_reader, read_buffer, read_designs
-from benchmarks.kernels.bench_moe import _bench, _copy_time, _graph
+from benchmarks.kernels._streams import cuda_reader, read_buffer
+from benchmarks.kernels.bench_moe import _copy_time, _graph_time, _read_times
 
 
 def copy_placements(nbytes: float, dev: torch.device) -> None:
@@ -30,9 +30,7 @@ def copy_placements(nbytes: float, dev: torch.device) -> None:
     for gap in gaps:
         off = n + gap // 2
         src, dst = buf[:n], buf[off : off + n]
-        g = _graph(partial(dst.copy_, src))
-        row.append(f"{gap} B: {_bench(g.replay, 60) * 1e6:.1f}")
-        g.reset()
+        row.append(f"{gap} B: {_graph_time(partial(dst.copy_, src), 60) * 1e6:.1f}")
     print(
         f"   copy {nbytes / 1e6:.0f} MB, dst starting this far past src's end, us: "
         + "; ".join(row),
@@ -51,12 +49,8 @@ def main() -> None:
         nbytes = mb * 1e6
         copy = _copy_time(nbytes, dev, 60)
         copy_placements(nbytes, dev)
+        times = _read_times(nbytes, dev, 60)
         src = read_buffer(nbytes, dev)
-        times = {}
-        for name, fn in read_designs(src).items():
-            g = _graph(fn)
-            times[name] = _bench(g.replay, 60)
-            g.reset()
         for per_sm in (2, 4, 8, 16):
             for threads in (256, 512):
                 for unroll in (4, 8):
@@ -64,9 +58,9 @@ def main() -> None:
                         continue
                     label = f"cuda {per_sm}x{sms} blocks x {threads} thr, unroll {unroll}"
                     try:
-                        g = _graph(cuda_reader(src, per_sm * sms, threads, unroll))
-                        times[label] = _bench(g.replay, 60)
-                        g.reset()
+                        times[label] = _graph_time(
+                            cuda_reader(src, per_sm * sms, threads, unroll), 60
+                        )
                     except Exception as exc:
                         print(f"  {label}: failed {str(exc).splitlines()[0][:160]}", flush=True)
         best = min(times, key=times.get)
