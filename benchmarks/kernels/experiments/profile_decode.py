@@ -1,6 +1,6 @@
 """Where the decode time goes: per-kernel GPU time of the Triton layer replayed from a graph.
 
-    python -m benchmarks.kernels.experiments.profile_decode [shape] [T ...]
+    python -m benchmarks.kernels.experiments.profile_decode [shape] [T ...] [--skewed]
 """
 
 from __future__ import annotations
@@ -10,16 +10,19 @@ from functools import partial
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, make_params, triton_layer
+from benchmarks.kernels._moe_common import SHAPES, make_params, skew_offsets, triton_layer
 from benchmarks.kernels.bench_moe import _graph
 
 
 def main() -> None:
-    name = sys.argv[1] if len(sys.argv) > 1 else "qwen3-30b-a3b"
-    tokens = [int(v) for v in sys.argv[2:]] or [1, 8]
+    args = [a for a in sys.argv[1:] if a != "--skewed"]
+    name = args[0] if args else "qwen3-30b-a3b"
+    tokens = [int(v) for v in args[1:]] or [1, 8]
     shape = SHAPES[name]
     dev = torch.device("cuda")
     p = make_params(shape, False, dev)
+    if "--skewed" in sys.argv:
+        p.skew = skew_offsets(shape.e, dev)
     flush = torch.empty(256 << 20, dtype=torch.int8, device=dev)
     for t in tokens:
         x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
@@ -31,7 +34,7 @@ def main() -> None:
                 flush.zero_()  # cold L2, as in the benchmark
                 g.replay()
             torch.cuda.synchronize()
-        print(f"== {name} T={t}: per-kernel GPU time (us, mean of {reps} replays)")
+        print(f"== {name} T={t} {'skewed' if p.skew is not None else 'uniform'}: per-kernel GPU time (us, mean of {reps} replays)")
         for evt in prof.key_averages():
             if evt.device_type == torch.autograd.DeviceType.CUDA and "zero" not in evt.key \
                     and "fill" not in evt.key.lower():
