@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         shape = SHAPES[name]
         params = make_params(shape, skewed=False, device=dev)
         for routing in args.routings:
-            params.skew = skew_offsets(shape.e, dev) if routing == "skewed" else None
+            params.skew = skew_offsets(shape.e, dev, dtype=params.router.dtype) if routing == "skewed" else None
             for t in args.tokens:
                 x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
                 flops, nbytes, stats = work(x, shape, params)

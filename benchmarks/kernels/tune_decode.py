@@ -63,7 +63,7 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict | None, dict]:
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
     base = get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)
     base = {k: v for k, v in base.items() if k != "decode"}
-    skews = (None, skew_offsets(shape.e, dev))
+    skews = (None, skew_offsets(shape.e, dev, dtype=p.router.dtype))
 
     def total(cfg: dict) -> float:
         s = 0.0

@@ -73,7 +73,7 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict, dict]:
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
     el = shape.local_e
     routed = []  # uniform and skewed routings: the winner minimises their summed time
-    for skew in (None, skew_offsets(shape.e, dev)):
+    for skew in (None, skew_offsets(shape.e, dev, dtype=p.router.dtype)):
         p.skew = skew
         ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
         routed.append((to_local(ids, shape), w))

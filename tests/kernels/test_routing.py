@@ -18,6 +18,17 @@ VARIANTS = {
                       routed_scaling=2.5),
         32,
     ),
+    # 256 experts in 8 groups of 32, as DeepSeek-V3 (groups viewed as [groups, size] in-kernel)
+    "deepseek_v3_full": (
+        RoutingConfig(top_k=8, scoring="sigmoid", renormalize=True, n_groups=8, topk_groups=4,
+                      routed_scaling=2.5),
+        256,
+    ),
+    # groups of 6: not a power of two, so the kernel takes them one at a time
+    "grouped_odd": (
+        RoutingConfig(top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2),
+        24,
+    ),
     "moge": (RoutingConfig(top_k=4, moge_groups=4, renormalize=True), 16),
     "null_experts": (RoutingConfig(top_k=3, num_null_experts=3, renormalize=True), 11),
     "top_p": (RoutingConfig(top_k=4, top_p=0.6), 9),
@@ -54,8 +65,9 @@ def test_route_matches_reference(name: str, t: int, device: torch.device) -> Non
         torch.testing.assert_close(w.sum(-1), torch.full((t,), cfg.routed_scaling))
 
 
-def test_group_limited_stays_in_kept_groups(device: torch.device) -> None:
-    cfg, c, ids, *_ = _run("deepseek_v3", 37, device)
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v3_full", "grouped_odd"])
+def test_group_limited_stays_in_kept_groups(name: str, device: torch.device) -> None:
+    cfg, c, ids, *_ = _run(name, 37, device)
     per = c // cfg.n_groups
     for row in ids.tolist():
         assert len({i // per for i in row}) <= cfg.topk_groups

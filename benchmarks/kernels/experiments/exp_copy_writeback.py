@@ -1,6 +1,6 @@
 """Does the copy reference finish before its writes reach memory? The copy with its write-back paid.
 
-    python -m benchmarks.kernels.experiments.exp_copy_writeback [MB ...] | --reuse
+    python -m benchmarks.kernels.experiments.exp_copy_writeback [MB ...] | --reuse | --behind
 
 A copy's written lines can sit dirty in the L2 (50 MB on the H200) when its timed window closes;
 the next call's L2 flush writes them back, outside the window. A read leaves nothing behind. So
@@ -15,7 +15,9 @@ per size, each timed as the bench times a layer (graph replay, L2 flushed, media
 
 `--reuse`: the copy at 76 MB in fresh allocations, then in blocks the caching allocator carves from a
 freed, written 4 GB segment (as inside bench_moe, where the copy runs after the model's weights and
-temporaries were allocated), then fresh again.
+temporaries were allocated), then fresh again, then under `torch.no_grad()` as bench_moe runs it.
+
+`--behind`: the 76 MB copy and a read with their buffers allocated behind 0-24 GB of live tensors.
 
 If the copy's rate with its write-back paid falls to the read's, the copy column flatters decode
 targets by the writes it defers.
@@ -52,14 +54,37 @@ def reuse(dev: torch.device) -> None:
     carved = _copy_us(76e6, dev)
     torch.cuda.empty_cache()
     again = _copy_us(76e6, dev)
+    with torch.no_grad():  # as bench_moe calls it
+        no_grad = _copy_us(76e6, dev)
     print(f"copy 76 MB: fresh {fresh:.1f} us, from a freed 4 GB block {carved:.1f} us, "
-          f"fresh again {again:.1f} us", flush=True)
+          f"fresh again {again:.1f} us, under torch.no_grad {no_grad:.1f} us", flush=True)
+
+
+def behind(dev: torch.device) -> None:
+    """The 76 MB copy (and a read of the same bytes) with its buffers allocated behind G GB of live
+    tensors: does the copy's rate depend on where its buffers land?"""
+    for gb in (0, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24):
+        held = [torch.empty(int(1e9) // 2, dtype=torch.bfloat16, device=dev) for _ in range(int(gb))]
+        if gb % 1:
+            held.append(torch.empty(int(5e8) // 2, dtype=torch.bfloat16, device=dev))
+        src = torch.empty(int(76e6) // 4, dtype=torch.bfloat16, device=dev).normal_()
+        dst = torch.empty_like(src)
+        copy = _graph_time(partial(dst.copy_, src), 100) * 1e6
+        read = _graph_time(read_designs(read_buffer(76e6, dev))["torch.sum"], 100) * 1e6
+        print(f"behind {gb:4.1f} GB live: copy {copy:5.1f} us, torch.sum read {read:5.1f} us, "
+              f"src at {src.data_ptr() / 2**30:.2f} GiB, dst - src {(dst.data_ptr() - src.data_ptr()) / 2**20:.1f} MiB",
+              flush=True)
+        del held, src, dst
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
     dev = torch.device("cuda")
     if "--reuse" in sys.argv:
         reuse(dev)
+        return
+    if "--behind" in sys.argv:
+        behind(dev)
         return
     sizes = [float(a) for a in sys.argv[1:]] or [76, 142, 352, 705]
     evict_src = read_buffer(EVICT_BYTES, dev)

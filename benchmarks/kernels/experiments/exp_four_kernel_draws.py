@@ -62,7 +62,7 @@ def main() -> None:
     ]
     cands += [(f"variant {i}", c) for i, c in enumerate(variants(cur))]
     p = make_params(shape, False, dev)
-    skews = (None, skew_offsets(shape.e, dev))
+    skews = (None, skew_offsets(shape.e, dev, dtype=p.router.dtype))
     xs = [
         torch.randn(
             t,

@@ -75,6 +75,7 @@ def _decode_kernel(
     N_GROUPS: tl.constexpr,
     TOPK_GROUPS: tl.constexpr,
     G_PAD: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
     MOGE_GROUPS: tl.constexpr,
     USE_TOP_P: tl.constexpr,
     BLOCK_I: tl.constexpr,
@@ -112,6 +113,7 @@ def _decode_kernel(
             N_GROUPS,
             TOPK_GROUPS,
             G_PAD,
+            GROUP_SIZE,
             MOGE_GROUPS,
             USE_TOP_P,
         )

@@ -24,13 +24,13 @@ def _route_align_kernel(
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
-    MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr,
 ):
     rows, karange, ids, w = _route_block(
         logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, 0,
         TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
-        MOGE_GROUPS, USE_TOP_P,
+        GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
     )
     M = T * TOP_K
     in_range = (rows < T)[:, None] & (karange < TOP_K)[None, :]  # [BT, KP]

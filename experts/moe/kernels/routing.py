@@ -26,7 +26,7 @@ def _route_block(
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
-    MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
 ):
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
     cols = tl.arange(0, BLOCK_C)  # [BC]
@@ -50,8 +50,25 @@ def _route_block(
         choice = choice + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     choice = tl.where(cmask[None, :], choice, -float("inf"))
 
-    if N_GROUPS > 1:
-        # DeepSeek-V3: group score = sum of its two best (biased) scores; keep TOPK_GROUPS groups.
+    if N_GROUPS > 1 and GROUP_SIZE > 0:
+        # DeepSeek-V3 with power-of-two groups filling the row: the row as [groups, group size],
+        # so each group's two best (biased) scores take two reductions for all groups at once, and
+        # a group is kept when fewer than TOPK_GROUPS groups beat it (higher score, or equal
+        # score and a lower index: the order an iterated arg-max picks them in).
+        v3 = tl.reshape(choice, [BLOCK_T, N_GROUPS, GROUP_SIZE])
+        m1, a1 = tl.max(v3, axis=2, return_indices=True, return_indices_tie_break_left=True)
+        inner = tl.arange(0, GROUP_SIZE)
+        m2 = tl.max(tl.where(inner[None, None, :] == a1[:, :, None], -float("inf"), v3), axis=2)
+        gs = m1 + m2  # [BT, G]
+        garange = tl.arange(0, N_GROUPS)
+        beats = (gs[:, :, None] > gs[:, None, :]) | (
+            (gs[:, :, None] == gs[:, None, :]) & (garange[:, None] < garange[None, :])[None, :, :]
+        )  # [BT, h, g]: group h is picked before group g
+        rank = tl.sum(beats.to(tl.int32), axis=1)  # [BT, G]
+        v3 = tl.where((rank < TOPK_GROUPS)[:, :, None], v3, -float("inf"))
+        choice = tl.reshape(v3, [BLOCK_T, BLOCK_C])
+    elif N_GROUPS > 1:
+        # The same selection, one group at a time (group sizes that are not a power of two).
         gid = cols // (E_REAL // N_GROUPS)  # [BC]
         garange = tl.arange(0, G_PAD)  # [GP]
         gscores = tl.full([BLOCK_T, G_PAD], -float("inf"), tl.float32)
@@ -79,14 +96,11 @@ def _route_block(
             v = choice
         vmax, a = tl.max(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
         a = a.to(tl.int32)  # [BT]
-        sel = cols[None, :] == a[:, None]
-        if HAS_BIAS:  # the selection score carries the bias; the weight must not
-            wj = tl.sum(tl.where(sel, scores, 0.0), axis=1)
-        else:  # one reduction less per slot (decode latency is a chain of reductions)
-            wj = vmax
-        choice = tl.where(sel, -float("inf"), choice)
+        choice = tl.where(cols[None, :] == a[:, None], -float("inf"), choice)
         ids = tl.where(karange[None, :] == j, a[:, None], ids)
-        w = tl.where(karange[None, :] == j, wj[:, None], w)
+        w = tl.where(karange[None, :] == j, vmax[:, None], w)
+    if HAS_BIAS:  # the selection score carries the bias, the weight must not: one gather for all
+        w = tl.gather(scores, tl.where(ids >= 0, ids, 0), axis=1)
 
     taken = karange[None, :] < TOP_K
     if USE_TOP_P:
@@ -109,13 +123,13 @@ def _route_kernel(
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
-    MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
 ):
     rows, karange, ids, w = _route_block(
         logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n,
         tl.program_id(0),
         TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
-        MOGE_GROUPS, USE_TOP_P,
+        GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
     )
     offs = rows[:, None] * TOP_K + karange[None, :]
     mask = (rows < T)[:, None] & (karange < TOP_K)[None, :]
@@ -126,11 +140,15 @@ def _route_kernel(
 def route_meta(cfg: RoutingConfig, num_columns: int, has_bias: bool) -> dict:
     """Compile-time parameters shared by the routing kernels."""
     block_c = triton.next_power_of_2(num_columns)
+    group = num_columns // cfg.n_groups
+    # Groups as a [groups, size] view need the row to be exactly power-of-two groups.
+    pow2_groups = cfg.n_groups > 1 and num_columns == block_c and group == triton.next_power_of_2(group)
     return dict(
         TOP_K=cfg.top_k, K_PAD=triton.next_power_of_2(cfg.top_k), BLOCK_C=block_c,
         SIGMOID=cfg.scoring == "sigmoid", HAS_BIAS=has_bias, RENORM=cfg.renormalize,
         N_GROUPS=cfg.n_groups, TOPK_GROUPS=cfg.topk_groups,
-        G_PAD=triton.next_power_of_2(max(cfg.n_groups, 2)), MOGE_GROUPS=cfg.moge_groups,
+        G_PAD=triton.next_power_of_2(max(cfg.n_groups, 2)), GROUP_SIZE=group if pow2_groups else 0,
+        MOGE_GROUPS=cfg.moge_groups,
         USE_TOP_P=cfg.top_p is not None,
     )
 
