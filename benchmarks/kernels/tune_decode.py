@@ -24,8 +24,9 @@ import torch
 
 from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
+from benchmarks.kernels._tables import checked_in_table, write_table
 from benchmarks.kernels.bench_moe import _graph
-from experts.moe.kernels.configs import _load, device_key, get_config, shape_key
+from experts.moe.kernels.configs import get_config, shape_key
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 8])
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{device_key(dev)}.json"
-    table: dict = json.loads(json.dumps(_load(device_key(dev))))
+    table = checked_in_table(dev)
     report = []
     start = time.time()
     for name in args.shapes:
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             logger.warning(
                 "%s T=%d: %s (%.0fs)", name, t, json.dumps(report[-1]), time.time() - start
             )
-            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+            write_table(table, args.out, dev)
             (args.out / "tune_decode.json").write_text(json.dumps(report, indent=1))
             torch.cuda.empty_cache()
 

@@ -28,7 +28,8 @@ from benchmarks.kernels._moe_common import (
     skew_offsets,
     to_local,
 )
-from experts.moe.kernels.configs import _load, device_key, shape_key
+from benchmarks.kernels._tables import checked_in_table, write_table
+from experts.moe.kernels.configs import shape_key
 
 logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
@@ -113,10 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=400.0, help="stop starting new cases after")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{device_key(dev)}.json"
     # Start from the checked-in table, so a partial sweep updates only the cases it ran.
-    table: dict = json.loads(json.dumps(_load(device_key(dev))))
+    table = checked_in_table(dev)
     start = time.time()
     for name in args.shapes:
         s = SHAPES[name]
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             table.setdefault(key, {})[str(t)] = cfg
             logger.warning("%s T=%d: %s %s (%.0fs)", name, t, json.dumps(cfg), timing,
                            time.time() - start)
-            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+            write_table(table, args.out, dev)
             torch.cuda.empty_cache()
 
 

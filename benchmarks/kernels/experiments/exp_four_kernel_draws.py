@@ -6,8 +6,8 @@ At small T the routing of one x decides how many experts a call touches, so an e
 one draw (tune_moe) can be slow on the next. This times the checked-in entry, the entries of the
 same T in the other buckets of the device's table, and one-field variants of the checked-in
 entry, each over 4 draws x (uniform, skewed) routing (graph replay, L2 flushed, as bench_moe),
-and prints the mean. With --write, an entry >= 3% faster than the checked-in one replaces it in
-experts/moe/kernels/configs/<device>.json (and a copy goes to $OUT).
+and prints the mean. With --write, an entry >= 3% faster than the checked-in one replaces it in a
+copy of the device's table written to $OUT/<device>.json (or ./), as the tuners write theirs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import torch
 
 from benchmarks.kernels._moe_common import SHAPES, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
+from benchmarks.kernels._tables import checked_in_table, write_table
 from benchmarks.kernels.tune_decode import _time
-from experts.moe.kernels.configs import device_key, shape_key
-
-TABLE = Path(__file__).resolve().parents[3] / "experts/moe/kernels/configs"
+from experts.moe.kernels.configs import shape_key
 
 
 def variants(cur: dict) -> list[dict]:
@@ -50,8 +49,7 @@ def main() -> None:
     write = "--write" in sys.argv
     dev = torch.device("cuda")
     shape = SHAPES[name]
-    path = TABLE / f"{device_key(dev)}.json"
-    table = json.loads(path.read_text())
+    table = checked_in_table(dev)
     key = shape_key(shape.local_e, shape.h, shape.inter, shape.top_k)
     cur = {k: v for k, v in table[key][str(t)].items() if k != "decode"}
     cands = [("checked-in", cur)]
@@ -98,10 +96,7 @@ def main() -> None:
         table[key][str(t)] = best[2] | (
             {"decode": table[key][str(t)]["decode"]} if "decode" in table[key][str(t)] else {}
         )
-        path.write_text(json.dumps(table, indent=1, sort_keys=True))
-        out = os.environ.get("OUT")
-        if out:
-            Path(out, path.name).write_text(path.read_text())
+        path = write_table(table, Path(os.environ.get("OUT", ".")), dev)
         print(f"wrote {key} T={t} to {path}")
 
 
