@@ -74,10 +74,18 @@ def _graph_time(fn, rep_ms: int) -> float:
     return t
 
 
+COPY_GRANULE = 32768  # bf16 elements = 64 KiB per buffer
+
+
 def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
     """A device copy of the layer's floor bytes (half read, half written), timed like a layer:
-    what any kernel can reach at this size under this timing (graph launch, ramp, tail)."""
-    src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
+    what any kernel can reach at this size under this timing (graph launch, ramp, tail).
+
+    Each buffer is rounded up to 64 KiB (< 0.2% more bytes at decode sizes): on the H200 the
+    driver's memcpy ran 1.4-1.6x slower for lengths off that grain (experiments/
+    exp_copy_reference.py), which made this reference move between rows and runs."""
+    n = -(-int(nbytes) // 4 // COPY_GRANULE) * COPY_GRANULE
+    src = torch.empty(n, dtype=torch.bfloat16, device=dev).normal_()
     dst = torch.empty_like(src)
     return _graph_time(partial(dst.copy_, src), rep_ms)
 

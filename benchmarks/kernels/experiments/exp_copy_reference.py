@@ -1,6 +1,15 @@
-"""Does the copy reference finish before its writes reach memory? The copy with its write-back paid.
+"""Why the bench's same-bytes copy reference moved 1.4-1.6x between runs and rows.
 
-    python -m benchmarks.kernels.experiments.exp_copy_writeback [MB ...] | --reuse | --behind
+    python -m benchmarks.kernels.experiments.exp_copy_reference --align [BYTES ...]
+    python -m benchmarks.kernels.experiments.exp_copy_reference [MB ...] | --reuse | --behind | --engine
+
+`--align` (the answer): the copy of BYTES (half read, half written, as `bench_moe._copy_time`) with
+each buffer rounded up to 1 B (as is), 4 KiB, 64 KiB, 1 MiB, 2 MiB, 16 MiB. The driver's device-to-
+device memcpy took a slow path (2.3-2.7 TB/s on the H200, against 3.2-4.2) for buffers that were not a
+multiple of 64 KiB (4 KiB was enough at 38 and 96 MB per buffer, not at 356 MB), and at every alignment
+for buffers of 1.28 GB and more (NOTES.md, Session 7).
+
+The hypotheses it ruled out first:
 
 A copy's written lines can sit dirty in the L2 (50 MB on the H200) when its timed window closes;
 the next call's L2 flush writes them back, outside the window. A read leaves nothing behind. So
@@ -17,9 +26,12 @@ per size, each timed as the bench times a layer (graph replay, L2 flushed, media
 freed, written 4 GB segment (as inside bench_moe, where the copy runs after the model's weights and
 temporaries were allocated), then fresh again, then under `torch.no_grad()` as bench_moe runs it.
 
+`--engine`: the 76 MB copy's time and what its graph replays run (kernel or DMA memcpy), in a fresh
+process, after a host-to-device copy, and after the bench's weight fills.
+
 `--behind`: the 76 MB copy and a read with their buffers allocated behind 0-24 GB of live tensors.
 
-If the copy's rate with its write-back paid falls to the read's, the copy column flatters decode
+Default mode: if the copy's rate with its write-back paid falls to the read's, the copy column flatters decode
 targets by the writes it defers.
 """
 
@@ -78,8 +90,63 @@ def behind(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _copy_profile(label: str, dev: torch.device) -> None:
+    """Time the 76 MB copy graph and name what its replays run (a kernel, or a DMA memcpy)."""
+    src = torch.empty(int(76e6) // 4, dtype=torch.bfloat16, device=dev).normal_()
+    dst = torch.empty_like(src)
+    us = _graph_time(partial(dst.copy_, src), 100) * 1e6
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        dst.copy_(src)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            g.replay()
+        torch.cuda.synchronize()
+    names = {e.key[:60]: round(e.device_time_total / 10, 1) for e in prof.key_averages()
+             if e.device_type == torch.autograd.DeviceType.CUDA}
+    print(f"{label}: copy {us:.1f} us; replays run {names}", flush=True)
+
+
+def engine(dev: torch.device) -> None:
+    """Does the copy change mode after a host-to-device copy, or after bench-style weight fills?"""
+    from benchmarks.kernels._moe_common import SHAPES, make_params
+
+    _copy_profile("fresh process", dev)
+    torch.randn(25_000_000).to(dev)
+    _copy_profile("after a 100 MB host-to-device copy", dev)
+    p = make_params(SHAPES["qwen3-30b-a3b"], False, dev)
+    _copy_profile("after make_params(qwen3)", dev)
+    del p
+
+
+GRANULES = (1, 4096, 65536, 1 << 20, 2 << 20, 16 << 20)
+ALIGN_DEFAULT = (76_000_000, 76_029_952, 76_030_016, 191_918_080, 712_269_824, 2_560_557_056)
+
+
+def align(sizes: list[int], dev: torch.device) -> None:
+    for nbytes in sizes or ALIGN_DEFAULT:
+        base = nbytes // 2  # bytes per buffer
+        row = []
+        for gran in GRANULES:
+            per = -(-base // gran) * gran
+            src = torch.empty(per // 2, dtype=torch.bfloat16, device=dev).normal_()
+            dst = torch.empty_like(src)
+            us = _graph_time(partial(dst.copy_, src), 60) * 1e6
+            row.append(f"{gran >> 10 or 1} {'KiB' if gran > 1 else 'B'}: {us:.1f} us "
+                       f"({2 * per / us / 1e6:.2f} TB/s)")
+            del src, dst
+            torch.cuda.empty_cache()
+        print(f"{nbytes} B, each buffer rounded up to " + "; ".join(row), flush=True)
+
+
 def main() -> None:
     dev = torch.device("cuda")
+    if "--align" in sys.argv:
+        align([int(a) for a in sys.argv[1:] if a != "--align"], dev)
+        return
+    if "--engine" in sys.argv:
+        engine(dev)
+        return
     if "--reuse" in sys.argv:
         reuse(dev)
         return
