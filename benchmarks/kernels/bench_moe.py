@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         for routing in args.routings:
             params.skew = skew_offsets(shape.e, dev, dtype=params.router.dtype) if routing == "skewed" else None
             for t in args.tokens:
-                x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
+                # One fixed draw per (shape, T): runs stay comparable row by row (a decode row's
+                # bytes depend on which experts x routes to).
+                gen = torch.Generator(dev).manual_seed(t)
+                x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev, generator=gen)
                 flops, nbytes, stats = work(x, shape, params)
                 floor = max(nbytes / bw, flops / mm)
                 row = dict(shape=name, T=t, routing=routing, flops=flops, bytes=nbytes,
