@@ -1,8 +1,10 @@
 """Router kernel: scores, (group-limited / grouped) top-k, null experts, top-p, renormalisation.
 
-One program routes BLOCK_T tokens; every selection is an iterated arg-max over the padded logit
-row held in registers, so the output slots come in descending order of the selection score
-(MoGE: group by group), exactly like `reference.route_reference`.
+One program routes BLOCK_T tokens; every expert selection is an iterated arg-max over the padded
+logit row held in registers, so the output slots come in descending order of the selection score
+(MoGE: group by group), exactly like `reference.route_reference`. DeepSeek-V3's kept groups are
+ranked all at once when the groups are power-of-two sized (the same choice an iterated arg-max
+makes), since decode latency is the length of this chain of reductions.
 
 | tensor        | shape   | dtype            |
 |---------------|---------|------------------|
