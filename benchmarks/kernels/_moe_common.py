@@ -50,15 +50,15 @@ class Params:
     w13: torch.Tensor  # [E_local, 2I, H]
     w2: torch.Tensor  # [E_local, H, I]
     bias: torch.Tensor | None  # [E] fp32
-    skew: torch.Tensor | None  # [E] fp32 logit offset; None = uniform routing
+    skew: torch.Tensor | None  # [E] logit offset in the router's dtype; None = uniform routing
 
 
-def skew_offsets(e: int, device: torch.device, seed: int = 1,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Zipf-like expert popularity: logit offset -1.5 * log(1 + rank), ranks in random order.
-    Pass the router's dtype: `logits_of` adds the offsets as the router GEMM's bias."""
+def skew_offsets(router: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """Zipf-like expert popularity for `router` [E, H]: logit offset -1.5 * log(1 + rank), ranks in
+    random order, on the router's device and in its dtype (`logits_of` adds them as its bias)."""
     g = torch.Generator().manual_seed(seed)
-    return (-1.5 * torch.log1p(torch.randperm(e, generator=g).float())).to(device, dtype)
+    offsets = -1.5 * torch.log1p(torch.randperm(router.shape[0], generator=g).float())
+    return offsets.to(router.device, router.dtype)
 
 
 def make_params(shape: MoEShape, skewed: bool, device: torch.device, seed: int = 0) -> Params:
@@ -71,7 +71,7 @@ def make_params(shape: MoEShape, skewed: bool, device: torch.device, seed: int =
     w13.normal_(std=shape.h**-0.5)
     w2.normal_(std=shape.inter**-0.5)
     bias = (torch.randn(shape.e, generator=g) * 0.01).to(device) if shape.with_bias else None
-    skew = skew_offsets(shape.e, device, dtype=router.dtype) if skewed else None
+    skew = skew_offsets(router) if skewed else None
     return Params(router, w13, w2, bias, skew)
 
 
@@ -79,8 +79,7 @@ def logits_of(x: torch.Tensor, shape: MoEShape, p: Params) -> torch.Tensor:
     """The router GEMM [T, E]; skewed routing adds its offsets as the GEMM's bias (one cuBLAS call,
     not two more elementwise kernels that no model runs)."""
     xr = x.float() if shape.fp32_router else x
-    skew = p.skew if p.skew is None or p.skew.dtype == p.router.dtype else p.skew.to(p.router.dtype)
-    return torch.nn.functional.linear(xr, p.router, skew)
+    return torch.nn.functional.linear(xr, p.router, p.skew)
 
 
 def to_local(ids: torch.Tensor, shape: MoEShape) -> torch.Tensor:

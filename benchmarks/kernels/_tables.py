@@ -1,6 +1,6 @@
-"""This GPU's tile-config table as the tuners see it: the checked-in table to start from, and the one
-place a tuned table is written (DIR/<device>.json; copy it to experts/moe/kernels/configs/ by hand,
-so nothing run on the GPU machine edits the package)."""
+"""Where a tuner writes this GPU's tile-config table: DIR/<device>.json, copied to
+experts/moe/kernels/configs/ by hand, so nothing run on the GPU machine edits the package. Tuners start
+from `experts.moe.kernels.configs.tuned_table`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ from pathlib import Path
 
 import torch
 
-from experts.moe.kernels.configs import _load, device_key
-
-
-def checked_in_table(dev: torch.device) -> dict:
-    """A deep copy of the checked-in table for `dev` (empty when there is none)."""
-    return json.loads(json.dumps(_load(device_key(dev))))
+from experts.moe.kernels.configs import device_key
 
 
 def write_table(table: dict, out: Path, dev: torch.device) -> Path:

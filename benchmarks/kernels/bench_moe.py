@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         shape = SHAPES[name]
         params = make_params(shape, skewed=False, device=dev)
         for routing in args.routings:
-            params.skew = skew_offsets(shape.e, dev, dtype=params.router.dtype) if routing == "skewed" else None
+            params.skew = skew_offsets(params.router) if routing == "skewed" else None
             for t in args.tokens:
                 # One fixed draw per (shape, T): runs stay comparable row by row (a decode row's
                 # bytes depend on which experts x routes to).

@@ -24,9 +24,9 @@ import torch
 
 from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
-from benchmarks.kernels._tables import checked_in_table, write_table
+from benchmarks.kernels._tables import write_table
 from benchmarks.kernels.bench_moe import _graph
-from experts.moe.kernels.configs import get_config, shape_key
+from experts.moe.kernels.configs import get_config, shape_key, tuned_table
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict | None, dict]:
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
     base = get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)
     base = {k: v for k, v in base.items() if k != "decode"}
-    skews = (None, skew_offsets(shape.e, dev, dtype=p.router.dtype))
+    skews = (None, skew_offsets(p.router))
 
     def total(cfg: dict) -> float:
         s = 0.0
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 8])
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
-    table = checked_in_table(dev)
+    table = tuned_table(dev)
     report = []
     start = time.time()
     for name in args.shapes:

@@ -28,8 +28,8 @@ from benchmarks.kernels._moe_common import (
     skew_offsets,
     to_local,
 )
-from benchmarks.kernels._tables import checked_in_table, write_table
-from experts.moe.kernels.configs import shape_key
+from benchmarks.kernels._tables import write_table
+from experts.moe.kernels.configs import shape_key, tuned_table
 
 logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
@@ -74,7 +74,7 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict, dict]:
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
     el = shape.local_e
     routed = []  # uniform and skewed routings: the winner minimises their summed time
-    for skew in (None, skew_offsets(shape.e, dev, dtype=p.router.dtype)):
+    for skew in (None, skew_offsets(p.router)):
         p.skew = skew
         ids, w = route(logits_of(x, shape, p), shape.routing, p.bias)
         routed.append((to_local(ids, shape), w))
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     # Start from the checked-in table, so a partial sweep updates only the cases it ran.
-    table = checked_in_table(dev)
+    table = tuned_table(dev)
     start = time.time()
     for name in args.shapes:
         s = SHAPES[name]

@@ -22,9 +22,9 @@ import torch
 
 from benchmarks.kernels._moe_common import SHAPES, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
-from benchmarks.kernels._tables import checked_in_table, write_table
+from benchmarks.kernels._tables import write_table
 from benchmarks.kernels.tune_decode import _time
-from experts.moe.kernels.configs import shape_key
+from experts.moe.kernels.configs import shape_key, tuned_table
 
 
 def variants(cur: dict) -> list[dict]:
@@ -49,7 +49,7 @@ def main() -> None:
     write = "--write" in sys.argv
     dev = torch.device("cuda")
     shape = SHAPES[name]
-    table = checked_in_table(dev)
+    table = tuned_table(dev)
     key = shape_key(shape.local_e, shape.h, shape.inter, shape.top_k)
     cur = {k: v for k, v in table[key][str(t)].items() if k != "decode"}
     cands = [("checked-in", cur)]
@@ -60,7 +60,7 @@ def main() -> None:
     ]
     cands += [(f"variant {i}", c) for i, c in enumerate(variants(cur))]
     p = make_params(shape, False, dev)
-    skews = (None, skew_offsets(shape.e, dev, dtype=p.router.dtype))
+    skews = (None, skew_offsets(p.router))
     xs = [
         torch.randn(
             t,

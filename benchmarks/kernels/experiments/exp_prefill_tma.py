@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         for routing in ("uniform", "skewed"):
             if t == 16384 and name == "mixtral-8x7b" and routing == "skewed":
                 continue
-            p.skew = skew_offsets(shape.e, dev, dtype=p.router.dtype) if routing == "skewed" else None
+            p.skew = skew_offsets(p.router) if routing == "skewed" else None
             x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
             flops, _, _ = work(x, shape, p)
             base = get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)

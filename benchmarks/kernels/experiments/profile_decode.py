@@ -22,7 +22,7 @@ def main() -> None:
     dev = torch.device("cuda")
     p = make_params(shape, False, dev)
     if "--skewed" in sys.argv:
-        p.skew = skew_offsets(shape.e, dev, dtype=p.router.dtype)
+        p.skew = skew_offsets(p.router)
     flush = torch.empty(256 << 20, dtype=torch.int8, device=dev)
     for t in tokens:
         x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)

@@ -36,6 +36,12 @@ def _load(device_name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def tuned_table(device: torch.device) -> dict:
+    """A copy of the checked-in table for `device` (empty when there is none): what a tuner starts
+    from and edits, leaving the cached one untouched."""
+    return json.loads(json.dumps(_load(device_key(device))))
+
+
 def _gemm(bn: int, bk: int, group_m: int, warps: int, stages: int) -> dict:
     return dict(BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, num_warps=warps, num_stages=stages)
 
