@@ -16,8 +16,10 @@ from experts.moe.kernels.routing import route
 
 DSV3 = RoutingConfig(top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2,
                      routed_scaling=2.5)
+DSV3_FULL = RoutingConfig(top_k=8, scoring="sigmoid", renormalize=True, n_groups=8,
+                          topk_groups=4, routed_scaling=2.5)
 CASES = {
-    # name: (cfg, logit columns, shard (first, count) or None, T)
+    # name: (cfg, logit columns, shard (first, count) or None, T[, BLOCK_M])
     "one_token": (RoutingConfig(top_k=2, renormalize=True), 8, None, 1),
     "decode_batch": (RoutingConfig(top_k=4, renormalize=True), 16, None, 8),
     "prime_e": (RoutingConfig(top_k=3), 13, None, 5),
@@ -25,6 +27,12 @@ CASES = {
     "null_top_p": (RoutingConfig(top_k=4, top_p=0.6, num_null_experts=2), 10, None, 7),
     "deepseek_shard": (DSV3, 32, (8, 8), 9),
     "all_one_expert": (RoutingConfig(top_k=1), 6, None, 16),
+    # more experts than slots (where the layout by slot does fewer operations)
+    "qwen3_like": (RoutingConfig(top_k=8, renormalize=True), 128, None, 8),
+    "qwen3_one_token": (RoutingConfig(top_k=8, renormalize=True), 128, None, 1),
+    "deepseek_full": (DSV3_FULL, 256, None, 8, 64),
+    "deepseek_full_shard": (DSV3_FULL, 256, (96, 64), 3),
+    "crowded_expert": (RoutingConfig(top_k=2), 64, None, 16, 4),
 }
 
 
@@ -37,18 +45,22 @@ def _expected(logits, cfg, c, shard, bias, bm):
     return (ids, w, *align_reference(ids, e, bm)), e
 
 
+@pytest.mark.parametrize("slot_layout", [False, True], ids=["by_expert", "by_slot"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_route_align_matches_route_then_align(name: str, device: torch.device) -> None:
-    cfg, c, shard, t = CASES[name]
+def test_route_align_matches_route_then_align(
+    name: str, slot_layout: bool, device: torch.device
+) -> None:
+    cfg, c, shard, t, *block = CASES[name]
     g = torch.Generator().manual_seed(len(name))
     logits = torch.randn(t, c, generator=g) * 2
-    if name == "all_one_expert":
+    if name in ("all_one_expert", "crowded_expert"):  # one expert takes every token
         logits[:, 3] += 50.0
     bias = torch.randn(c, generator=g) * 0.1 if cfg.n_groups > 1 else None
-    bm = 16
+    bm = block[0] if block else 16
     want, e = _expected(logits, cfg, c, shard, bias, bm)
     got = route_align(logits.to(device), cfg, e, bm,
-                      bias.to(device) if bias is not None else None, shard)
+                      bias.to(device) if bias is not None else None, shard,
+                      slot_layout=slot_layout)
     names = ("ids", "weights", "sorted_ids", "block_expert", "num_padded", "slot_pos")
     for n, a, b in zip(names, got, want, strict=True):
         if n == "weights":

@@ -1,39 +1,85 @@
-"""Experiment: fused route+align launch time against its warp count (decode shapes)."""
+"""Experiment: fused route+align launch time by warp count and layout (decode shapes).
+
+`python -m benchmarks.kernels.experiments.exp_route_align [shape ...]`: per shape and T, the
+launch time (CUDA graph of 50 back-to-back launches, median) with the layout derived from
+per-expert counts ("expert", [slots, experts] tiles) and from the slots alone ("slot",
+[slots, slots] tiles), at 1, 2 and 4 warps.
+
+`--static` needs no GPU: it compiles the same variants for sm_90 and prints the PTX instruction
+count and the number of `bar.sync` (each a block-wide wait in this single-program kernel).
+"""
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 
 import torch
+import triton
 import triton.testing
 
 from benchmarks.kernels._moe_common import SHAPES
-from experts.moe.kernels.route_align import route_align
+from experts.moe.kernels import route_align as ra
+from experts.moe.kernels.routing import route_meta
+
+DEFAULT = ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3", "deepseek-v3-32exp")
+VARIANTS = [(slots, w) for slots in (False, True) for w in (1, 2, 4)]
+_ARGS = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
+         "T": "i32", "C": "i32", "E_REAL": "i32", "stride_t": "i32", "top_p": "fp32",
+         "scaling": "fp32", "local_lo": "i32", "local_n": "i32", "block_expert_ptr": "*i32",
+         "num_padded_ptr": "*i32", "sorted_ids_ptr": "*i32", "slot_pos_ptr": "*i32",
+         "E_LOCAL": "i32", "P": "i32"}
 
 
-def main() -> None:
-    dev = torch.device("cuda")
-    for name in ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"):
+def _launch_us(fn) -> float:
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(50):  # back-to-back launches: the host is out of the timing
+            fn()
+    return triton.testing.do_bench(g.replay, warmup=20, rep=100, return_mode="median") * 1e3 / 50
+
+
+def _static(s, t: int, slots: bool, warps: int) -> str:
+    from triton.backends.compiler import GPUTarget
+
+    e_pad = triton.next_power_of_2(max(s.local_e, 2))
+    consts = dict(route_meta(s.routing, s.e, s.with_bias), BLOCK_T=triton.next_power_of_2(t),
+                  BLOCK_M=16, E_PAD=e_pad, NB_TILE=ra.nb_tile(e_pad), SLOT_LAYOUT=slots)
+    src = triton.compiler.ASTSource(fn=ra._route_align_kernel,
+                                    signature=_ARGS | dict.fromkeys(consts, "constexpr"),
+                                    constexprs=consts)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": warps}).asm["ptx"]
+    lines = [ln.strip() for ln in ptx.splitlines()]
+    n = sum(1 for ln in lines if ln and not ln.startswith(("//", ".", "$", "{", "}")))
+    return f"{n} ptx / {ptx.count('bar.sync')} bar.sync"
+
+
+def main(argv: list[str]) -> None:
+    static = "--static" in argv
+    names = [a for a in argv if not a.startswith("--")] or DEFAULT
+    dev = torch.device("cuda") if not static else None
+    for name in names:
         s = SHAPES[name]
-        bias = torch.zeros(s.e, device=dev) if s.with_bias else None
-        for t in (1, 8):
-            if t * s.top_k > 128:
+        bias = torch.zeros(s.e, device=dev) if s.with_bias and dev else None
+        for t in (1, 8, 16):
+            if t * s.top_k > ra.MAX_FUSED_SLOTS:
                 continue
-            logits = torch.randn(t, s.e, device=dev)
             row = []
-            for w in (1, 2, 4):
-                fn = partial(route_align, logits, s.routing, s.local_e, 16, bias, s.local,
-                             num_warps=w)
-                fn()  # compile outside the capture
-                torch.cuda.synchronize()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for _ in range(50):  # back-to-back launches: the host is out of the timing
-                        fn()
-                ms = triton.testing.do_bench(g.replay, warmup=20, rep=100, return_mode="median")
-                row.append(f"{w}w {ms * 1e3 / 50:.1f}us")
-            print(name, t, " ".join(row), flush=True)
+            for slots, w in VARIANTS:
+                label = f"{'slot' if slots else 'expert'}/{w}w"
+                if static:
+                    row.append(f"{label} {_static(s, t, slots, w)}")
+                    continue
+                logits = torch.randn(t, s.e, device=dev,
+                                     generator=torch.Generator(dev).manual_seed(t))
+                fn = partial(ra.route_align, logits, s.routing, s.local_e, 16, bias, s.local,
+                             num_warps=w, slot_layout=slots)
+                row.append(f"{label} {_launch_us(fn):.1f}us")
+            print(name, t, " | ".join(row), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

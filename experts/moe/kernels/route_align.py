@@ -18,6 +18,43 @@ MAX_FUSED_SLOTS = 128
 
 
 @triton.jit
+def _write_slot_layout(
+    ex, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M, P,
+    BLOCK_M: tl.constexpr, N: tl.constexpr, TAIL_TILE: tl.constexpr,
+):
+    """The layout from the N slots alone ([N, N] compares), for when experts outnumber slots.
+
+    `ex` [N] holds each slot's local expert in ascending slot order, -1 for none. Writes the
+    block -> expert map, the padding and tail rows and the padded total exactly as
+    `align._write_layout` does; returns each slot's row (meaningless where ex < 0).
+    """
+    valid = ex >= 0
+    idx = tl.arange(0, N)
+    same = (ex[:, None] == ex[None, :]) & valid[:, None] & valid[None, :]  # [N, N]
+    count = tl.sum(same.to(tl.int32), axis=1)  # slots of this slot's expert
+    rank = tl.sum((same & (idx[None, :] < idx[:, None])).to(tl.int32), axis=1)  # stable rank
+    padded = (count + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    lead = tl.where(valid & (rank == 0), padded, 0)  # each expert's size, once, at its first slot
+    start = tl.sum(tl.where(ex[None, :] < ex[:, None], lead[None, :], 0), axis=1)
+    total = tl.sum(lead, axis=0)
+    pos = start + rank
+    tl.store(num_padded_ptr, total)
+    # Every block of an expert starts at one of its slots (ranks 0, BLOCK_M, ...).
+    tl.store(block_expert_ptr + pos // BLOCK_M, ex, mask=valid & (rank % BLOCK_M == 0))
+    j = tl.arange(0, BLOCK_M)
+    pad_mask = (valid & (rank == count - 1))[:, None] & (j[None, :] < (padded - count)[:, None])
+    tl.store(sorted_ids_ptr + (start + count)[:, None] + j[None, :],
+             tl.full([N, BLOCK_M], 0, tl.int32) + M, mask=pad_mask)
+    for b0 in range(total // BLOCK_M, P // BLOCK_M, TAIL_TILE):  # blocks past the last expert
+        b = b0 + tl.arange(0, TAIL_TILE)
+        tl.store(block_expert_ptr + b, tl.full([TAIL_TILE], -1, tl.int32), mask=b < P // BLOCK_M)
+    for r0 in range(total, P, TAIL_TILE):  # rows past the last expert
+        r = r0 + tl.arange(0, TAIL_TILE)
+        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M, mask=r < P)
+    return pos
+
+
+@triton.jit
 def _route_align_kernel(
     logits_ptr, bias_ptr, ids_ptr, w_ptr, T, C, E_REAL, stride_t, top_p, scaling,
     local_lo, local_n, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, slot_pos_ptr, E_LOCAL, P,
@@ -25,7 +62,7 @@ def _route_align_kernel(
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
     GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
-    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, SLOT_LAYOUT: tl.constexpr,
 ):
     rows, karange, ids, w = _route_block(
         logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, 0,
@@ -42,14 +79,17 @@ def _route_align_kernel(
     slot = tl.reshape(flat, [BLOCK_T * K_PAD])
     ok = tl.reshape(in_range, [BLOCK_T * K_PAD])
     valid = ex >= 0
-    ear = tl.arange(0, E_PAD)
-    counts = tl.sum((ex[:, None] == ear[None, :]).to(tl.int32), axis=0)  # [E_PAD]
-    start = _write_layout(counts, None, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M,
-                          E_LOCAL, P, BLOCK_M, E_PAD, NB_TILE, 1024)
-    rank = _rank_in_expert(ex, E_PAD)
-    # start[ex] as a masked row-sum: a register vector cannot be indexed by a tensor.
-    base = tl.sum(tl.where(ex[:, None] == ear[None, :], start[None, :], 0), axis=1)
-    pos = base + rank
+    if SLOT_LAYOUT:
+        pos = _write_slot_layout(ex, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M, P,
+                                 BLOCK_M, BLOCK_T * K_PAD, 1024)
+    else:
+        ear = tl.arange(0, E_PAD)
+        counts = tl.sum((ex[:, None] == ear[None, :]).to(tl.int32), axis=0)  # [E_PAD]
+        start = _write_layout(counts, None, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M,
+                              E_LOCAL, P, BLOCK_M, E_PAD, NB_TILE, 1024)
+        rank = _rank_in_expert(ex, E_PAD)
+        # start[ex] as a masked row-sum: a register vector cannot be indexed by a tensor.
+        pos = tl.sum(tl.where(ex[:, None] == ear[None, :], start[None, :], 0), axis=1) + rank
     tl.store(sorted_ids_ptr + pos, slot, mask=valid)
     tl.store(slot_pos_ptr + slot, tl.where(valid, pos, -1), mask=ok)
 
@@ -69,8 +109,14 @@ def route_align(
     bias: torch.Tensor | None = None,
     local_experts: tuple[int, int] | None = None,
     num_warps: int | None = None,
+    slot_layout: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """`route` then `align` in one launch, for T * top_k <= MAX_FUSED_SLOTS.
+
+    The layout comes from per-expert counts ([slots, experts] tiles), or with `slot_layout`
+    from the slots alone ([slots, slots] tiles, fewer operations when experts outnumber slots).
+    Both give the same outputs; which is faster on a GPU is measured by
+    `benchmarks/kernels/experiments/exp_route_align.py` (see NOTES.md before changing the default).
 
     Returns (topk_ids, topk_weights, sorted_ids, block_expert, num_padded, slot_pos).
     """
@@ -91,12 +137,13 @@ def route_align(
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
     e_pad = triton.next_power_of_2(max(num_local_experts, 2))
+    block_t = triton.next_power_of_2(t)
     _route_align_kernel[(1,)](
         logits, bias if bias is not None else logits, ids, w, t, c, c - cfg.num_null_experts,
         logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
         *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
-        num_local_experts, p, BLOCK_T=triton.next_power_of_2(t), BLOCK_M=block_m, E_PAD=e_pad,
-        NB_TILE=nb_tile(e_pad), num_warps=num_warps or _warps(m),
+        num_local_experts, p, BLOCK_T=block_t, BLOCK_M=block_m, E_PAD=e_pad,
+        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, num_warps=num_warps or _warps(m),
         **route_meta(cfg, c, bias is not None),
     )
     return ids, w, sorted_ids, block_expert, num_padded, slot_pos
