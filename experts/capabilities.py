@@ -7,6 +7,8 @@ calls (`experts/vllm_chat.py`). The context length stays `experts[].context_leng
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from experts.config import Strict
@@ -22,6 +24,15 @@ class Capabilities(Strict):
         "or `required` tool_choice is enforced with structured output, `auto` relies on the "
         "model. `openai` backend: any non-empty value declares that the remote server accepts "
         "`tools` (it parses the calls itself). None: requests with tools are not sent here.",
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "auto",
+        description="`vllm` backend: how tightly tool calls are constrained (vLLM's "
+        "`--tool-strict-level`). `auto`: a named or `required` tool_choice constrains the call's "
+        "envelope, and a tool's arguments follow its schema when the tool says `strict: true` "
+        "(OpenAI's meaning). `function`: the envelope is constrained for every request with "
+        "tools. `parameter`: also every tool's arguments, as if each tool said `strict: true`; "
+        "for small models that do not follow a schema unaided (the built-in ones use it).",
     )
     structured_output: bool = Field(
         True,

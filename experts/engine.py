@@ -129,6 +129,7 @@ class VLLMEngine:
         name: str | None = None,
         moe_kernels: str = "vllm",
         tool_parser: str | None = None,
+        tool_strict_level: str = "auto",
     ) -> None:
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -158,6 +159,7 @@ class VLLMEngine:
         self.name = f"expert '{name}'" if name else "this model"  # for error messages
         self.max_model_len = max_model_len
         self.tool_parser = tool_parser  # vLLM tool parser name; None: no tool calling
+        self.tool_strict_level = tool_strict_level  # vLLM's --tool-strict-level
         self._sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
         self._sleeping = False
         meta = read_model_meta(model) if _is_local_dir(model) else None
@@ -273,6 +275,7 @@ class VLLMEngine:
             raise ContextLengthExceededError.of_prompt(len(prompt_ids), limit, self.name)
         plan = ChatPlan(
             request, self._tokenizer, self.tool_parser, who=self.name, output_kind=output_kind,
+            tool_strict_level=self.tool_strict_level,
             max_tokens=min(request.max_tokens, self.max_model_len - len(prompt_ids)),
             stop=[*self.default_stop, *(request.stop or [])],
         )  # fmt: skip
@@ -381,6 +384,7 @@ class HostedExpert:
             name=self.expert.name,
             moe_kernels=self.expert.moe_kernels,
             tool_parser=self.expert.capabilities.tool_parser,
+            tool_strict_level=self.expert.capabilities.tool_strict_level,
         )
 
     async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:

@@ -139,6 +139,9 @@ class Expert(Strict):
             raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8001/v1)")
         if self.backend == "openai" and self.moe_kernels != "vllm":
             raise ValueError("moe_kernels applies to hosted (vllm backend) experts only")
+        if self.backend == "openai" and self.capabilities.tool_strict_level != "auto":
+            raise ValueError("capabilities.tool_strict_level applies to hosted (vllm backend) "
+                             "experts only; a remote server constrains its own tool calls")
         if self.backend == "vllm" and self.base_url:
             raise ValueError("base_url is only for backend 'openai'; remove it or change backend")
         return self

@@ -47,7 +47,9 @@ class ChatPlan:
     `finish(text, token_ids, finish_reason)` → (content, tool calls, finish reason) after.
 
     `tool_parser`: the vLLM tool parser name the registry gives the expert (None: the expert
-    cannot call tools, and a request that offers tools is refused with a 400 naming `tools`)."""
+    cannot call tools, and a request that offers tools is refused with a 400 naming `tools`);
+    `tool_strict_level`: the expert's floor on how tightly calls are constrained (vLLM's
+    `--tool-strict-level`: auto, function, parameter)."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class ChatPlan:
         stop: list[str],
         output_kind: Any,
         who: str,
+        tool_strict_level: str = "auto",
     ) -> None:
         from vllm.sampling_params import RequestOutputKind
 
@@ -76,7 +79,8 @@ class ChatPlan:
             from vllm.parser import ParserManager
 
             parser_cls = ParserManager.get_parser(
-                tool_parser_name=tool_parser, enable_auto_tools=True, tokenizer=tokenizer
+                tool_parser_name=tool_parser, enable_auto_tools=True, tokenizer=tokenizer,
+                tool_strict_level=tool_strict_level,
             )
             self.parser = parser_cls(tokenizer, self.vllm_request.tools)
             self.vllm_request = self.parser.adjust_request(self.vllm_request)

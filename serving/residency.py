@@ -73,7 +73,8 @@ class VLLMEngineFactory(EngineFactory):
         return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
                                       engine_kwargs=kwargs, name=spec.name,
                                       moe_kernels=spec.moe_kernels,
-                                      tool_parser=spec.capabilities.tool_parser)  # fmt: skip
+                                      tool_parser=spec.capabilities.tool_parser,
+                                      tool_strict_level=spec.capabilities.tool_strict_level)  # fmt: skip
 
 
 class SlotManager:

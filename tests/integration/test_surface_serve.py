@@ -73,6 +73,22 @@ def test_chat_required_tool_choice_returns_a_call(oa):
     assert done.choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])
+def test_tool_arguments_follow_the_schema_without_strict(oa, model):
+    # The built-in experts set capabilities.tool_strict_level: parameter. Without it (vLLM's
+    # `auto`), a tool without `strict: true` gets any JSON value as arguments: smollm2 answered
+    # '"Paris"' and gemma3 an array that ran to max_tokens, with no call at all.
+    loose = {"type": "function", "function": {k: v for k, v in WEATHER["function"].items()
+                                              if k != "strict"}}  # fmt: skip
+    done = oa.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[loose], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=64, temperature=0,
+    )  # fmt: skip
+    [call] = done.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+
+
 def test_chat_logprobs_stream_and_not(oa):
     done = oa.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=6,
                                       temperature=0, logprobs=True, top_logprobs=2)  # fmt: skip

@@ -46,6 +46,11 @@ def test_unknown_skill_lists_known_skills():
         ({"name": "a", "model": "m", "backend": "tgi"}, "backend"),
         ({"name": "bad name!", "model": "m"}, "names are"),
         ({"model": "m"}, "required"),
+        ({"name": "a", "model": "m", "capabilities": {"tool_strict_level": "schema"}},
+         "tool_strict_level"),
+        ({"name": "a", "model": "m", "backend": "openai", "base_url": "http://h/v1",
+          "capabilities": {"tool_parser": "x", "tool_strict_level": "parameter"}},
+         "applies to hosted"),
     ],
 )
 def test_bad_values_fail_with_the_field(expert, fragment):
@@ -97,3 +102,14 @@ def test_every_registry_field_is_documented():
     assert len(rows) > 40
     undocumented = [row.split("|")[1].strip() for row in rows if not row.split("|")[3].strip()]
     assert undocumented == []
+
+
+def test_readme_field_reference_is_the_generated_one():
+    from pathlib import Path
+
+    from experts.registry_doc import reference_markdown
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("<details><summary>Field reference</summary>")
+    pasted = readme[start:readme.index("</details>", start)].split("\n", 1)[1].strip()
+    assert pasted == reference_markdown().strip(), "run: python -m experts.registry_doc"
