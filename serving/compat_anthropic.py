@@ -1,4 +1,5 @@
-"""`POST /v1/messages`: Anthropic's Messages API, through the chat pipeline.
+"""`POST /v1/messages`: Anthropic's Messages API, through the chat pipeline; and
+`POST /v1/messages/count_tokens`, the prompt's length for the expert that would answer it.
 
 Served: `messages` (text, `tool_use` and `tool_result` blocks), `system`, `max_tokens`,
 `temperature`, `top_p`, `stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto, any,
@@ -28,7 +29,7 @@ from serving.contract import anthropic_error, noop_only, request_body
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
 from serving.protocol import internal_error, named_sse
 
-__all__ = ["MessagesRequest", "install"]
+__all__ = ["CountTokensRequest", "MessagesRequest", "install"]
 
 #: chat parameter -> this API's name for it, in error messages
 NAMES = {"stop": "stop_sequences"}
@@ -40,6 +41,8 @@ REFUSED = {
     "container": (None, "code execution containers are not served"),
     "mcp_servers": (None, "MCP servers are not served"),
 }
+
+COUNT_REFUSED = {name: REFUSED[name] for name in ("thinking", "mcp_servers")}
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "abort": "end_turn"}
 
@@ -147,6 +150,23 @@ class MessagesRequest(BaseModel):
         return out
 
 
+class CountTokensRequest(BaseModel):
+    """A count_tokens body: what a Messages request says about the prompt, nothing about sampling."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: dict[str, Any] | None = None
+    mcp_servers: Any = None
+
+    def chat(self) -> dict[str, Any]:
+        """The chat request whose prompt is counted (max_tokens does not change the count)."""
+        return MessagesRequest(max_tokens=1, **self.model_dump(exclude_none=True)).chat()
+
+
 def _text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
@@ -183,8 +203,11 @@ def _arguments(arguments: str) -> Any:
         return {"_raw": arguments}  # the model wrote something that is not JSON: keep it whole
 
 
-def published(limits: RouterConfig) -> dict[str, Any]:
-    """`openapi_extra` for this body: the content blocks and limits the translation enforces."""
+def published(
+    limits: RouterConfig, model: type[BaseModel] = MessagesRequest
+) -> dict[str, Any]:
+    """`openapi_extra` for a body of `model` (a Messages or count_tokens request): the content
+    blocks and limits the translation enforces."""
     text = {"type": "string", "maxLength": limits.max_message_chars}
     text_block = {"type": "object", "required": ["type"], "properties": {
         "type": {"const": "text"}, "text": text}}  # fmt: skip
@@ -201,7 +224,7 @@ def published(limits: RouterConfig) -> dict[str, Any]:
         return {"type": "object", "required": ["role", "content"], "properties": {
             "role": {"const": role}, "content": {"anyOf": [text, blocks]}}}  # fmt: skip
 
-    extra = request_body(MessagesRequest, noop_only(REFUSED) | {
+    overrides = noop_only(REFUSED) | {
         "messages": {"type": "array", "minItems": 1, "maxItems": limits.max_messages - 1,
                      "items": {"anyOf": [message("user", tool_result),
                                          message("assistant", tool_use)]}},
@@ -211,7 +234,8 @@ def published(limits: RouterConfig) -> dict[str, Any]:
             {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]},
         "metadata": {"anyOf": [{"type": "object", "properties": {
             "user_id": {"type": ["string", "null"]}}}, {"type": "null"}]},
-    })  # fmt: skip
+    }  # fmt: skip
+    extra = request_body(model, {k: v for k, v in overrides.items() if k in model.model_fields})
     schema = extra["requestBody"]["content"]["application/json"]["schema"]
     tool = schema["properties"]["tools"]["anyOf"][0]["items"]["properties"]
     tool["name"] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
@@ -258,6 +282,29 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         }  # fmt: skip
         headers = routing_headers(answer.request_id, answer.decision, answer.extension)
         return JSONResponse(body, headers=headers)
+
+    @api.post("/v1/messages/count_tokens",
+              openapi_extra=published(service.registry.router, CountTokensRequest))
+    async def count_tokens(request: Request) -> Response:
+        """The prompt's length in the tokens of the expert that would answer it (routed, not
+        generated); `quorum` adds who that is and the count for each expert recruited."""
+        try:
+            data = await surface.body(request)
+            refuse(data, COUNT_REFUSED)
+            chat = in_their_words(surface.chat, validate(CountTokensRequest, data).chat(), NAMES)
+            decision, counts = await service.prompt_tokens(chat)
+            expert = decision.experts[0]
+            if expert not in counts:
+                raise InvalidRequestError(
+                    f"the prompt cannot be counted in expert '{expert}''s tokens: its tokenizer "
+                    "is not known here (a `backend: openai` expert) or did not load (see the "
+                    "server log); name a hosted expert as the model",
+                    param="model", code="tokens_not_countable")  # fmt: skip
+        except QuorumError as exc:
+            return _error(exc)
+        recruited = {name: counts[name] for name in decision.experts if name in counts}
+        return JSONResponse({"input_tokens": counts[expert],
+                             "quorum": {"expert": expert, "input_tokens_by_expert": recruited}})
 
 
 async def _events(started: Started) -> AsyncIterator[bytes]:

@@ -2,7 +2,7 @@
 
 Every operation documents each status it can return (FastAPI documents only 200 and a 422 that
 Quorum never sends); every error status carries the error body schema: OpenAI's
-`{"error": {message, type, param, code}}`, except `/v1/messages`, which answers in Anthropic's
+`{"error": {message, type, param, code}}`, except `/v1/messages` (and its `count_tokens`), which answer in Anthropic's
 `{"type": "error", "error": {type, message}}`. `error_response_for(path, exc)` is the one place
 that picks the shape, so the auth middleware, the routes and the app's handlers agree.
 `tests/fuzz/test_api_contract.py` holds the app to this schema with schemathesis, all checks on.
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: paths that answer errors in Anthropic's shape
-ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 OPENAI_ERROR = {
     "type": "object",
@@ -70,8 +70,9 @@ WHY = {
 }
 GENERATING = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
 STREAMING = GENERATING  # 200 is JSON, or SSE with "stream": true
-SIZE_LIMITED = GENERATING | {"/v1/route", "/v1/feedback", "/v1/batches"}
-LOOKUPS = GENERATING | {"/v1/route", "/v1/feedback", "/v1/batches", "/admin/scheduler"}
+ROUTING = {"/v1/route", "/v1/messages/count_tokens"}  # route without generating
+SIZE_LIMITED = GENERATING | ROUTING | {"/v1/feedback", "/v1/batches"}
+LOOKUPS = GENERATING | ROUTING | {"/v1/feedback", "/v1/batches", "/admin/scheduler"}
 FEEDBACK_OWNED = {"/v1/feedback"}
 
 
@@ -85,7 +86,7 @@ def anthropic_error(exc: QuorumError) -> JSONResponse:
 
 
 def error_response_for(path: str, exc: QuorumError) -> JSONResponse:
-    """`exc` as the API at `path` shapes errors: Anthropic's for `/v1/messages`, else OpenAI's."""
+    """`exc` as the API at `path` shapes errors: Anthropic's for `/v1/messages...`, else OpenAI's."""
     return anthropic_error(exc) if path in ANTHROPIC_PATHS else error_response(exc)
 
 
@@ -105,7 +106,7 @@ def statuses(path: str, operation: dict[str, Any], open_paths: frozenset[str]) -
         out.add(404)
     if path in GENERATING:
         out |= {502, 503, 504}
-    if path == "/v1/route":
+    if path in ROUTING:
         out |= {503, 504}
     if path == "/readyz":
         out.add(503)

@@ -125,6 +125,14 @@ class Pipeline:
         excluded = self.excluded(request.model, needs)
         return await self.route(request.last_user_text(), request.model, excluded)
 
+    async def prompt_tokens(
+        self, request: protocol.ChatCompletionRequest
+    ) -> tuple[RoutingDecision, dict[str, int]]:
+        """Route `request` without generating; with the prompt's length in each candidate's own
+        tokens (only hosted experts are counted: a remote expert's tokenizer is not known)."""
+        needs = await self.needs(request)
+        return await self.route_request(request, needs), needs.prompt_tokens
+
     async def needs(self, request: protocol.ChatCompletionRequest) -> Needs:
         """What the request needs from its expert; the prompt counted in each candidate's tokens
         (in a worker thread: a long prompt takes milliseconds to tokenize)."""

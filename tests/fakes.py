@@ -172,3 +172,10 @@ class FakeExpert(ExpertClient):
                 yield Delta(chunk, None, *partial, logprobs)
         if self.final_delta:
             yield Delta("", *final, tool_calls=self.tool_calls)
+
+
+class WordCounter:
+    """A `TokenCounter` for tests: every word of every message is 10 tokens."""
+
+    def count(self, expert, messages, tools):
+        return 10 * sum(len((m.get("content") or "").split()) for m in messages)

@@ -15,7 +15,7 @@ from serving.ingress import create_api
 from serving.pipeline import Pipeline
 from skills.store import InMemoryStateStore
 from tests.conftest import KeywordEncoder
-from tests.fakes import FakeExpert
+from tests.fakes import FakeExpert, WordCounter
 
 ADMIN_KEY = "sk-contract-admin-0123456789"
 USER_KEY = "sk-contract-user-0123456789"
@@ -39,7 +39,7 @@ def build_app(batch_root: str | Path, auth: bool = True):
     echo = {n: FakeExpert(n, ["{name}: ", "{question:.20}"], template=True, prompt_tokens=5,
                           completion_tokens=2) for n in ("mathematician", "jurist")}  # fmt: skip
     feedback = FeedbackObserver(store, registry, encoder.name)
-    service = Pipeline(registry, route, echo, feedback)
+    service = Pipeline(registry, route, echo, feedback, counter=WordCounter())
     keys = [ApiKey("admin", hash_key(ADMIN_KEY), admin=True), ApiKey("user", hash_key(USER_KEY))]
     api = create_api(service, auth=Authenticator(keys) if auth else None)
     install_batches(api, service, batch_root)

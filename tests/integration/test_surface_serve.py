@@ -1,7 +1,8 @@
 """The whole OpenAI surface on the real service (`quorum serve`, both tiny models on vLLM CPU):
 structured output, tool calls, logprobs through chat; /v1/completions, /v1/responses and
-Anthropic's /v1/messages with the official clients, streaming and not; /livez, /readyz and the
-per-expert readiness in /v1/models; an unsupported parameter is a 400 and serving goes on."""
+Anthropic's /v1/messages (and count_tokens) with the official clients, streaming and not; /livez,
+/readyz and the per-expert readiness in /v1/models; an unsupported parameter is a 400 and serving
+goes on."""
 
 from __future__ import annotations
 
@@ -133,6 +134,12 @@ def test_anthropic_messages_stream_and_not(an):
                             messages=ASK, **greedy) as stream:  # fmt: skip
         text = "".join(stream.text_stream)
     assert text == done.content[0].text
+    # count_tokens: the same prompt, counted before generating, is what the engine billed
+    for model in ("smollm2-135m", "gemma3-270m"):
+        done = an.messages.create(model=model, max_tokens=1, system="Answer briefly.",
+                                  messages=ASK)  # fmt: skip
+        count = an.messages.count_tokens(model=model, system="Answer briefly.", messages=ASK)
+        assert count.input_tokens == done.usage.input_tokens > 5, model
 
 
 def test_an_unsupported_parameter_is_a_400_and_serving_goes_on(oa):

@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.fakes import FakeExpert
+from tests.fakes import FakeExpert, WordCounter
 from tests.unit.test_api import make_client
 from tests.unit.test_chat_params import TOOLED
 
@@ -17,8 +17,8 @@ CALL = {"id": "call_7", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
 
 
-def clients(**overrides):
-    http, experts = make_client(registry=TOOLED, overrides=overrides)
+def clients(counter=None, **overrides):
+    http, experts = make_client(registry=TOOLED, overrides=overrides, counter=counter)
     oa = openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http)
     an = anthropic.Anthropic(base_url="http://testserver", api_key="k", http_client=http)
     return oa, an, experts, http
@@ -221,6 +221,35 @@ def test_messages_errors_come_in_anthropics_shape():
                                         "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 404 and r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_count_tokens_counts_for_the_expert_that_would_answer():
+    _, an, experts, http = clients(counter=WordCounter())
+    count = an.messages.count_tokens(model="auto", system="Be brief.", messages=[
+        {"role": "user", "content": "solve the equation for x"}])  # fmt: skip
+    assert count.input_tokens == 10 * (2 + 5)  # the system text counts too (WordCounter)
+    r = http.post("/v1/messages/count_tokens", json={
+        "model": "jurist", "messages": [{"role": "user", "content": "a contract"}]})  # fmt: skip
+    assert r.json() == {"input_tokens": 20, "quorum": {
+        "expert": "jurist", "input_tokens_by_expert": {"jurist": 20}}}  # fmt: skip
+    assert all(not e.requests for e in experts.values() if hasattr(e, "requests"))  # nothing ran
+
+
+def test_count_tokens_refusals_in_anthropics_shape():
+    _, an, _, http = clients(counter=WordCounter())
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError, match="thinking"):
+        an.messages.count_tokens(model="auto", messages=ask,
+                                 thinking={"type": "enabled", "budget_tokens": 1024})  # fmt: skip
+    r = http.post("/v1/messages/count_tokens", json={"model": "auto", "messages": ask,
+                                                     "max_tokens": 5})  # fmt: skip
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    r = http.post("/v1/messages/count_tokens", json={"model": "nope", "messages": ask})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    _, _, _, uncounted = clients()  # no tokenizer for any expert
+    r = uncounted.post("/v1/messages/count_tokens", json={"model": "jurist", "messages": ask})
+    assert r.status_code == 400 and "cannot be counted in expert 'jurist'" in r.json()["error"][
+        "message"]  # fmt: skip
 
 
 def test_refusals_name_the_parameter_as_each_api_spells_it():

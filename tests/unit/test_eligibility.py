@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from experts.registry import parse_registry
 from router.eligibility import Needs, exclusions
-from tests.fakes import FakeExpert
+from tests.fakes import FakeExpert, WordCounter
 from tests.unit.test_api import make_client
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
@@ -30,13 +30,6 @@ REGISTRY = parse_registry({
         {"name": "slow", "model": "m4", "default_competence": 0.0},
     ],
 })  # fmt: skip
-
-
-class WordCounter:
-    """A `TokenCounter` for tests: every word of every message is 10 tokens."""
-
-    def count(self, expert, messages, tools):
-        return 10 * sum(len((m.get("content") or "").split()) for m in messages)
 
 
 def client(counter=None):
