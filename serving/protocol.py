@@ -47,6 +47,23 @@ class Message(BaseModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        """Name what is wrong with content that is not text, instead of pydantic's union error."""
+        if content is None or isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise ValueError("content must be a string or a list of text parts")
+        for i, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"content part {i} is of type {kind!r}; the experts read text "
+                                 "only: send {'type': 'text', 'text': ...} parts")  # fmt: skip
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {i} (text) needs a string 'text'")
+        return content
+
     @model_validator(mode="after")
     def _no_unused_fields(self) -> Message:
         for key, value in (self.model_extra or {}).items():
