@@ -177,5 +177,11 @@ def measure_ceilings(device: torch.device) -> tuple[float, float]:
     return 2 * n / t_copy, 2 * m**3 / t_mm
 
 
+def in_order(*steps) -> None:
+    """Run `steps` one after another: several timed steps as one callable (one graph capture)."""
+    for step in steps:
+        step()
+
+
 def fmt_us(s: float) -> str:
     return "-" if s is None or math.isnan(s) else f"{s * 1e6:,.0f}" if s > 1e-4 else f"{s * 1e6:.1f}"

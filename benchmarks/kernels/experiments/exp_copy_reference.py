@@ -42,15 +42,12 @@ from functools import partial
 
 import torch
 
+from benchmarks.kernels._moe_common import in_order
 from benchmarks.kernels._streams import read_buffer, read_designs
 from benchmarks.kernels.bench_moe import _graph_time
 
 EVICT_BYTES = 256e6
 
-
-def _then(first, second) -> None:
-    first()
-    second()
 
 
 def _copy_us(nbytes: float, dev: torch.device) -> float:
@@ -164,12 +161,12 @@ def main() -> None:
         dst = torch.empty_like(src)
         copy = partial(dst.copy_, src)
         t_copy = _graph_time(copy, 100)
-        t_copy_paid = _graph_time(partial(_then, copy, evict), 100) - _graph_time(evict, 100)
+        t_copy_paid = _graph_time(partial(in_order, copy, evict), 100) - _graph_time(evict, 100)
         buf = read_buffer(nbytes, dev)
         reads = read_designs(buf)
         times = {k: _graph_time(fn, 60) for k, fn in reads.items()}
         best = min(times, key=times.get)
-        t_read_paid = _graph_time(partial(_then, reads[best], evict), 100) - _graph_time(evict, 100)
+        t_read_paid = _graph_time(partial(in_order, reads[best], evict), 100) - _graph_time(evict, 100)
         print(
             f"{mb:6.0f} MB  copy {t_copy * 1e6:7.1f} us ({nbytes / t_copy / 1e12:.2f} TB/s), "
             f"with write-back {t_copy_paid * 1e6:7.1f} us ({nbytes / t_copy_paid / 1e12:.2f} TB/s); "

@@ -23,16 +23,19 @@ from functools import partial
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, logits_of, make_params, triton_layer, work
+from benchmarks.kernels._moe_common import (
+    SHAPES,
+    in_order,
+    logits_of,
+    make_params,
+    triton_layer,
+    work,
+)
 from benchmarks.kernels._streams import read_buffer, read_designs
 from benchmarks.kernels.bench_moe import _copy_time, _graph_time
 
 CASES = ["qwen3-30b-a3b:1", "olmoe-1b-7b:1", "mixtral-8x7b-tp2:1", "qwen3-30b-a3b:8", "olmoe-1b-7b:8"]
 
-
-def _then(first, second) -> None:
-    first()
-    second()
 
 
 def case(spec: str, dev: torch.device) -> None:
@@ -49,7 +52,7 @@ def case(spec: str, dev: torch.device) -> None:
         best = min(times, key=times.get)
         router = partial(logits_of, x, shape, p)
         t_router = _graph_time(router, 60)
-        t_both = _graph_time(partial(_then, router, reads[best]), 60)
+        t_both = _graph_time(partial(in_order, router, reads[best]), 60)
         t_ours = _graph_time(partial(triton_layer, x, shape, p), 60)
     cols = dict(copy=copy, read=times[best], router=t_router, **{"router+read": t_both}, ours=t_ours)
     print(f"== {spec} {stats} {nbytes / 1e6:.1f} MB (read: {best})", flush=True)
