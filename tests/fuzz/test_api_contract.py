@@ -32,7 +32,7 @@ from tests.fuzz.contract_app import ADMIN_KEY, build_app  # noqa: E402
 
 EXAMPLES = int(os.environ.get("QUORUM_CONTRACT_EXAMPLES", "25"))
 OPERATIONS = {
-    "GET /health", "GET /livez", "GET /readyz", "GET /v1/models", "POST /v1/chat/completions",
+    "GET /health", "GET /livez", "GET /readyz", "GET /v1/models", "GET /v1/models/{model}", "POST /v1/chat/completions",
     "POST /v1/completions", "POST /v1/responses", "POST /v1/messages", "POST /v1/messages/count_tokens", "POST /v1/route",
     "GET /admin/scheduler", "GET /admin/routing/{request_id}", "POST /v1/feedback",
     "POST /v1/files", "GET /v1/files", "GET /v1/files/{file_id}",

@@ -52,6 +52,12 @@ def test_live_ready_and_models_show_each_expert_ready(base):
     assert rows["smollm2-135m"]["readiness"]["state"] == "ready"
 
 
+def test_models_retrieve_with_the_official_client(oa):
+    assert oa.models.retrieve("gemma3-270m").quorum["capabilities"]["tool_parser"] == "hermes"
+    with pytest.raises(openai.NotFoundError, match="available models"):
+        oa.models.retrieve("gpt-9")
+
+
 def test_chat_json_schema_output_validates(oa):
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
               "required": ["city"], "additionalProperties": False}  # fmt: skip

@@ -135,6 +135,11 @@ def test_models_lists_virtual_models_and_experts():
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids == ["auto", "mathematician", "jurist", "flaky", "slow"]
     assert client.get("/health").json()["status"] == "ok"
+    one = client.get("/v1/models/jurist").json()  # the clients' models.retrieve
+    assert one["id"] == "jurist" and one["quorum"]["kind"] == "expert"
+    missing = client.get("/v1/models/gpt-9")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert "available models: auto, flaky, jurist" in missing.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
