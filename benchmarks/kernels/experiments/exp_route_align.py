@@ -3,16 +3,21 @@
 `python -m benchmarks.kernels.experiments.exp_route_align [shape ...]`: per shape and T, the
 launch time (CUDA graph of 50 back-to-back launches, median) with the layout derived from
 per-expert counts ("expert", [slots, experts] tiles) and from the slots alone ("slot",
-[slots, slots] tiles), at 1, 2 and 4 warps.
+[slots, slots] tiles), at 1, 2, 4 and 8 warps.
 
 `--static` needs no GPU: it compiles the same variants for sm_90 and prints the PTX instruction
-count and the number of `bar.sync` (each a block-wide wait in this single-program kernel).
+count, the number of `bar.sync` (each a block-wide wait in this single-program kernel), and the
+registers and spilled bytes `ptxas -v` reports (the newest ptxas that ships with Triton).
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import torch
 import triton
@@ -23,7 +28,7 @@ from experts.moe.kernels import route_align as ra
 from experts.moe.kernels.routing import route_meta
 
 DEFAULT = ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3", "deepseek-v3-32exp")
-VARIANTS = [(slots, w) for slots in (False, True) for w in (1, 2, 4)]
+VARIANTS = [(slots, w) for slots in (False, True) for w in (1, 2, 4, 8)]
 _ARGS = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
          "T": "i32", "C": "i32", "E_REAL": "i32", "stride_t": "i32", "top_p": "fp32",
          "scaling": "fp32", "local_lo": "i32", "local_n": "i32", "block_expert_ptr": "*i32",
@@ -54,7 +59,24 @@ def _static(s, t: int, slots: bool, warps: int) -> str:
                          options={"num_warps": warps}).asm["ptx"]
     lines = [ln.strip() for ln in ptx.splitlines()]
     n = sum(1 for ln in lines if ln and not ln.startswith(("//", ".", "$", "{", "}")))
-    return f"{n} ptx / {ptx.count('bar.sync')} bar.sync"
+    return f"{n} ptx / {ptx.count('bar.sync')} bar.sync / {_registers(ptx)}"
+
+
+def _registers(ptx: str) -> str:
+    """Registers and spill bytes per thread, from `ptxas -v` on `ptx`."""
+    arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        for ptxas in ("ptxas-blackwell", "ptxas"):  # the PTX may be newer than the older one
+            run = subprocess.run([tools / ptxas, f"-arch={arch}", "-v", f.name, "-o", "/dev/null"],
+                                 capture_output=True, text=True)  # fmt: skip
+            if run.returncode == 0:
+                regs = re.search(r"Used (\d+) registers", run.stderr).group(1)
+                spill = re.search(r"(\d+) bytes spill stores", run.stderr).group(1)
+                return f"{regs} regs / {spill} B spilled"
+    return "ptxas failed"
 
 
 def main(argv: list[str]) -> None:
