@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     names = [a for a in argv if not a.startswith("--")] or DEFAULT
     dev = torch.device("cuda") if not static else None
     if static:  # the counts depend on the Triton version (3.9 spilled where 3.6 did not)
-        print(f"Triton {triton.__version__}, compiled for sm_90, 4-warp rows as in the layer")
+        print(f"Triton {triton.__version__}, sm_90, without the launcher's specialisation")
     for name in names:
         s = SHAPES[name]
         bias = torch.zeros(s.e, device=dev) if s.with_bias and dev else None
