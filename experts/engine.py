@@ -193,13 +193,9 @@ class VLLMEngine:
     def _encode(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
-        from experts.vllm_chat import template_messages
+        from experts.prompt import prompt_ids
 
-        text = self._tokenizer.apply_chat_template(
-            template_messages(messages), tools=tools, add_generation_prompt=True, tokenize=False
-        )
-        # The chat template writes its own special tokens (BOS, role markers).
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return prompt_ids(self._tokenizer, messages, tools, self.name)
 
     async def stream_chat(
         self,

@@ -72,6 +72,7 @@ PLAIN_CHAT_TEMPLATE = (
     "{% if message['role'] == 'system' %}{{ message['content'] | trim }}\n\n"
     "{% elif message['role'] == 'user' %}User: {{ message['content'] | trim }}\n"
     "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] | trim }}\n"
+    "{% elif message['role'] == 'tool' %}Tool result: {{ message['content'] | trim }}\n"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"

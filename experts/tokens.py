@@ -63,12 +63,9 @@ class TemplateTokenCounter:
     def count(
         self, expert: str, messages: list[dict[str, Any]], tools: list[dict] | None
     ) -> int | None:
-        from experts.vllm_chat import template_messages
+        from experts.prompt import prompt_ids
 
         tokenizer = self._tokenizer(expert)
         if tokenizer is None:
             return None
-        text = tokenizer.apply_chat_template(
-            template_messages(messages), tools=tools, add_generation_prompt=True, tokenize=False
-        )
-        return len(tokenizer.encode(text, add_special_tokens=False))
+        return len(prompt_ids(tokenizer, messages, tools, f"expert '{expert}'"))

@@ -14,14 +14,13 @@ vLLM is imported lazily (inside the functions), like `experts/engine.py`.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from experts.errors import InvalidRequestError
 from experts.stream import ExpertRequest
 
-__all__ = ["ChatPlan", "openai_logprobs", "template_messages"]
+__all__ = ["ChatPlan", "openai_logprobs"]
 
 
 def _vllm_request(request: ExpertRequest, max_tokens: int, stop: list[str], stream: bool) -> Any:
@@ -114,30 +113,6 @@ class ChatPlan:
                                                         and finish_reason == "stop")):  # fmt: skip
             finish_reason = "tool_calls"
         return content or "", tool_calls or None, finish_reason
-
-
-def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as Hugging Face chat templates read them: a tool call's `arguments` as a mapping
-    (OpenAI sends a JSON string; templates iterate over the arguments), the rest unchanged."""
-    out = []
-    for message in messages:
-        calls = message.get("tool_calls")
-        if calls:
-            message = dict(message)
-            message["tool_calls"] = [_with_mapping_arguments(call) for call in calls]
-        out.append(message)
-    return out
-
-
-def _with_mapping_arguments(call: dict[str, Any]) -> dict[str, Any]:
-    function = dict(call.get("function") or {})
-    arguments = function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            function["arguments"] = json.loads(arguments)
-        except json.JSONDecodeError:
-            pass  # not JSON: the template gets the string the client sent
-    return {**call, "function": function}
 
 
 def openai_logprobs(

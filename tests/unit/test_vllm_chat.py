@@ -1,12 +1,11 @@
-"""The pure parts of experts/vllm_chat.py: vLLM's per-token logprobs in OpenAI's shape, and
-messages as chat templates read them (the vLLM-facing parts run in
-tests/integration/test_openai_params.py)."""
+"""The pure part of experts/vllm_chat.py: vLLM's per-token logprobs in OpenAI's shape (the
+vLLM-facing parts run in tests/integration/test_openai_params.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experts.vllm_chat import openai_logprobs, template_messages
+from experts.vllm_chat import openai_logprobs
 
 
 @dataclass
@@ -32,17 +31,3 @@ def test_logprobs_per_token_with_ranked_alternatives():
 def test_logprobs_without_alternatives_and_forbidden_tokens():
     out = openai_logprobs([1], [{1: Logprob(float("-inf"), 4, "é")}], top=0)
     assert out == [{"token": "é", "logprob": -9999.0, "bytes": [195, 169], "top_logprobs": []}]
-
-
-def test_template_messages_turn_call_arguments_into_mappings():
-    calls = [{"id": "c", "type": "function",
-              "function": {"name": "f", "arguments": '{"x": 1}'}},
-             {"id": "d", "type": "function", "function": {"name": "g", "arguments": "not json"}}]  # fmt: skip
-    messages = [{"role": "user", "content": "q"},
-                {"role": "assistant", "content": None, "tool_calls": calls}]  # fmt: skip
-    out = template_messages(messages)
-
-    assert out[0] is messages[0]
-    assert out[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
-    assert out[1]["tool_calls"][1]["function"]["arguments"] == "not json"
-    assert calls[0]["function"]["arguments"] == '{"x": 1}'  # the request is not changed
