@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,12 +31,17 @@ def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subproces
     Ready means the banner ("Quorum is up"), which `quorum serve` prints once Serve reports every
     deployment running (each hosted expert's engine loaded), and /health answering. /health alone
     answers as soon as the ingress is up, while engines may load for minutes more on a loaded
-    machine: a first request then meets a first-token timeout (seen in a test run here)."""
+    machine: a first request then meets a first-token timeout (seen in a test run here).
+
+    It starts with SIGINT ignored, as `quorum serve &` in a script starts it (a non-interactive
+    shell ignores SIGINT in background commands, and Python then installs no KeyboardInterrupt):
+    `stop` still expects it to shut down on SIGINT."""
     log = Path(os.environ.get("QUORUM_TEST_LOGS", "/tmp")) / f"quorum-serve-{port}.log"
     env = os.environ | OFFLINE_ENV | {"PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_ignore_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,14 +61,24 @@ def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subproces
     raise RuntimeError(f"quorum serve did not come up in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop(proc: subprocess.Popen) -> bool:
+    """SIGINT to `quorum serve` alone (as `kill -INT` sends it); whether it shut down by itself
+    within 60 s. Whatever is left of its process group is killed either way."""
+    graceful = True
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            graceful = False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return graceful
 
 
 @pytest.fixture(scope="module")
@@ -74,4 +90,4 @@ def quorum_default():
     port = free_port()
     proc, log = start_quorum(port)
     yield f"http://127.0.0.1:{port}", log
-    stop(proc)
+    assert stop(proc) and "shutting down" in log.read_text(), "quorum serve ignored SIGINT"
