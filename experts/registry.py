@@ -25,7 +25,7 @@ from experts.config import (
     RouterConfig,
     Strict,
 )
-from experts.errors import RegistryError
+from experts.errors import ModelNotFoundError, RegistryError
 
 __all__ = ["MMLU_PRO_SKILLS", "AuthConfig", "Capabilities", "ClassifierConfig", "Cost", "Expert",
            "FaultConfig", "Registry", "Residency", "Resources", "RouterConfig", "VirtualModel", "load_registry",
@@ -250,6 +250,13 @@ class Registry(Strict):
 
     def virtual_model(self, name: str) -> VirtualModel | None:
         return next((v for v in self.virtual_models if v.name == name), None)
+
+    def unknown_model(self, name: str) -> ModelNotFoundError:
+        """The 404 for a model that is neither a virtual model nor an expert; lists them all."""
+        known = ", ".join(sorted([*(e.name for e in self.experts),
+                                  *(v.name for v in self.virtual_models)]))  # fmt: skip
+        return ModelNotFoundError(f"model '{name}' does not exist; available models: {known}",
+                                  param="model")  # fmt: skip
 
     def competence_matrix(self) -> list[list[float]]:
         """Prior competence `[E, S]` from the registry (measured profiles override it)."""

@@ -25,7 +25,6 @@ from typing import Protocol
 
 import numpy as np
 
-from experts.errors import ModelNotFoundError
 from experts.registry import Registry
 
 #: Softmax temperature that turns utilities into routing probabilities for adaptive k.
@@ -117,12 +116,7 @@ class Recruiter:
             return [self._names.index(model)]
         virtual = self.registry.virtual_model(model)
         if virtual is None:
-            known = ", ".join(
-                sorted([*self._names, *(v.name for v in self.registry.virtual_models)])
-            )
-            raise ModelNotFoundError(
-                f"model '{model}' does not exist; available models: {known}", param="model"
-            )
+            raise self.registry.unknown_model(model)
         allowed = virtual.experts or self._names
         return [self._names.index(n) for n in allowed]
 

@@ -2,9 +2,10 @@
 
 Every operation documents each status it can return (FastAPI documents only 200 and a 422 that
 Quorum never sends); every error status carries the error body schema: OpenAI's
-`{"error": {message, type, param, code}}`, except `/v1/messages` (and its `count_tokens`), which answer in Anthropic's
-`{"type": "error", "error": {type, message}}`. `error_response_for(path, exc)` is the one place
-that picks the shape, so the auth middleware, the routes and the app's handlers agree.
+`{"error": {message, type, param, code}}`, except `/v1/messages` and its `count_tokens`, which
+answer in Anthropic's `{"type": "error", "error": {type, message}}`. `error_response_for(path,
+exc)` is the one place that picks the shape, so the auth middleware, the routes and the app's
+handlers agree.
 `tests/fuzz/test_api_contract.py` holds the app to this schema with schemathesis, all checks on.
 """
 

@@ -19,13 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from experts.errors import (
-    ExpertError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    QuorumError,
-    RequestTooLargeError,
-)
+from experts.errors import ExpertError, InvalidRequestError, QuorumError, RequestTooLargeError
 from experts.registry import RouterConfig
 from serving import compat_anthropic, compat_completions, compat_responses, protocol
 from serving.audit import AuditLog, AuditRecordNotFoundError
@@ -177,13 +171,7 @@ def create_api(
     @api.get("/v1/models/{model}")
     async def model(model: str) -> dict:
         """One row of `/v1/models` (the clients' `models.retrieve`)."""
-        rows = service.models()
-        for row in rows:
-            if row["id"] == model:
-                return row
-        known = ", ".join(sorted(row["id"] for row in rows))
-        raise ModelNotFoundError(f"model '{model}' does not exist; available models: {known}",
-                                 param="model")  # fmt: skip
+        return service.model(model)
 
     # The body is read by hand (size limit first), so the schema is declared for /openapi.json.
     chat_body = chat_request_openapi(limits)

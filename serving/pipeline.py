@@ -315,6 +315,13 @@ class Pipeline:
         ]  # fmt: skip
         return rows
 
+    def model(self, name: str) -> dict:
+        """`/v1/models/{name}`: that row of `models()`, or the 404 listing every model."""
+        row = next((row for row in self.models() if row["id"] == name), None)
+        if row is None:
+            raise self.registry.unknown_model(name)
+        return row
+
 
 def answered_by(decision: RoutingDecision, extension: dict) -> str:
     """The expert whose answer is returned: the chosen one, or the last fallback's target."""

@@ -34,6 +34,14 @@ def _count_kernel(ids_ptr, counts_ptr, M, E, CHUNK: tl.constexpr, E_PAD: tl.cons
 
 
 @triton.jit
+def _fill(ptr, start, end, value, TILE: tl.constexpr):
+    """ptr[start:end] = value (int32), TILE entries per step."""
+    for i0 in range(start // TILE * TILE, end, TILE):
+        i = i0 + tl.arange(0, TILE)
+        tl.store(ptr + i, tl.zeros([TILE], tl.int32) + value, mask=(i >= start) & (i < end))
+
+
+@triton.jit
 def _write_layout(
     running, start_ptr, block_expert_ptr, num_padded_ptr, sorted_ids_ptr, M, E, P,
     BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, TAIL_TILE: tl.constexpr,
@@ -59,10 +67,7 @@ def _write_layout(
     pad_rows = (start + running)[:, None] + j[None, :]  # [E_PAD, BLOCK_M]
     pad_mask = (j[None, :] < (padded - running)[:, None]) & (ear < E)[:, None]
     tl.store(sorted_ids_ptr + pad_rows, tl.full([E_PAD, BLOCK_M], 0, tl.int32) + M, mask=pad_mask)
-    for r0 in range(total // TAIL_TILE * TAIL_TILE, P, TAIL_TILE):
-        r = r0 + tl.arange(0, TAIL_TILE)
-        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M,
-                 mask=(r >= total) & (r < P))
+    _fill(sorted_ids_ptr, total, P, M, TAIL_TILE)
     return start
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from experts.moe.kernels._triton import tl, triton
-from experts.moe.kernels.align import _rank_in_expert, _write_layout, nb_tile
+from experts.moe.kernels.align import _fill, _rank_in_expert, _write_layout, nb_tile
 from experts.moe.kernels.reference import RoutingConfig, max_padded_rows
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
@@ -45,12 +45,8 @@ def _write_slot_layout(
     pad_mask = (valid & (rank == count - 1))[:, None] & (j[None, :] < (padded - count)[:, None])
     tl.store(sorted_ids_ptr + (start + count)[:, None] + j[None, :],
              tl.full([N, BLOCK_M], 0, tl.int32) + M, mask=pad_mask)
-    for b0 in range(total // BLOCK_M, P // BLOCK_M, TAIL_TILE):  # blocks past the last expert
-        b = b0 + tl.arange(0, TAIL_TILE)
-        tl.store(block_expert_ptr + b, tl.full([TAIL_TILE], -1, tl.int32), mask=b < P // BLOCK_M)
-    for r0 in range(total, P, TAIL_TILE):  # rows past the last expert
-        r = r0 + tl.arange(0, TAIL_TILE)
-        tl.store(sorted_ids_ptr + r, tl.full([TAIL_TILE], 0, tl.int32) + M, mask=r < P)
+    _fill(block_expert_ptr, total // BLOCK_M, P // BLOCK_M, -1, TAIL_TILE)  # past the last expert
+    _fill(sorted_ids_ptr, total, P, M, TAIL_TILE)
     return pos
 
 
