@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -34,6 +35,11 @@ class NotFoundError(QuorumError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+# The ids this store hands out ("file-" / "batch_" + 24 hex digits) and nothing the filesystem could
+# trip on: a 500-character id made stat() fail with "File name too long" (a 500, found by the fuzz).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -64,7 +70,7 @@ class BatchStore:
 
     def get_file(self, file_id: str) -> dict[str, Any]:
         path = self.files / f"{Path(file_id).name}.json"
-        if not path.is_file():
+        if not _ID.fullmatch(file_id) or not path.is_file():
             raise NotFoundError(f"no file with id '{file_id}'; list them with GET /v1/files",
                                 param="file_id")  # fmt: skip
         return json.loads(path.read_text())
@@ -91,7 +97,7 @@ class BatchStore:
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         path = self.batches / f"{Path(batch_id).name}.json"
-        if not path.is_file():
+        if not _ID.fullmatch(batch_id) or not path.is_file():
             raise NotFoundError(f"no batch with id '{batch_id}'; list them with GET /v1/batches",
                                 param="batch_id")  # fmt: skip
         return json.loads(path.read_text())

@@ -13,6 +13,7 @@ from experts.errors import ModelNotFoundError
 from experts.registry import parse_registry
 from experts.stream import ExpertRequest
 from router import RoutingDecision
+from serving.batch_store import NotFoundError
 from serving.batches import BatchRunner, BatchStore, install_batches
 from serving.ingress import create_api
 from serving.pipeline import Pipeline
@@ -183,3 +184,12 @@ async def test_bad_batch_requests_get_openai_errors(tmp_path, body, code):
     async with client:
         r = await client.post("/v1/batches", json=body)
     assert r.status_code == code and "message" in r.json()["error"]
+
+
+@pytest.mark.parametrize("bad", ["0" * 300 + "\x80İ", "../files/x", "a b", ""])
+def test_ids_the_store_never_hands_out_are_not_found_not_a_server_error(tmp_path, bad):
+    # A 300-character id made stat() fail with "File name too long": a 500 (found by the fuzz).
+    store = BatchStore(tmp_path)
+    for call in (store.get_file, store.delete_file, store.file_content, store.get_batch):
+        with pytest.raises(NotFoundError):
+            call(bad)
