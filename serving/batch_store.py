@@ -38,7 +38,7 @@ class NotFoundError(QuorumError):
 
 
 # The ids this store hands out ("file-" / "batch_" + 24 hex digits) and nothing the filesystem could
-# trip on: a 500-character id made stat() fail with "File name too long" (a 500, found by the fuzz).
+# trip on: an id of over 255 bytes made stat() fail with "File name too long" (a 500, found by the fuzz).
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -188,7 +188,7 @@ async def test_bad_batch_requests_get_openai_errors(tmp_path, body, code):
 
 @pytest.mark.parametrize("bad", ["0" * 300 + "\x80İ", "../files/x", "a b", ""])
 def test_ids_the_store_never_hands_out_are_not_found_not_a_server_error(tmp_path, bad):
-    # A 300-character id made stat() fail with "File name too long": a 500 (found by the fuzz).
+    # An id of over 255 bytes made stat() fail with "File name too long": a 500 (found by the fuzz).
     store = BatchStore(tmp_path)
     for call in (store.get_file, store.delete_file, store.file_content, store.get_batch):
         with pytest.raises(NotFoundError):
