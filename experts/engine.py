@@ -30,12 +30,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
 from experts.models import read_model_meta
 from experts.moe.vllm_plugin import engine_kwargs as moe_engine_kwargs
 from experts.stream import Delta, ExpertRequest
+
+if TYPE_CHECKING:
+    from experts.registry import Expert
 
 __all__ = [
     "HostedExpert",
@@ -171,6 +174,18 @@ class VLLMEngine:
         self._tokenizer = self._llm.get_tokenizer()
         self.startup_s = time.perf_counter() - started
         logger.info("vLLM engine for %s ready in %.1f s", model, self.startup_s)
+
+    @staticmethod
+    def spec_options(spec: Expert, engine_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The constructor's arguments for registry entry `spec` (the one place an entry becomes
+        engine options); `engine_kwargs` replaces the entry's `engine_args`."""
+        from experts.models import resolve_model
+
+        return dict(model=resolve_model(spec.model), max_model_len=spec.context_length,
+                    engine_kwargs=spec.engine_args if engine_kwargs is None else engine_kwargs,
+                    name=spec.name, moe_kernels=spec.moe_kernels,
+                    tool_parser=spec.capabilities.tool_parser,
+                    tool_strict_level=spec.capabilities.tool_strict_level)  # fmt: skip
 
     @classmethod
     async def create(cls, model: str, **options: Any) -> VLLMEngine:
@@ -369,19 +384,10 @@ class HostedExpert:
     deployment, so the request path goes from the ingress's client straight to this class."""
 
     def __init__(self, expert: dict[str, Any]) -> None:
-        from experts.models import resolve_model
         from experts.registry import Expert
 
         self.expert = Expert.model_validate(expert)
-        self.engine = VLLMEngine(
-            resolve_model(self.expert.model),
-            max_model_len=self.expert.context_length,
-            engine_kwargs=self.expert.engine_args,
-            name=self.expert.name,
-            moe_kernels=self.expert.moe_kernels,
-            tool_parser=self.expert.capabilities.tool_parser,
-            tool_strict_level=self.expert.capabilities.tool_strict_level,
-        )
+        self.engine = VLLMEngine(**VLLMEngine.spec_options(self.expert))
 
     async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
         try:

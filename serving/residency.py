@@ -64,17 +64,12 @@ class VLLMEngineFactory(EngineFactory):
 
     async def start(self, expert: str) -> Engine:
         from experts.engine import VLLMEngine, platform_supports_sleep
-        from experts.models import resolve_model
 
         spec = self.experts[expert]
         kwargs = dict(spec.engine_args)
         if platform_supports_sleep():
             kwargs.setdefault("enable_sleep_mode", True)
-        return await VLLMEngine.create(resolve_model(spec.model), max_model_len=spec.context_length,
-                                      engine_kwargs=kwargs, name=spec.name,
-                                      moe_kernels=spec.moe_kernels,
-                                      tool_parser=spec.capabilities.tool_parser,
-                                      tool_strict_level=spec.capabilities.tool_strict_level)  # fmt: skip
+        return await VLLMEngine.create(**VLLMEngine.spec_options(spec, kwargs))
 
 
 class SlotManager:
