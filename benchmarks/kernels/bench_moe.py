@@ -34,66 +34,10 @@ from benchmarks.kernels._moe_common import (
     triton_layer,
     work,
 )
-from benchmarks.kernels._streams import read_buffer, read_designs
+from benchmarks.kernels._timing import bench, copy_time, graph, read_times
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
-
-
-def _bench(fn, rep_ms: int) -> float:
-    import triton.testing
-
-    # At least ~10 timed calls even for 50 ms layers: do_bench's count is rep / estimate.
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    est_ms = (time.perf_counter() - t0) * 1e3
-    rep = max(rep_ms, int(10 * est_ms))
-    return triton.testing.do_bench(fn, warmup=max(5, rep // 4), rep=rep,
-                                   return_mode="median") * 1e-3
-
-
-def _graph(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
-def _graph_time(fn, rep_ms: int) -> float:
-    """`fn` captured in a CUDA graph and timed by its replays, as the layer is."""
-    g = _graph(fn)
-    t = _bench(g.replay, rep_ms)
-    g.reset()
-    return t
-
-
-COPY_GRANULE = 32768  # bf16 elements = 64 KiB per buffer
-
-
-def _copy_time(nbytes: float, dev: torch.device, rep_ms: int) -> float:
-    """A device copy of the layer's floor bytes (half read, half written), timed like a layer:
-    what any kernel can reach at this size under this timing (graph launch, ramp, tail).
-
-    Each buffer is rounded up to 64 KiB (< 0.2% more bytes at decode sizes): on the H200 the
-    driver's memcpy ran 1.4-1.6x slower for lengths off that grain (experiments/
-    exp_copy_reference.py), which made this reference move between rows and runs."""
-    n = -(-int(nbytes) // 4 // COPY_GRANULE) * COPY_GRANULE
-    src = torch.empty(n, dtype=torch.bfloat16, device=dev).normal_()
-    dst = torch.empty_like(src)
-    return _graph_time(partial(dst.copy_, src), rep_ms)
-
-
-def _read_times(nbytes: float, dev: torch.device, rep_ms: int) -> dict[str, float]:
-    """A read-only stream of the floor's bytes in each of `read_designs`, timed like a layer."""
-    src = read_buffer(nbytes, dev)
-    return {name: _graph_time(fn, rep_ms) for name, fn in read_designs(src).items()}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -123,16 +67,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                     ref = grouped_mm_layer(x, shape, params)
                     row["rel_err_vs_grouped_mm"] = rel_err(ours, ref)
                     row["correct"] = row["rel_err_vs_grouped_mm"] < TOLERANCE[torch.bfloat16]
-                    g = _graph(partial(triton_layer, x, shape, params))
-                    row["ours_graph_s"] = _bench(g.replay, args.rep)
+                    g = graph(partial(triton_layer, x, shape, params))
+                    row["ours_graph_s"] = bench(g.replay, args.rep)
                     for key, fn in (("ours_eager_s", triton_layer),
                                     ("grouped_mm_s", grouped_mm_layer),
                                     ("eager_loop_s", eager_loop_layer)):
-                        row[key] = _bench(partial(fn, x, shape, params), args.rep)
+                        row[key] = bench(partial(fn, x, shape, params), args.rep)
                     g.reset()
                 if t <= args.copy_ref_max_t:
-                    row["copy_same_bytes_s"] = _copy_time(nbytes, dev, args.rep)
-                    row["read_only_s"] = _read_times(nbytes, dev, args.rep)
+                    row["copy_same_bytes_s"] = copy_time(nbytes, dev, args.rep)
+                    row["read_only_s"] = read_times(nbytes, dev, args.rep)
                 rows.append(row)
                 _save(args.out, [meta, *rows])  # partial results survive a timeout
                 logger.warning(

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 
 from benchmarks.kernels._moe_common import SHAPES, fmt_us, grouped_mm_layer, logits_of, make_params
-from benchmarks.kernels.bench_moe import _bench, _graph
+from benchmarks.kernels._timing import bench, graph
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 PLUGIN_SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b")
@@ -54,7 +54,7 @@ def _pair(bare, plugin, rep: int, rounds: int = 3) -> tuple[float, float]:
     for i in range(rounds):
         order = (("bare", bare), ("plugin", plugin))
         for key, fn in order if i % 2 == 0 else order[::-1]:
-            times[key].append(_bench(fn, rep))
+            times[key].append(bench(fn, rep))
     return min(times["bare"]), min(times["plugin"])
 
 
@@ -101,11 +101,11 @@ def _row(name: str, shape, p, t: int, rep: int) -> dict:
                counted=CALLS.value - calls)  # fmt: skip
     row["bare_host_s"], row["plugin_host_s"] = _host_s(bare, plugin)
     row["bare_eager_s"], row["plugin_eager_s"] = _pair(bare, plugin, rep)
-    g_bare, g_plugin = _graph(bare), _graph(plugin)
+    g_bare, g_plugin = graph(bare), graph(plugin)
     row["bare_graph_s"], row["plugin_graph_s"] = _pair(g_bare.replay, g_plugin.replay, rep)
     g_bare.reset()
     g_plugin.reset()
-    row["grouped_mm_s"] = _bench(lambda: grouped_mm_layer(x, shape, p, logits), rep)
+    row["grouped_mm_s"] = bench(lambda: grouped_mm_layer(x, shape, p, logits), rep)
     tol = TOLERANCE[torch.bfloat16]
     row["correct"] = (row["counted"] == 1 and row["rel_err_vs_grouped_mm"] < tol
                       and (row["same_output"] or not row["bare_deterministic"])

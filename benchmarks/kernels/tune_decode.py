@@ -25,7 +25,7 @@ import torch
 from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import write_table
-from benchmarks.kernels.bench_moe import _graph
+from benchmarks.kernels._timing import graph_time
 from experts.moe.kernels.configs import get_config, shape_key, tuned_table
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
@@ -46,13 +46,8 @@ def _refine(best: dict) -> list[dict]:
 
 
 def _time(fn) -> float:
-    import triton.testing
-
     try:
-        g = _graph(fn)
-        t = triton.testing.do_bench(g.replay, warmup=10, rep=40, return_mode="median") * 1e-3
-        g.reset()
-        return t
+        return graph_time(fn, 40)
     except Exception as exc:  # out of resources etc.: skip this candidate
         logger.warning("candidate failed: %s", str(exc).splitlines()[0][:160])
         return float("inf")

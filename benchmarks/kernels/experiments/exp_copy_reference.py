@@ -3,7 +3,7 @@
     python -m benchmarks.kernels.experiments.exp_copy_reference --align [BYTES ...]
     python -m benchmarks.kernels.experiments.exp_copy_reference [MB ...] | --reuse | --behind | --engine
 
-`--align` (the answer): the copy of BYTES (half read, half written, as `bench_moe._copy_time`) with
+`--align` (the answer): the copy of BYTES (half read, half written, as `_timing.copy_time`) with
 each buffer rounded up to 1 B (as is), 4 KiB, 64 KiB, 1 MiB, 2 MiB, 16 MiB. The driver's device-to-
 device memcpy took a slow path (2.3-2.7 TB/s on the H200, against 3.2-4.2) for buffers that were not a
 multiple of 64 KiB (4 KiB was enough at 38 and 96 MB per buffer, not at 356 MB), and at every alignment
@@ -15,7 +15,7 @@ A copy's written lines can sit dirty in the L2 (50 MB on the H200) when its time
 the next call's L2 flush writes them back, outside the window. A read leaves nothing behind. So
 per size, each timed as the bench times a layer (graph replay, L2 flushed, median):
 
-- `copy`: the bench's reference (`bench_moe._copy_time`: half the bytes read, half written);
+- `copy`: the bench's reference (`_timing.copy_time`: half the bytes read, half written);
 - `evict`: a read of a separate 256 MB buffer alone, and `copy+evict`: the copy then that read in
   one graph; `copy+evict - evict` is the copy with every written line sent to memory inside the
   window (the read evicts the copy's dirty lines before it ends);
@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.kernels._moe_common import in_order
 from benchmarks.kernels._streams import read_buffer, read_designs
-from benchmarks.kernels.bench_moe import _graph_time
+from benchmarks.kernels._timing import graph_time
 
 EVICT_BYTES = 256e6
 
@@ -53,7 +53,7 @@ EVICT_BYTES = 256e6
 def _copy_us(nbytes: float, dev: torch.device) -> float:
     src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
     dst = torch.empty_like(src)
-    return _graph_time(partial(dst.copy_, src), 100) * 1e6
+    return graph_time(partial(dst.copy_, src), 100) * 1e6
 
 
 def reuse(dev: torch.device) -> None:
@@ -78,8 +78,8 @@ def behind(dev: torch.device) -> None:
             held.append(torch.empty(int(5e8) // 2, dtype=torch.bfloat16, device=dev))
         src = torch.empty(int(76e6) // 4, dtype=torch.bfloat16, device=dev).normal_()
         dst = torch.empty_like(src)
-        copy = _graph_time(partial(dst.copy_, src), 100) * 1e6
-        read = _graph_time(read_designs(read_buffer(76e6, dev))["torch.sum"], 100) * 1e6
+        copy = graph_time(partial(dst.copy_, src), 100) * 1e6
+        read = graph_time(read_designs(read_buffer(76e6, dev))["torch.sum"], 100) * 1e6
         print(f"behind {gb:4.1f} GB live: copy {copy:5.1f} us, torch.sum read {read:5.1f} us, "
               f"src at {src.data_ptr() / 2**30:.2f} GiB, dst - src {(dst.data_ptr() - src.data_ptr()) / 2**20:.1f} MiB",
               flush=True)
@@ -91,7 +91,7 @@ def _copy_profile(label: str, dev: torch.device) -> None:
     """Time the 76 MB copy graph and name what its replays run (a kernel, or a DMA memcpy)."""
     src = torch.empty(int(76e6) // 4, dtype=torch.bfloat16, device=dev).normal_()
     dst = torch.empty_like(src)
-    us = _graph_time(partial(dst.copy_, src), 100) * 1e6
+    us = graph_time(partial(dst.copy_, src), 100) * 1e6
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         dst.copy_(src)
@@ -128,7 +128,7 @@ def align(sizes: list[int], dev: torch.device) -> None:
             per = -(-base // gran) * gran
             src = torch.empty(per // 2, dtype=torch.bfloat16, device=dev).normal_()
             dst = torch.empty_like(src)
-            us = _graph_time(partial(dst.copy_, src), 60) * 1e6
+            us = graph_time(partial(dst.copy_, src), 60) * 1e6
             row.append(f"{gran >> 10 or 1} {'KiB' if gran > 1 else 'B'}: {us:.1f} us "
                        f"({2 * per / us / 1e6:.2f} TB/s)")
             del src, dst
@@ -153,20 +153,20 @@ def main() -> None:
     sizes = [float(a) for a in sys.argv[1:]] or [76, 142, 352, 705]
     evict_src = read_buffer(EVICT_BYTES, dev)
     evict = read_designs(evict_src)["torch.sum"]
-    t_evict = _graph_time(evict, 100)
+    t_evict = graph_time(evict, 100)
     print(f"evict (torch.sum over {EVICT_BYTES / 1e6:.0f} MB): {t_evict * 1e6:.1f} us", flush=True)
     for mb in sizes:
         nbytes = mb * 1e6
         src = torch.empty(int(nbytes) // 4, dtype=torch.bfloat16, device=dev).normal_()
         dst = torch.empty_like(src)
         copy = partial(dst.copy_, src)
-        t_copy = _graph_time(copy, 100)
-        t_copy_paid = _graph_time(partial(in_order, copy, evict), 100) - _graph_time(evict, 100)
+        t_copy = graph_time(copy, 100)
+        t_copy_paid = graph_time(partial(in_order, copy, evict), 100) - graph_time(evict, 100)
         buf = read_buffer(nbytes, dev)
         reads = read_designs(buf)
-        times = {k: _graph_time(fn, 60) for k, fn in reads.items()}
+        times = {k: graph_time(fn, 60) for k, fn in reads.items()}
         best = min(times, key=times.get)
-        t_read_paid = _graph_time(partial(in_order, reads[best], evict), 100) - _graph_time(evict, 100)
+        t_read_paid = graph_time(partial(in_order, reads[best], evict), 100) - graph_time(evict, 100)
         print(
             f"{mb:6.0f} MB  copy {t_copy * 1e6:7.1f} us ({nbytes / t_copy / 1e12:.2f} TB/s), "
             f"with write-back {t_copy_paid * 1e6:7.1f} us ({nbytes / t_copy_paid / 1e12:.2f} TB/s); "

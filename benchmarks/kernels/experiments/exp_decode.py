@@ -12,13 +12,13 @@ import torch
 import triton.testing
 
 from benchmarks.kernels._moe_common import SHAPES, logits_of, make_params, to_local, work
-from benchmarks.kernels.bench_moe import _graph
+from benchmarks.kernels._timing import graph
 from experts.moe.kernels.decode import moe_decode
 from experts.moe.kernels.routing import route
 
 
 def _t(fn) -> float:
-    g = _graph(fn)
+    g = graph(fn)
     return triton.testing.do_bench(g.replay, warmup=10, rep=60, return_mode="median") * 1e3
 
 

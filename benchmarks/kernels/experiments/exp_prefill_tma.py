@@ -25,7 +25,7 @@ from benchmarks.kernels._moe_common import (
     triton_layer,
     work,
 )
-from benchmarks.kernels.bench_moe import _bench, _graph
+from benchmarks.kernels._timing import bench, graph
 from experts.moe.kernels.configs import get_config
 from experts.moe.kernels.reference import rel_err
 
@@ -53,7 +53,7 @@ def _variants(base: dict) -> dict[str, dict]:
 
 def _profile(x, shape, p, cfg, reps=20) -> list[tuple[str, float]]:
     flush = torch.empty(256 << 20, dtype=torch.int8, device=x.device)
-    g = _graph(partial(triton_layer, x, shape, p, cfg))
+    g = graph(partial(triton_layer, x, shape, p, cfg))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             flush.zero_()
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                 for vname, cfg in _variants(base).items():
                     try:
                         err = rel_err(triton_layer(x, shape, p, cfg), ref)
-                        g = _graph(partial(triton_layer, x, shape, p, cfg))
-                        s = _bench(g.replay, 60)
+                        g = graph(partial(triton_layer, x, shape, p, cfg))
+                        s = bench(g.replay, 60)
                         g.reset()
                     except Exception as exc:  # a variant that does not compile is recorded
                         print(f"{name} T={t} {routing} {vname}: FAILED {exc!r:.200}", flush=True)

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.kernels._moe_common import measure_ceilings
 from benchmarks.kernels._streams import cuda_reader, read_buffer
-from benchmarks.kernels.bench_moe import _copy_time, _graph_time, _read_times
+from benchmarks.kernels._timing import copy_time, graph_time, read_times
 
 
 def copy_placements(nbytes: float, dev: torch.device) -> None:
@@ -30,7 +30,7 @@ def copy_placements(nbytes: float, dev: torch.device) -> None:
     for gap in gaps:
         off = n + gap // 2
         src, dst = buf[:n], buf[off : off + n]
-        row.append(f"{gap} B: {_graph_time(partial(dst.copy_, src), 60) * 1e6:.1f}")
+        row.append(f"{gap} B: {graph_time(partial(dst.copy_, src), 60) * 1e6:.1f}")
     print(
         f"   copy {nbytes / 1e6:.0f} MB, dst starting this far past src's end, us: "
         + "; ".join(row),
@@ -47,9 +47,9 @@ def main() -> None:
         print(f"ceilings first: copy {bw / 1e12:.2f} TB/s, matmul {mm / 1e12:.0f} TFLOP/s")
     for mb in sizes:
         nbytes = mb * 1e6
-        copy = _copy_time(nbytes, dev, 60)
+        copy = copy_time(nbytes, dev, 60)
         copy_placements(nbytes, dev)
-        times = _read_times(nbytes, dev, 60)
+        times = read_times(nbytes, dev, 60)
         src = read_buffer(nbytes, dev)
         for per_sm in (2, 4, 8, 16):
             for threads in (256, 512):
@@ -58,7 +58,7 @@ def main() -> None:
                         continue
                     label = f"cuda {per_sm}x{sms} blocks x {threads} thr, unroll {unroll}"
                     try:
-                        times[label] = _graph_time(
+                        times[label] = graph_time(
                             cuda_reader(src, per_sm * sms, threads, unroll), 60
                         )
                     except Exception as exc:

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from benchmarks.kernels._streams import read_buffer, read_designs
-from benchmarks.kernels.bench_moe import _graph_time
+from benchmarks.kernels._timing import graph_time
 
 
 @triton.jit
@@ -61,7 +61,7 @@ def main() -> None:
                 ),
                 read,
             )
-        times = {k: (_graph_time(fn, 60), nbytes) for k, (fn, nbytes) in fns.items()}
+        times = {k: (graph_time(fn, 60), nbytes) for k, (fn, nbytes) in fns.items()}
         print(f"== {mb:.0f} MB", flush=True)
         for k, (v, nbytes) in sorted(times.items(), key=lambda kv: kv[1][0] / kv[1][1]):
             print(

@@ -15,11 +15,11 @@ import torch
 import triton.testing
 
 from benchmarks.kernels._moe_common import measure_ceilings
-from benchmarks.kernels.bench_moe import _graph
+from benchmarks.kernels._timing import graph
 
 
 def _t(fn) -> float:
-    g = _graph(fn)
+    g = graph(fn)
     return triton.testing.do_bench(g.replay, warmup=10, rep=80, return_mode="median") * 1e-3
 
 

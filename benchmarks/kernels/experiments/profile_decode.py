@@ -11,7 +11,7 @@ from functools import partial
 import torch
 
 from benchmarks.kernels._moe_common import SHAPES, make_params, skew_offsets, triton_layer
-from benchmarks.kernels.bench_moe import _graph
+from benchmarks.kernels._timing import graph
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     for t in tokens:
         x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
         with torch.no_grad():
-            g = _graph(partial(triton_layer, x, shape, p))
+            g = graph(partial(triton_layer, x, shape, p))
         reps = 20
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
