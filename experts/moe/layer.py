@@ -34,12 +34,12 @@ def _experts_aligned(
 
     sorted_ids, block_expert, num_padded, slot_pos = layout
     t, top_k = topk_weights.shape
-    bm = {"BLOCK_M": cfg["BLOCK_M"]}
+    bm = {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False)}
     hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
                   cfg["gate_up"] | bm)  # [P, I]
     y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
              cfg["down"] | bm)  # [P, H]
-    return combine(y, slot_pos, t, top_k)  # [T, H]
+    return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
 
 
 def moe_experts(
@@ -97,7 +97,8 @@ def moe_from_logits(
         return moe_decode(x, w13, w2, logits=logits, routing=routing, bias=bias,
                           local_experts=local_experts, config=cfg["decode"])
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
-        _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts)
+        _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
+                                      pdl=cfg.get("PDL", False))
     else:
         ids, wts = route(logits, routing, bias, local_experts=local_experts)
         layout = align(ids, e, cfg["BLOCK_M"])

@@ -64,3 +64,33 @@ def test_layer_captures_in_cuda_graph() -> None:
         torch.cuda.synchronize()
         assert torch.equal(captured, layer(x))
         assert not torch.equal(captured, eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs a Hopper or newer GPU")
+@pytest.mark.parametrize("t", [8, 64])
+def test_pdl_launches_give_the_same_output_eager_and_in_a_graph(t: int) -> None:
+    """`"PDL": true` only changes when the aligned path's kernels may start: same bits as without,
+    launched eagerly and replayed from a CUDA graph (T=8 takes route_align, T=64 route + align)."""
+    from experts.moe.kernels.configs import get_config
+    from experts.moe.layer import moe_from_logits
+
+    torch.manual_seed(0)
+    routing = RoutingConfig(top_k=8, renormalize=True)
+    e, h, inter = 64, 512, 256
+    x = torch.randn(t, h, dtype=torch.bfloat16, device="cuda")
+    logits = torch.randn(t, e, device="cuda")
+    w13 = torch.randn(e, 2 * inter, h, dtype=torch.bfloat16, device="cuda") / h**0.5
+    w2 = torch.randn(e, h, inter, dtype=torch.bfloat16, device="cuda") / inter**0.5
+    cfg = {k: v for k, v in get_config(t, e, h, inter, 8, x.device).items() if k != "decode"}
+    with torch.no_grad():
+        plain = moe_from_logits(x, logits, w13, w2, routing, config=cfg)
+        pdl_cfg = cfg | {"PDL": True}
+        assert torch.equal(moe_from_logits(x, logits, w13, w2, routing, config=pdl_cfg), plain)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = moe_from_logits(x, logits, w13, w2, routing, config=pdl_cfg)
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(captured, plain)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision
-from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
 
 
 @triton.jit
@@ -33,8 +33,11 @@ def _gate_up_kernel(
     x_ptr, w_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     M, N, K, top_k, num_pid_m, stride_xm, stride_we, stride_wn, stride_hm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched before the previous kernel ended: wait for its writes, let the next start
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -78,8 +81,11 @@ def _down_kernel(
     h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     M, N, K, num_pid_m, stride_hm, stride_we, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched before the previous kernel ended: wait for its writes, let the next start
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -115,8 +121,10 @@ def _down_kernel(
 @triton.jit
 def _combine_kernel(
     y_ptr, slot_pos_ptr, out_ptr, N, stride_ym, stride_om,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, K_PAD)
@@ -129,6 +137,16 @@ def _combine_kernel(
     ).to(tl.float32)  # [KP, BN]
     tl.store(out_ptr + t * stride_om + offs_n, tl.sum(vals, axis=0).to(out_ptr.dtype.element_ty),
              mask=offs_n < N)
+
+
+def _launch(cfg: dict) -> dict:
+    """Launch options. With `"PDL": true` the kernel is a programmatic dependent launch (Hopper
+    and later): it may start while the kernel before it finishes, and waits for that kernel's
+    writes with `gdc_wait` before reading them, so the launch gap overlaps the previous tail."""
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    if cfg.get("PDL"):
+        opts["launch_pdl"] = True
+    return opts
 
 
 def gate_up(
@@ -152,7 +170,7 @@ def gate_up(
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
-        PRECISION=_precision(x), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PRECISION=_precision(x), PDL=bool(cfg.get("PDL")), **_launch(cfg),
     )
     return h
 
@@ -181,22 +199,24 @@ def down(
         num_pid_m, h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
-        PRECISION=_precision(h), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PRECISION=_precision(h), PDL=bool(cfg.get("PDL")), **_launch(cfg),
     )
     return y
 
 
 def combine(
     y: torch.Tensor, slot_pos: torch.Tensor, num_tokens: int, top_k: int,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, pdl: bool = False,
 ) -> torch.Tensor:
-    """Sum each token's slot rows of y [P, H] back into token order -> [T, H]; nulls add 0."""
+    """Sum each token's slot rows of y [P, H] back into token order -> [T, H]; nulls add 0.
+    `pdl`: launched as a programmatic dependent of the `down` before it (see `_launch`)."""
     n = y.shape[1]
     res = torch.empty(num_tokens, n, dtype=y.dtype, device=y.device) if out is None else out
     block_n = min(1024, triton.next_power_of_2(n))
     if num_tokens:
         _combine_kernel[(num_tokens, triton.cdiv(n, block_n))](
             y, slot_pos, res, n, y.stride(0), res.stride(0),
-            TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), BLOCK_N=block_n, num_warps=4,
+            TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), BLOCK_N=block_n, PDL=pdl,
+            **_launch({"num_warps": 4, "PDL": pdl}),
         )
     return res

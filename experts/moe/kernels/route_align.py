@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._triton import tl, triton
+from experts.moe.kernels._triton import gdc_launch_dependents, tl, triton
 from experts.moe.kernels.align import _fill, _rank_in_expert, _write_layout, nb_tile
 from experts.moe.kernels.reference import RoutingConfig, max_padded_rows
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
@@ -59,7 +59,10 @@ def _route_align_kernel(
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
     GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, NB_TILE: tl.constexpr, SLOT_LAYOUT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # the grouped GEMM after this is a programmatic dependent launch: let it start now
+        gdc_launch_dependents()
     rows, karange, ids, w = _route_block(
         logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, 0,
         TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
@@ -106,6 +109,7 @@ def route_align(
     local_experts: tuple[int, int] | None = None,
     num_warps: int | None = None,
     slot_layout: bool = False,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """`route` then `align` in one launch, for T * top_k <= MAX_FUSED_SLOTS.
 
@@ -113,6 +117,7 @@ def route_align(
     from the slots alone ([slots, slots] tiles, fewer operations when experts outnumber slots).
     Both give the same outputs; which is faster on a GPU is measured by
     `benchmarks/kernels/experiments/exp_route_align.py` (see NOTES.md before changing the default).
+    `pdl`: the next launch is a programmatic dependent (`grouped_gemm._launch`); let it start.
 
     Returns (topk_ids, topk_weights, sorted_ids, block_expert, num_padded, slot_pos).
     """
@@ -139,7 +144,7 @@ def route_align(
         logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
         *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
         num_local_experts, p, BLOCK_T=block_t, BLOCK_M=block_m, E_PAD=e_pad,
-        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, num_warps=num_warps or _warps(m),
+        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, PDL=pdl, num_warps=num_warps or _warps(m),
         **route_meta(cfg, c, bias is not None),
     )
     return ids, w, sorted_ids, block_expert, num_padded, slot_pos
