@@ -3,13 +3,14 @@
 Served: `input` as text or a list of items (messages with text content, `function_call` and
 `function_call_output` items), `instructions` (the first system message), `max_output_tokens`,
 `temperature`, `top_p`, function `tools`, `tool_choice`, `parallel_tool_calls`,
-`text.format` (text, json_object, json_schema: structured output), `user`, and `stream` with the
+`text.format` (text, json_object, json_schema: structured output), `user`, token logprobs
+(`include: ["message.output_text.logprobs"]` and/or `top_logprobs`), and `stream` with the
 events OpenAI sends (`response.created`, `response.in_progress`, `response.output_item.added`,
 `response.content_part.added`, `response.output_text.delta` / `.done`,
 `response.function_call_arguments.delta` / `.done`, `response.content_part.done`,
 `response.output_item.done`, `response.completed` or `response.incomplete`). Nothing is stored:
-`store: true`, `previous_response_id`, `background`, `include`, `reasoning` and built-in tools
-are refused with a 400 naming them.
+`store: true`, `previous_response_id`, `background`, other `include` values, `reasoning` and
+built-in tools are refused with a 400 naming them.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ __all__ = ["ResponsesRequest", "chat_messages", "install"]
 
 #: chat parameter -> this API's name for it, in error messages
 NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text"}
+#: the one `include` value served: each output_text part carries its tokens' logprobs
+LOGPROBS = "message.output_text.logprobs"
 
 REFUSED = {
     "store": (False, "responses are not stored (stateless); send 'store': false"),
     "previous_response_id": (None, "responses are not stored; send the whole conversation "
                              "as 'input'"),
     "background": (False, "background responses are not served; drop 'background'"),
-    "include": ([], "no extra output is served; drop 'include'"),
     "reasoning": (None, "the experts are not reasoning models; drop 'reasoning'"),
     "truncation": ("disabled", "the conversation is never truncated; send 'disabled'"),
     "conversation": (None, "conversations are not stored; send the whole one as 'input'"),
@@ -93,11 +95,12 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     text: TextConfig | None = None
     user: str | None = None
+    include: list[Literal["message.output_text.logprobs"]] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # refused unless no-op (REFUSED)
     store: bool | None = None
     previous_response_id: str | None = None
     background: bool | None = None
-    include: list[str] | None = None
     reasoning: dict[str, Any] | None = None
     truncation: str | None = None
     conversation: Any = None
@@ -105,9 +108,16 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
 
+    @property
+    def logprobs(self) -> bool:
+        """Whether output text carries logprobs: asked by `include` or by `top_logprobs`."""
+        return LOGPROBS in (self.include or []) or self.top_logprobs is not None
+
     def chat(self) -> dict[str, Any]:
         """The same request as a chat request's body."""
         body: dict[str, Any] = {"model": self.model, "messages": chat_messages(self)}
+        if self.logprobs:
+            body |= {"logprobs": True, "top_logprobs": self.top_logprobs or 0}
         for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
                              ("top_p", "top_p"), ("parallel_tool_calls", "parallel_tool_calls"),
                              ("user", "user")):  # fmt: skip
@@ -183,9 +193,10 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+def _message_item(item_id: str, text: str, status: str,
+                  logprobs: list | None = None) -> dict[str, Any]:  # fmt: skip
     content = [] if status == "in_progress" else [
-        {"type": "output_text", "text": text, "annotations": [], "logprobs": []}]  # fmt: skip
+        {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}]  # fmt: skip
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
             "content": content}  # fmt: skip
 
@@ -206,6 +217,7 @@ def _response(rid: str, req: ResponsesRequest, model: str, created: int, status:
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": None, "reasoning": None, "store": False,
         "temperature": req.temperature, "top_p": req.top_p, "truncation": "disabled",
+        "top_logprobs": req.top_logprobs,
         "text": (req.text or TextConfig(format=TextFormat(type="text"))).model_dump(
             by_alias=True, exclude_none=True),
         "tool_choice": req.tool_choice.model_dump() if isinstance(req.tool_choice, NamedFunction)
@@ -282,7 +294,8 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         last = parts.last
         output = []
         if parts.text or not parts.tool_calls:
-            output.append(_message_item(f"msg_{uuid.uuid4().hex[:24]}", parts.text, "completed"))
+            output.append(_message_item(f"msg_{uuid.uuid4().hex[:24]}", parts.text, "completed",
+                                        parts.logprobs))  # fmt: skip
         output += [_call_item(call, "completed") for call in parts.tool_calls]
         status = "incomplete" if last.finish_reason == "length" else "completed"
         rid = answer.request_id.replace("chatcmpl-", "resp_")
@@ -304,7 +317,7 @@ async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[byte
     yield event("response.created", response=shell)
     yield event("response.in_progress", response=shell)
     output: list[dict[str, Any]] = []
-    msg_id, texts, calls = f"msg_{uuid.uuid4().hex[:24]}", [], []
+    msg_id, texts, calls, logprobs = f"msg_{uuid.uuid4().hex[:24]}", [], [], []
     delta, last = started.first, started.first
     where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
     try:
@@ -317,8 +330,10 @@ async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[byte
                     yield event("response.content_part.added", **where, part={
                         "type": "output_text", "text": "", "annotations": []})  # fmt: skip
                 texts.append(delta.text)
-                yield event("response.output_text.delta", **where, delta=delta.text, logprobs=[])
+                yield event("response.output_text.delta", **where, delta=delta.text,
+                            logprobs=delta.logprobs or [])  # fmt: skip
             calls += delta.tool_calls or []
+            logprobs += delta.logprobs or []  # all of them, also a token that decodes to no text
             delta = await anext(started.rest, None)
     except QuorumError as exc:
         body = exc.to_openai()["error"]
@@ -330,10 +345,10 @@ async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[byte
         return
     text = "".join(texts)
     if texts:
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        yield event("response.output_text.done", **where, text=text, logprobs=[])
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+        yield event("response.output_text.done", **where, text=text, logprobs=logprobs)
         yield event("response.content_part.done", **where, part=part)
-        item = _message_item(msg_id, text, "completed")
+        item = _message_item(msg_id, text, "completed", logprobs)
         yield event("response.output_item.done", output_index=0, item=item)
         output.append(item)
     for call in calls:

@@ -154,6 +154,15 @@ def test_responses_stream_and_not(oa):
     assert text == events[-1].response.output_text == done.output_text
 
 
+def test_responses_logprobs(oa):
+    done = oa.responses.create(model="smollm2-135m", input=ASK, max_output_tokens=6,
+                               temperature=0, include=["message.output_text.logprobs"],
+                               top_logprobs=2)  # fmt: skip
+    lps = done.output[0].content[0].logprobs
+    assert "".join(lp.token for lp in lps) == done.output_text
+    assert all(lp.logprob <= 0 and len(lp.top_logprobs) == 2 for lp in lps)
+
+
 def test_anthropic_messages_stream_and_not(an):
     # temperature through extra_body: this anthropic client's create() has no such argument
     greedy = {"extra_body": {"temperature": 0}}

@@ -140,11 +140,33 @@ def test_responses_json_schema_becomes_the_chat_response_format():
     }
 
 
+def test_responses_logprobs_when_included_stream_and_not():
+    oa, _, experts, _ = clients(jurist=FakeExpert("jurist", "a b", words="leading", logprob=-0.25))
+    done = oa.responses.create(model="jurist", input="x", include=["message.output_text.logprobs"],
+                               top_logprobs=3)  # fmt: skip
+    part = done.output[0].content[0]
+    assert [(lp.token, lp.logprob) for lp in part.logprobs] == [("a", -0.25), (" b", -0.25)]
+    sent = experts["jurist"].requests[0]
+    assert sent.logprobs and sent.top_logprobs == 3
+    assert done.top_logprobs == 3
+
+    events = list(oa.responses.create(model="jurist", input="x", top_logprobs=0, stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [[lp.token for lp in e.logprobs] for e in deltas] == [["a"], [" b"]]
+    final = events[-1].response.output[0].content[0]
+    assert [lp.token for lp in final.logprobs] == ["a", " b"]
+
+    plain = oa.responses.create(model="jurist", input="x")
+    assert plain.output[0].content[0].logprobs == []
+    assert not experts["jurist"].requests[-1].logprobs
+
+
 @pytest.mark.parametrize("body, param", [
     ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"tools": [{"type": "web_search"}]}, "tools"), ({"reasoning": {"effort": "low"}}, "reasoning"),
     ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
     ({"tools": True}, "tools"), ({"tools": [None]}, "tools"),
+    ({"include": ["file_search_call.results"]}, "include"), ({"top_logprobs": 21}, "top_logprobs"),
 ])  # fmt: skip
 def test_responses_refuse_state_and_what_they_do_not_serve(body, param):
     *_, http = clients()
