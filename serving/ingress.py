@@ -164,9 +164,12 @@ def create_api(
         headers = None if ready else {"Retry-After": str(readiness.config.retry_after_s)}
         return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
-    @api.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": service.models()}
+    ids = [row["id"] for row in service.models()]
+
+    @api.get("/v1/models", openapi_extra=protocol.model_page_parameters(ids))
+    async def models(request: Request) -> dict:
+        """Every model; Anthropic's `limit` / `after_id` / `before_id` page through them."""
+        return protocol.model_page(service.models(), request.query_params)
 
     @api.get("/v1/models/{model}")
     async def model(model: str) -> dict:

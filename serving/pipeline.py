@@ -297,20 +297,18 @@ class Pipeline:
         return events, started.headers
 
     def models(self) -> list[dict]:
-        """`/v1/models`: the virtual models that route, then every expert."""
-        created = 0
-        rows = [
-            {"id": v.name, "object": "model", "created": created, "owned_by": "quorum",
-             "quorum": {"kind": "router", "description": v.description}}
-            for v in self.registry.virtual_models
-        ]  # fmt: skip
+        """`/v1/models`: the virtual models that route, then every expert. Each row has OpenAI's
+        fields and Anthropic's (`type`, `display_name`, `created_at`), so both clients read it."""
         states = self.readiness.snapshot() if self.readiness is not None else {}
+        rows = [_model_row(v.name, f"{v.name} (Quorum router)",
+                           {"kind": "router", "description": v.description})
+                for v in self.registry.virtual_models]  # fmt: skip
         rows += [
-            {"id": e.name, "object": "model", "created": created, "owned_by": "quorum",
-             "quorum": {"kind": "expert", "backend": e.backend, "context_length": e.context_length,
-                        "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate,
-                        "capabilities": e.capabilities.model_dump(),
-                        **({"readiness": states[e.name]} if e.name in states else {})}}
+            _model_row(e.name, e.name, {
+                "kind": "expert", "backend": e.backend, "context_length": e.context_length,
+                "cost": e.cost.model_dump(), "can_aggregate": e.can_aggregate,
+                "capabilities": e.capabilities.model_dump(),
+                **({"readiness": states[e.name]} if e.name in states else {})})
             for e in self.registry.experts
         ]  # fmt: skip
         return rows
@@ -321,6 +319,11 @@ class Pipeline:
         if row is None:
             raise self.registry.unknown_model(name)
         return row
+
+
+def _model_row(name: str, display: str, extension: dict) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "quorum", "type": "model",
+            "display_name": display, "created_at": "1970-01-01T00:00:00Z", "quorum": extension}
 
 
 def answered_by(decision: RoutingDecision, extension: dict) -> str:

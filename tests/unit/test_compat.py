@@ -282,3 +282,29 @@ def test_refusals_name_the_parameter_as_each_api_spells_it():
     r = http.post("/v1/messages", json={"model": "auto", "max_tokens": 5, "stop_sequences": list(
         "abcde"), "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 400 and "stop_sequences" in r.json()["error"]["message"]
+
+
+# -- /v1/models through both clients -----------------------------------------------------------
+
+
+def test_models_read_by_the_anthropic_client_and_paged():
+    oa, an, _, http = clients()
+    every = [m.id for m in oa.models.list()]
+    assert every == ["auto", "mathematician", "jurist", "flaky", "slow"]
+    rows = list(an.models.list())
+    assert [m.id for m in rows] == every
+    assert {m.type for m in rows} == {"model"} and rows[1].display_name == "mathematician"
+    assert rows[0].created_at is not None
+    paged = list(an.models.list(limit=2))  # the client follows has_more / last_id
+    assert [m.id for m in paged] == every
+    first = an.models.list(limit=2)
+    assert first.has_more and [m.id for m in first.data] == ["auto", "mathematician"]
+    before = http.get("/v1/models", params={"before_id": "flaky", "limit": 2}).json()
+    assert [m["id"] for m in before["data"]] == ["mathematician", "jurist"] and before["has_more"]
+    between = http.get("/v1/models", params={"after_id": "auto", "before_id": "slow"}).json()
+    assert [m["id"] for m in between["data"]] == ["mathematician", "jurist", "flaky"]
+    assert an.models.retrieve("jurist").display_name == "jurist"
+    for params, param in (({"after_id": "gpt-9"}, "after_id"), ({"limit": 0}, "limit"),
+                          ({"limit": "x"}, "limit")):  # fmt: skip
+        r = http.get("/v1/models", params=params)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
