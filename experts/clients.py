@@ -24,7 +24,7 @@ import httpx
 
 from experts.errors import ExpertError, ExpertTimeoutError, ExpertUnavailableError, QuorumError
 from experts.registry import Expert
-from experts.stream import Delta, ExpertRequest
+from experts.stream import Delta, ExpertRequest, matched_stop
 
 __all__ = ["REMOTE_BACKENDS", "ExpertClient", "HandleExpertClient", "OpenAIHTTPExpertClient",
            "PoolExpertClient",
@@ -74,6 +74,7 @@ class OpenAIHTTPExpertClient(ExpertClient):
             "stream_options": {"include_usage": True},
         }
         finish: str | None = None
+        stop_reason = None  # vLLM's servers name the stop string that matched; OpenAI does not
         usage: dict = {}
         calls = _ToolCallAccumulator()
         try:
@@ -98,6 +99,7 @@ class OpenAIHTTPExpertClient(ExpertClient):
                     usage = payload.get("usage") or usage
                     for choice in payload.get("choices", []):
                         finish = choice.get("finish_reason") or finish
+                        stop_reason = choice.get("stop_reason") or stop_reason
                         delta = choice.get("delta") or {}
                         calls.add(delta.get("tool_calls"))
                         text = delta.get("content") or ""
@@ -115,6 +117,7 @@ class OpenAIHTTPExpertClient(ExpertClient):
         yield Delta(
             "", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
             tool_calls=calls.calls() or None,
+            stop=matched_stop(request, stop_reason, finish or "stop"),
         )  # fmt: skip
 
 
@@ -171,7 +174,7 @@ async def stream_from_handle(name: str, response: Any) -> AsyncIterator[Delta]:
 
 class HandleExpertClient(ExpertClient):
     """An expert hosted by Quorum, through its Ray Serve deployment's handle (the deployment runs
-    `experts.engine.HostedExpert`; `serving/deployments.py` wires it)."""
+    `experts.hosted.HostedExpert`; `serving/deployments.py` wires it)."""
 
     def __init__(self, name: str, handle) -> None:  # handle: ray.serve.handle.DeploymentHandle
         self.name = name

@@ -30,18 +30,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from experts.errors import ContextLengthExceededError, ExpertError, QuorumError
+from experts.errors import ContextLengthExceededError
 from experts.models import read_model_meta
 from experts.moe.vllm_plugin import engine_kwargs as moe_engine_kwargs
-from experts.stream import Delta, ExpertRequest
-
-if TYPE_CHECKING:
-    from experts.registry import Expert
+from experts.stream import Delta, ExpertRequest, matched_stop
 
 __all__ = [
-    "HostedExpert",
     "SleepNotSupportedError",
     "VLLMEngine",
     "cpu_has_native_bf16",
@@ -175,18 +171,6 @@ class VLLMEngine:
         self.startup_s = time.perf_counter() - started
         logger.info("vLLM engine for %s ready in %.1f s", model, self.startup_s)
 
-    @staticmethod
-    def spec_options(spec: Expert, engine_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The constructor's arguments for registry entry `spec` (the one place an entry becomes
-        engine options); `engine_kwargs` replaces the entry's `engine_args`."""
-        from experts.models import resolve_model
-
-        return dict(model=resolve_model(spec.model), max_model_len=spec.context_length,
-                    engine_kwargs=spec.engine_args if engine_kwargs is None else engine_kwargs,
-                    name=spec.name, moe_kernels=spec.moe_kernels,
-                    tool_parser=spec.capabilities.tool_parser,
-                    tool_strict_level=spec.capabilities.tool_strict_level)  # fmt: skip
-
     @classmethod
     async def create(cls, model: str, **options: Any) -> VLLMEngine:
         """Build an engine from async code without blocking the event loop (the load runs in a
@@ -309,6 +293,7 @@ class VLLMEngine:
                 if request.logprobs and choice.logprobs is not None:
                     logprobs = openai_logprobs(list(choice.token_ids), choice.logprobs, top)
                 reason = choice.finish_reason if finished else None
+                stop = choice.stop_reason if finished else None  # the matched stop string or id
                 counts = (len(prompt_ids), completion_tokens)
                 if plan.buffers:
                     held.append(choice.text)
@@ -316,10 +301,11 @@ class VLLMEngine:
                     held_logprobs += logprobs or []
                     if finished:
                         text, calls, reason = plan.finish("".join(held), token_ids, reason)
-                        yield Delta(text, reason, *counts,
-                                    held_logprobs if request.logprobs else None, calls)  # fmt: skip
+                        yield Delta(text, reason, *counts, held_logprobs if request.logprobs
+                                    else None, calls, matched_stop(request, stop, reason))  # fmt: skip
                 elif choice.text or finished:
-                    yield Delta(choice.text, reason, *counts, logprobs)
+                    yield Delta(choice.text, reason, *counts, logprobs,
+                                stop=matched_stop(request, stop, reason))  # fmt: skip
         finally:
             # Consumer went away (GeneratorExit/CancelledError) or failed: stop the generation
             # now rather than when the garbage collector closes vLLM's generator.
@@ -376,25 +362,3 @@ def _is_local_dir(model: str) -> bool:
     from pathlib import Path
 
     return Path(model).is_dir()
-
-
-class HostedExpert:
-    """One hosted expert as a server: its engine, built from the registry entry, streaming
-    `Delta`s for `ExpertRequest`s. Plain Python; `serving/deployments.py` makes it a Ray Serve
-    deployment, so the request path goes from the ingress's client straight to this class."""
-
-    def __init__(self, expert: dict[str, Any]) -> None:
-        from experts.registry import Expert
-
-        self.expert = Expert.model_validate(expert)
-        self.engine = VLLMEngine(**VLLMEngine.spec_options(self.expert))
-
-    async def stream_chat(self, request: ExpertRequest) -> AsyncIterator[Delta]:
-        try:
-            async for delta in self.engine.stream_request(request):
-                yield delta
-        except QuorumError:
-            raise
-        except Exception as exc:
-            logger.exception("expert %s failed on %s", self.expert.name, request.request_id)
-            raise ExpertError(f"expert '{self.expert.name}' failed: {type(exc).__name__}") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from experts.errors import ExpertError, ExpertTimeoutError
 
-__all__ = ["Delta", "ExpertRequest", "collect", "with_timeout"]
+__all__ = ["Delta", "ExpertRequest", "collect", "matched_stop", "with_timeout"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class Delta:
     # Complete tool calls in OpenAI's shape (`{id, type: "function", function: {name,
     # arguments}}`), on the last delta of an answer that called tools.
     tool_calls: list[dict[str, Any]] | None = None
+    # On the last delta: which of the request's `stop` strings ended the answer, when one did
+    # (None for EOS, the limit, or a stop string of the model's own).
+    stop: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,14 @@ class ExpertRequest:
     def calls_tools(self) -> bool:
         """Whether the answer may be tool calls (tools given and tool_choice is not "none")."""
         return bool(self.tools) and self.tool_choice != "none"
+
+
+def matched_stop(request: ExpertRequest, reason: Any, finish_reason: str | None) -> str | None:
+    """The request's stop string that ended an answer: vLLM's `stop_reason` (the matched string,
+    or a stop token's id) when the answer stopped there and the string is one the request sent."""
+    if finish_reason == "stop" and isinstance(reason, str) and reason in (request.stop or []):
+        return reason
+    return None
 
 
 async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:

@@ -8,8 +8,9 @@ tool, none; `disable_parallel_tool_use`), `metadata.user_id`, and `stream` with 
 Refused with a 400 naming them: `top_k`, `thinking`, image and document blocks. Errors come in
 Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`), with the same status.
 
-`stop_reason` is `end_turn`, `max_tokens` or `tool_use`; a stop sequence ends the answer too but
-is reported as `end_turn` (`stop_sequence` null): the engine does not say which stop matched.
+`stop_reason` is `end_turn`, `max_tokens`, `tool_use`, or `stop_sequence` with the matched string
+in `stop_sequence` (hosted experts and vLLM servers say which matched; an OpenAI server does
+not, so there a stop sequence reads as `end_turn`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ REFUSED = {
 COUNT_REFUSED = {name: REFUSED[name] for name in ("thinking", "mcp_servers")}
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "abort": "end_turn"}
+
+
+def _stop_reason(last: Any, calls: list | None) -> str:
+    if calls:
+        return "tool_use"
+    if last.stop is not None:
+        return "stop_sequence"
+    return _STOP.get(last.finish_reason or "stop", "end_turn")
 
 
 class AnthropicTool(BaseModel):
@@ -274,9 +283,7 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
             "id": answer.request_id.replace("chatcmpl-", "msg_"), "type": "message",
             "role": "assistant", "model": answered_by(answer.decision, answer.extension),
             "content": _blocks(parts.text, parts.tool_calls),
-            "stop_reason": "tool_use" if parts.tool_calls else _STOP.get(last.finish_reason,
-                                                                         "end_turn"),
-            "stop_sequence": None,
+            "stop_reason": _stop_reason(last, parts.tool_calls), "stop_sequence": last.stop,
             "usage": {"input_tokens": last.prompt_tokens, "output_tokens": last.completion_tokens},
             "quorum": answer.extension,
         }  # fmt: skip
@@ -353,8 +360,7 @@ async def _events(started: Started) -> AsyncIterator[bytes]:
                                   "partial_json": call["function"]["arguments"]}})  # fmt: skip
         yield named_sse("content_block_stop", {"type": "content_block_stop", "index": index})
         index += 1
-    reason = "tool_use" if calls else _STOP.get(last.finish_reason or "stop", "end_turn")
     yield named_sse("message_delta", {"type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": None},
+                    "delta": {"stop_reason": _stop_reason(last, calls), "stop_sequence": last.stop},
                     "usage": {"output_tokens": last.completion_tokens}})  # fmt: skip
     yield named_sse("message_stop", {"type": "message_stop"})

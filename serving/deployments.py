@@ -1,7 +1,7 @@
 """The Ray Serve application: the wiring, and nothing else.
 
     HTTP → QuorumIngress (create_api over the Pipeline; classify + recruit in this process)
-             → one deployment per hosted expert (experts.engine.HostedExpert: a vLLM engine)
+             → one deployment per hosted expert (experts.hosted.HostedExpert: a vLLM engine)
              | the expert pool (serving.schedule.ExpertPool), with `residency`
              | `openai`-backend experts, called directly over HTTP
 
@@ -28,7 +28,7 @@ from typing import Any
 from ray import serve
 
 from experts.clients import REMOTE_BACKENDS, ExpertClient, HandleExpertClient, PoolExpertClient
-from experts.engine import HostedExpert
+from experts.hosted import HostedExpert
 from experts.paths import OFFLINE_ENV, quorum_home
 from experts.registry import Expert, Registry, load_registry, parse_registry
 from experts.tokens import TemplateTokenCounter

@@ -64,12 +64,13 @@ class VLLMEngineFactory(EngineFactory):
 
     async def start(self, expert: str) -> Engine:
         from experts.engine import VLLMEngine, platform_supports_sleep
+        from experts.hosted import engine_options
 
         spec = self.experts[expert]
         kwargs = dict(spec.engine_args)
         if platform_supports_sleep():
             kwargs.setdefault("enable_sleep_mode", True)
-        return await VLLMEngine.create(**VLLMEngine.spec_options(spec, kwargs))
+        return await VLLMEngine.create(**engine_options(spec, kwargs))
 
 
 class SlotManager:

@@ -58,7 +58,7 @@ from typing import Literal
 
 from experts.clients import ExpertClient
 from experts.errors import QuorumError
-from experts.stream import Delta, ExpertRequest
+from experts.stream import Delta, ExpertRequest, matched_stop
 
 __all__ = ["FakeExpert"]
 
@@ -91,6 +91,8 @@ class FakeExpert(ExpertClient):
         tool_calls: tool calls (OpenAI's shape) put on the final delta.
         logprob: when the request asks for logprobs, each text delta carries one entry
             `{token: <its text>, logprob, bytes, top_logprobs: []}`.
+        stop: the stop string the answer ended on, reported on the final delta (as the engine
+            does, through `matched_stop`: only when the request sent it).
 
     Attributes read by tests: `requests` (every `ExpertRequest` received, in order) and `calls`
     (how many times this fake's `stream_chat` was started).
@@ -118,6 +120,7 @@ class FakeExpert(ExpertClient):
         requests: list[ExpertRequest] | None = None,
         tool_calls: list[dict] | None = None,
         logprob: float | None = None,
+        stop: str | None = None,
     ) -> None:
         if words not in (None, "leading", "trailing"):
             raise ValueError(f"words must be None, 'leading' or 'trailing', not {words!r}")
@@ -129,7 +132,7 @@ class FakeExpert(ExpertClient):
         self.delay, self.gate, self.free = delay, gate, free
         self.requests: list[ExpertRequest] = [] if requests is None else requests
         self.calls = 0
-        self.tool_calls, self.logprob = tool_calls, logprob
+        self.tool_calls, self.logprob, self.stop = tool_calls, logprob, stop
 
     def chunks(self, request: ExpertRequest) -> list[str]:
         """The texts of the answer's deltas for `request` (before the optional empty last one)."""
@@ -160,6 +163,7 @@ class FakeExpert(ExpertClient):
         chunks = self.chunks(request)
         completion = len(chunks) if self.completion_tokens is None else self.completion_tokens
         final = (self.finish_reason, self.prompt_tokens, completion)
+        stop = matched_stop(request, self.stop, self.finish_reason)
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1 and not self.final_delta
             logprobs = None
@@ -167,11 +171,11 @@ class FakeExpert(ExpertClient):
                 logprobs = [{"token": chunk, "logprob": self.logprob,
                              "bytes": list(chunk.encode()), "top_logprobs": []}]  # fmt: skip
             if last:
-                yield Delta(chunk, *final, logprobs, self.tool_calls)
+                yield Delta(chunk, *final, logprobs, self.tool_calls, stop)
             else:
                 yield Delta(chunk, None, *partial, logprobs)
         if self.final_delta:
-            yield Delta("", *final, tool_calls=self.tool_calls)
+            yield Delta("", *final, tool_calls=self.tool_calls, stop=stop)
 
 
 class WordCounter:

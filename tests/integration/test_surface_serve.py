@@ -181,6 +181,21 @@ def test_anthropic_messages_stream_and_not(an):
         assert count.input_tokens == done.usage.input_tokens > 5, model
 
 
+def test_anthropic_stop_sequence_is_reported(an):
+    # Both tiny experts answer this question in words: a space comes well before 12 tokens.
+    greedy = {"extra_body": {"temperature": 0}}
+    for model in ("smollm2-135m", "gemma3-270m"):
+        done = an.messages.create(model=model, max_tokens=12, messages=ASK,
+                                  stop_sequences=["@@", " "], **greedy)  # fmt: skip
+        assert (done.stop_reason, done.stop_sequence) == ("stop_sequence", " "), (model, done)
+        text = "".join(block.text for block in done.content)
+        assert " " not in text, text  # vLLM ends the text before the stop string
+        with an.messages.stream(model=model, max_tokens=12, messages=ASK, stop_sequences=[" "],
+                                **greedy) as stream:  # fmt: skip
+            final = stream.get_final_message()
+        assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " "), model
+
+
 def test_an_unsupported_parameter_is_a_400_and_serving_goes_on(oa):
     with pytest.raises(openai.BadRequestError) as err:
         oa.chat.completions.create(model="auto", messages=ASK, max_tokens=4,

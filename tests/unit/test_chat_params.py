@@ -230,6 +230,23 @@ async def test_openai_backend_receives_every_parameter_verbatim_and_returns_call
                                 "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]  # fmt: skip
 
 
+async def test_openai_backend_reports_the_stop_string_a_vllm_server_names():
+    def server(request: httpx.Request) -> httpx.Response:
+        events = [{"choices": [{"delta": {"content": "Paris"}}]},
+                  {"choices": [{"delta": {}, "finish_reason": "stop", "stop_reason": "."}]}]  # fmt: skip
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    expert = Expert(name="remote", model="m", backend="openai", base_url="http://remote/v1")
+    client = OpenAIHTTPExpertClient(
+        expert, httpx.AsyncClient(transport=httpx.MockTransport(server))
+    )
+    for stop, reported in ((["."], "."), (["!"], None), (None, None)):
+        request = ExpertRequest("r", [{"role": "user", "content": "q"}], 8, stop=stop)
+        _, last = await collect(client.stream_chat(request))
+        assert last.stop == reported, stop
+
+
 async def _replay(deltas):
     for d in deltas:
         yield d

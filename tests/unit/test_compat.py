@@ -191,6 +191,19 @@ def test_messages_with_system_and_usage():
     assert sent.max_tokens == 9
 
 
+def test_messages_report_the_stop_sequence_that_ended_the_answer():
+    _, an, experts, _ = clients(jurist=FakeExpert("jurist", "a b", stop="END"))
+    ask = {"model": "jurist", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
+    done = an.messages.create(**ask, stop_sequences=["STOP", "END"])
+    assert (done.stop_reason, done.stop_sequence) == ("stop_sequence", "END")
+    assert experts["jurist"].requests[0].stop == ["STOP", "END"]
+    with an.messages.stream(**ask, stop_sequences=["END"]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+    plain = an.messages.create(**ask)  # the expert's own stop, not the client's: end_turn
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
+
+
 def test_messages_tool_use_and_tool_result():
     _, an, experts, _ = clients(jurist=FakeExpert("jurist", "", tool_calls=[CALL],
                                                   finish_reason="tool_calls"))  # fmt: skip

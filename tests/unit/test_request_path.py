@@ -1,7 +1,7 @@
 """The request path is short and named after the stages, measured rather than described.
 
 One routed chat request goes through the real HTTP API, the real pipeline, router and dispatch,
-and the real handle client into `experts.engine.HostedExpert` (with an in-process stand-in for
+and the real handle client into `experts.hosted.HostedExpert` (with an in-process stand-in for
 Ray's handle and an engine that answers at once). Where it passes through is read off the call
 stack at the three places work is done: the encoder (classify), the competence lookup (recruit)
 and the engine call. The union of those stacks is the path.
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from experts.clients import HandleExpertClient
-from experts.engine import HostedExpert
+from experts.hosted import HostedExpert
 from experts.registry import Expert, parse_registry
 from experts.stream import Delta, ExpertRequest
 from router import CentroidHead, EmbeddingSkillClassifier, Router
@@ -98,7 +98,7 @@ async def test_a_routed_request_passes_through_eight_stage_modules_each_once():
     path = list(dict.fromkeys(path))  # union, in order of first appearance
     assert path == [
         "serving.ingress", "serving.pipeline", "router.router", "router.classify",
-        "router.recruit", "serving.dispatch", "experts.clients", "experts.engine",
+        "router.recruit", "serving.dispatch", "experts.clients", "experts.hosted",
     ], path  # fmt: skip
     # Each stage's stack nests inside the pipeline: entered from the handler, never re-entered.
     for stack in STACKS.values():
