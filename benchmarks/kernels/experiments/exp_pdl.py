@@ -49,10 +49,11 @@ def _row(name: str, t: int, skewed: bool, rounds: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("shapes", nargs="*", choices=[[], *SHAPES], help="default: all")
     ap.add_argument("--tokens", nargs="+", type=int, default=[8, 64])
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args(argv)
+    args.shapes = args.shapes or list(SHAPES)
     print(f"GPU: {torch.cuda.get_device_name()}; graph replay, cold L2, best of {args.rounds} "
           "alternating rounds of do_bench medians; % copy = same-bytes copy / time (T <= 8)\n")
     print("| shape | T | routing | no PDL us | PDL us | saved us | ratio | % copy | % copy PDL | "
