@@ -351,7 +351,6 @@ def internal_error(request_id: str) -> QuorumError:
     return QuorumError(f"internal error while serving request {request_id}; see the server log")
 
 
-
 def model_page_parameters(ids: list[str]) -> dict:
     """The paging query parameters `model_page` reads, as the published contract states them."""
     cursor = {"type": "string", "enum": ids}
