@@ -35,8 +35,6 @@ __all__ = ["ResponsesRequest", "chat_messages", "install"]
 
 #: chat parameter -> this API's name for it, in error messages
 NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text"}
-#: the one `include` value served: each output_text part carries its tokens' logprobs
-LOGPROBS = "message.output_text.logprobs"
 
 REFUSED = {
     "store": (False, "responses are not stored (stateless); send 'store': false"),
@@ -95,6 +93,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     text: TextConfig | None = None
     user: str | None = None
+    # the one value served: each output_text part carries its tokens' logprobs
     include: list[Literal["message.output_text.logprobs"]] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # refused unless no-op (REFUSED)
@@ -111,7 +110,7 @@ class ResponsesRequest(BaseModel):
     @property
     def logprobs(self) -> bool:
         """Whether output text carries logprobs: asked by `include` or by `top_logprobs`."""
-        return LOGPROBS in (self.include or []) or self.top_logprobs is not None
+        return bool(self.include) or self.top_logprobs is not None
 
     def chat(self) -> dict[str, Any]:
         """The same request as a chat request's body."""

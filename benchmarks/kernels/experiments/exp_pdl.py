@@ -29,7 +29,7 @@ def _row(name: str, t: int, skewed: bool, rounds: int) -> str:
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev,
                     generator=torch.Generator(device=dev).manual_seed(t))
     base = {k: v for k, v in get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k,
-                                         dev).items() if k != "decode"}  # fmt: skip
+                                         dev).items() if k not in ("decode", "PDL")}  # fmt: skip
     cfgs = {"off": base, "pdl": base | {"PDL": True}}
     with torch.no_grad():
         ref = triton_layer(x, shape, p, cfgs["off"])
