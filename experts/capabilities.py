@@ -39,6 +39,11 @@ class Capabilities(Strict):
         description="Honours `response_format` (json_object, json_schema); vLLM enforces it with "
         "its structured-output backend. Set false for a remote server that does not.",
     )
+    top_k: bool = Field(
+        True,
+        description="Honours `top_k` (vLLM does, hosted or as a server). Set false for a remote "
+        "API that refuses it (OpenAI's): requests with top_k > 0 are then not sent here.",
+    )
     logprobs: bool = Field(
         True, description="Returns `logprobs` / `top_logprobs` (vLLM does; some remote APIs not)."
     )

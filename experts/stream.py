@@ -66,6 +66,7 @@ class ExpertRequest:
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
+    top_k: int | None = None  # vLLM's extension: sample from the k likeliest tokens (0, -1: all)
 
     def openai_params(self) -> dict[str, Any]:
         """The optional OpenAI chat parameters this request sets, as OpenAI's body spells them
@@ -73,7 +74,7 @@ class ExpertRequest:
         built from for a hosted one)."""
         names = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
                  "top_logprobs", "response_format", "tools", "tool_choice",
-                 "parallel_tool_calls", "user")  # fmt: skip
+                 "parallel_tool_calls", "user", "top_k")  # fmt: skip
         params = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.logprobs:
             params["logprobs"] = True

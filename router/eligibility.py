@@ -1,7 +1,7 @@
 """Which experts can serve a request at all, before anyone ranks them.
 
-A request may need tool calling, structured output (`response_format`), logprobs, or room for a
-long prompt. `Needs` says what one request needs; `exclusions(registry, needs, experts)` names
+A request may need tool calling, structured output (`response_format`), logprobs, `top_k`, or
+room for a long prompt. `Needs` says what one request needs; `exclusions(registry, needs, experts)` names
 each expert of `experts` that cannot serve it and why (from the registry's
 `experts[].capabilities` and `context_length`, the prompt counted in that expert's own tokens).
 Recruitment then ranks only the others (`Recruiter.recruit(..., exclude=...)`), and the routing
@@ -32,6 +32,7 @@ class Needs:
     structured_output: bool = False  # response_format json_object / json_schema
     logprobs: bool = False
     top_logprobs: int = 0
+    top_k: bool = False  # top_k > 0
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # per expert, in its tokens
 
 
@@ -53,6 +54,8 @@ def _why_not(registry: Registry, name: str, needs: Needs) -> Exclusion | None:
     if needs.structured_output and not caps.structured_output:
         return Exclusion("response_format", "has no structured output",
                          "drop 'response_format' or send type 'text'")  # fmt: skip
+    if needs.top_k and not caps.top_k:
+        return Exclusion("top_k", "does not honour top_k", "drop 'top_k'")
     if needs.logprobs and not caps.logprobs:
         return Exclusion("logprobs", "returns no logprobs", "drop 'logprobs'")
     if needs.top_logprobs > caps.max_top_logprobs:

@@ -2,10 +2,10 @@
 `POST /v1/messages/count_tokens`, the prompt's length for the expert that would answer it.
 
 Served: `messages` (text, `tool_use` and `tool_result` blocks), `system`, `max_tokens`,
-`temperature`, `top_p`, `stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto, any,
-tool, none; `disable_parallel_tool_use`), `metadata.user_id`, and `stream` with Anthropic's events
-(`message_start`, `content_block_start` / `_delta` / `_stop`, `message_delta`, `message_stop`).
-Refused with a 400 naming them: `top_k`, `thinking`, image and document blocks. Errors come in
+`temperature`, `top_p`, `top_k`, `stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto,
+any, tool, none; `disable_parallel_tool_use`), `metadata.user_id`, and `stream` with Anthropic's
+events (`message_start`, `content_block_start` / `_delta` / `_stop`, `message_delta`,
+`message_stop`). Refused with a 400 naming them: `thinking`, image and document blocks. Errors come in
 Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`), with the same status.
 
 `stop_reason` is `end_turn`, `max_tokens`, `tool_use`, or `stop_sequence` with the matched string
@@ -36,7 +36,6 @@ __all__ = ["CountTokensRequest", "MessagesRequest", "install"]
 NAMES = {"stop": "stop_sequences"}
 
 REFUSED = {
-    "top_k": (None, "top_k is not served; drop it and use top_p"),
     "thinking": (None, "the experts are not reasoning models; drop 'thinking'"),
     "service_tier": ("auto", "there is one service tier; drop 'service_tier'"),
     "container": (None, "code execution containers are not served"),
@@ -85,7 +84,7 @@ class MessagesRequest(BaseModel):
     tools: list[AnthropicTool] | None = None
     tool_choice: ToolChoice | None = None
     metadata: dict[str, Any] | None = None
-    top_k: int | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None  # 0: no limit
     thinking: dict[str, Any] | None = None
     service_tier: str | None = None
     container: Any = None
@@ -96,7 +95,7 @@ class MessagesRequest(BaseModel):
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
                                 "messages": self._messages(), "stream": self.stream}  # fmt: skip
         for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
-                             ("stop_sequences", "stop")):  # fmt: skip
+                             ("top_k", "top_k"), ("stop_sequences", "stop")):  # fmt: skip
             if getattr(self, ours) is not None:
                 body[theirs] = getattr(self, ours)
         if (self.metadata or {}).get("user_id"):

@@ -43,6 +43,7 @@ class CompletionRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for this endpoint
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: int | None = None  # vLLM's extension, as in chat
     n: int = 1
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -102,7 +103,7 @@ def published(limits: RouterConfig) -> dict[str, Any]:
     chat = chat_schema(limits)
     text = {"type": "string", "maxLength": limits.max_message_chars}
     shared = {k: chat["properties"][k] for k in ("stream_options", "stop", "seed", "user",
-              "presence_penalty", "frequency_penalty", "logit_bias", "temperature", "top_p")}  # fmt: skip
+              "presence_penalty", "frequency_penalty", "logit_bias", "temperature", "top_p", "top_k")}  # fmt: skip
     extra = request_body(CompletionRequest, shared | noop_only(REFUSED) | {
         "prompt": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": 1}]},
         "max_tokens": {"anyOf": [{"type": "integer", "minimum": 1,

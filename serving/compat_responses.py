@@ -8,13 +8,17 @@ Served: `input` as text or a list of items (messages with text content, `functio
 events OpenAI sends (`response.created`, `response.in_progress`, `response.output_item.added`,
 `response.content_part.added`, `response.output_text.delta` / `.done`,
 `response.function_call_arguments.delta` / `.done`, `response.content_part.done`,
-`response.output_item.done`, `response.completed` or `response.incomplete`). Nothing is stored:
-`store: true`, `previous_response_id`, `background`, other `include` values, `reasoning` and
-built-in tools are refused with a 400 naming them.
+`response.output_item.done`, `response.completed` or `response.incomplete`); delta events carry
+OpenAI's random `obfuscation` padding unless `stream_options.include_obfuscation` is false.
+`max_tool_calls` is accepted and echoed: it bounds calls to built-in tools, and none is served.
+Nothing is stored: `store: true`, `previous_response_id`, `background`, other `include` values,
+`reasoning`, `prompt_cache_key` / `_retention`, `safety_identifier` and built-in tools are
+refused with a 400 naming them.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -47,6 +51,10 @@ REFUSED = {
     "prompt": (None, "stored prompts are not served; send 'input'"),
     "metadata": ({}, "responses are not stored, so 'metadata' has no use; drop it"),
     "service_tier": ("auto", "there is one service tier; drop 'service_tier'"),
+    "prompt_cache_key": (None, "'prompt_cache_key' is not served; drop it"),
+    "prompt_cache_retention": (None, "prompts are cached only by the engine's prefix cache; "
+                               "drop it"),
+    "safety_identifier": (None, "'safety_identifier' is not served; send 'user' instead"),
 }  # fmt: skip
 
 
@@ -79,6 +87,11 @@ class TextConfig(BaseModel):
     format: TextFormat | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_obfuscation: bool = True  # OpenAI's default
+
+
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
@@ -91,11 +104,14 @@ class ResponsesRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
     parallel_tool_calls: bool | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     text: TextConfig | None = None
     user: str | None = None
     # the one value served: each output_text part carries its tokens' logprobs
     include: list[Literal["message.output_text.logprobs"]] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # calls to built-in tools: none is served, so the bound always holds
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
     # refused unless no-op (REFUSED)
     store: bool | None = None
     previous_response_id: str | None = None
@@ -106,6 +122,14 @@ class ResponsesRequest(BaseModel):
     prompt: Any = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+
+    @property
+    def obfuscates(self) -> bool:
+        """Whether stream deltas carry an `obfuscation` field (OpenAI's default)."""
+        return self.stream_options is None or self.stream_options.include_obfuscation
 
     @property
     def logprobs(self) -> bool:
@@ -216,7 +240,7 @@ def _response(rid: str, req: ResponsesRequest, model: str, created: int, status:
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": None, "reasoning": None, "store": False,
         "temperature": req.temperature, "top_p": req.top_p, "truncation": "disabled",
-        "top_logprobs": req.top_logprobs,
+        "top_logprobs": req.top_logprobs, "max_tool_calls": req.max_tool_calls,
         "text": (req.text or TextConfig(format=TextFormat(type="text"))).model_dump(
             by_alias=True, exclude_none=True),
         "tool_choice": req.tool_choice.model_dump() if isinstance(req.tool_choice, NamedFunction)
@@ -304,12 +328,21 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         return JSONResponse(body, headers=headers)
 
 
+def _padding(delta: str) -> str:
+    """OpenAI's stream obfuscation: random characters that bring a delta event's text to the next
+    multiple of 32 (at least 8), so the size of an encrypted event does not tell the token."""
+    n = 8 + (-len(delta) - 8) % 32
+    return secrets.token_urlsafe(n)[:n]
+
+
 async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[bytes]:
     answer = started.answer
     rid, created = answer.request_id.replace("chatcmpl-", "resp_"), int(time.time())
     seq = iter(range(1 << 30))
 
     def event(kind: str, **fields: Any) -> bytes:
+        if "delta" in fields and req.obfuscates:
+            fields["obfuscation"] = _padding(fields["delta"])
         return named_sse(kind, {"type": kind, "sequence_number": next(seq), **fields})
 
     shell = _response(rid, req, started.model, created, "in_progress", [], None, answer.extension)

@@ -146,7 +146,7 @@ class Pipeline:
                     counts[name] = n
         return Needs(tools=request.calls_tools, structured_output=request.structured,
                      logprobs=request.logprobs, top_logprobs=request.top_logprobs or 0,
-                     prompt_tokens=counts)  # fmt: skip
+                     top_k=(request.top_k or 0) > 0, prompt_tokens=counts)  # fmt: skip
 
     def candidates(self, model: str) -> list[str]:
         """The experts `model` may use (an unknown model has none; routing reports it)."""

@@ -113,6 +113,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension; 0 or -1: no limit
     n: Annotated[int, Field(ge=1)] = 1
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -185,7 +186,7 @@ class ChatCompletionRequest(BaseModel):
         """The optional parameters an `ExpertRequest` carries, in OpenAI's wire form."""
         params = self.model_dump(
             include={"presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
-                     "top_logprobs", "tool_choice", "parallel_tool_calls", "user"},
+                     "top_logprobs", "tool_choice", "parallel_tool_calls", "user", "top_k"},
             exclude_none=True,
         )  # fmt: skip
         if self.response_format is not None:

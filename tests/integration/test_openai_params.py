@@ -1,6 +1,7 @@
 """OpenAI chat parameters honoured by a real vLLM CPU engine (SmolLM2-135M, the built-in model):
 structured output, tool calls for a named and a `required` tool_choice, logprobs, stop, seed,
-penalties and logit_bias, through `VLLMEngine.stream_request` (the path a hosted expert takes).
+top_k, penalties and logit_bias, through `VLLMEngine.stream_request` (the path a hosted expert
+takes).
 
 Run: flock /tmp/quorum-heavy.lock .venv/bin/pytest -m integration tests/integration/test_openai_params.py
 """
@@ -184,6 +185,17 @@ async def test_seed_makes_sampling_repeatable(engine: VLLMEngine) -> None:
     ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+async def test_top_k_one_samples_the_greedy_answer(engine: VLLMEngine) -> None:
+    q = [{"role": "user", "content": "Write a short poem about the sea."}]
+    greedy, _ = await answer(engine, request("greedy", q, 24))
+    hot = [(await answer(engine, request(f"hot{s}", q, 24, temperature=1.0, seed=s)))[0]
+           for s in (1, 2)]  # fmt: skip
+    assert greedy not in hot  # sampling at temperature 1 leaves the greedy path
+    for s in (1, 2):
+        text, _ = await answer(engine, request(f"k1{s}", q, 24, temperature=1.0, seed=s, top_k=1))
+        assert text == greedy, s
 
 
 async def test_logit_bias_forbids_a_token(engine: VLLMEngine) -> None:

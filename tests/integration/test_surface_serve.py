@@ -196,6 +196,15 @@ def test_anthropic_stop_sequence_is_reported(an):
         assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " "), model
 
 
+def test_anthropic_top_k_one_answers_as_greedy(an):
+    poem = [{"role": "user", "content": "Write a short poem about the sea."}]
+    greedy = an.messages.create(model="smollm2-135m", max_tokens=16, messages=poem,
+                                extra_body={"temperature": 0})  # fmt: skip
+    hot = an.messages.create(model="smollm2-135m", max_tokens=16, messages=poem,
+                             extra_body={"temperature": 1, "top_k": 1})  # fmt: skip
+    assert hot.content[0].text == greedy.content[0].text
+
+
 def test_an_unsupported_parameter_is_a_400_and_serving_goes_on(oa):
     with pytest.raises(openai.BadRequestError) as err:
         oa.chat.completions.create(model="auto", messages=ASK, max_tokens=4,

@@ -129,6 +129,26 @@ def test_responses_stream_events_as_openai_sends_them():
     assert text == "jurist says: a contract" == events[-1].response.output_text
 
 
+def test_responses_stream_obfuscation_pads_deltas_unless_turned_off():
+    oa, *_ = clients()
+    deltas = [e for e in oa.responses.create(model="jurist", input="a contract", stream=True)
+              if e.type == "response.output_text.delta"]  # fmt: skip
+    pads = [e.obfuscation for e in deltas]
+    assert all((len(e.delta) + len(pad)) % 32 == 0 and len(pad) >= 8
+               for e, pad in zip(deltas, pads, strict=True))  # fmt: skip
+    assert len(set(pads)) == len(pads)  # random, not a constant filler
+    plain = [e for e in oa.responses.create(model="jurist", input="a contract", stream=True,
+                                            stream_options={"include_obfuscation": False})
+             if e.type == "response.output_text.delta"]  # fmt: skip
+    assert plain and all(getattr(e, "obfuscation", None) is None for e in plain)
+
+
+def test_responses_max_tool_calls_is_accepted_and_echoed():
+    oa, *_ = clients()
+    done = oa.responses.create(model="jurist", input="x", max_tool_calls=2)
+    assert done.max_tool_calls == 2 and done.output_text
+
+
 def test_responses_json_schema_becomes_the_chat_response_format():
     oa, _, experts, _ = clients()
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
@@ -167,6 +187,9 @@ def test_responses_logprobs_when_included_stream_and_not():
     ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
     ({"tools": True}, "tools"), ({"tools": [None]}, "tools"),
     ({"include": ["file_search_call.results"]}, "include"), ({"top_logprobs": 21}, "top_logprobs"),
+    ({"prompt_cache_key": "k"}, "prompt_cache_key"), ({"safety_identifier": "u"}, "safety_identifier"),
+    ({"prompt_cache_retention": "24h"}, "prompt_cache_retention"), ({"max_tool_calls": 0}, "max_tool_calls"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
 ])  # fmt: skip
 def test_responses_refuse_state_and_what_they_do_not_serve(body, param):
     *_, http = clients()
@@ -248,14 +271,29 @@ def test_messages_stream_with_the_anthropic_client():
 def test_messages_errors_come_in_anthropics_shape():
     _, an, _, http = clients()
     with pytest.raises(anthropic.BadRequestError) as err:
-        an.messages.create(model="auto", max_tokens=5, extra_body={"top_k": 3},
+        an.messages.create(model="auto", max_tokens=5, extra_body={"thinking": {"type": "enabled"}},
                            messages=[{"role": "user", "content": "x"}])  # fmt: skip
     assert err.value.body["error"]["type"] == "invalid_request_error"
-    assert "top_k" in err.value.body["error"]["message"]
+    assert "thinking" in err.value.body["error"]["message"]
     r = http.post("/v1/messages", json={"model": "nope", "max_tokens": 5,
                                         "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 404 and r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_top_k_reaches_the_expert_from_anthropic_chat_and_completions():
+    oa, an, experts, http = clients()
+    ask = [{"role": "user", "content": "a contract"}]
+    # top_k through extra_body: this anthropic client's create() has no such argument
+    an.messages.create(model="jurist", max_tokens=5, messages=ask, extra_body={"top_k": 3})
+    oa.chat.completions.create(model="jurist", max_tokens=5, messages=ask, extra_body={"top_k": 4})
+    oa.completions.create(model="jurist", max_tokens=5, prompt="a contract",
+                          extra_body={"top_k": 5})  # fmt: skip
+    oa.chat.completions.create(model="jurist", max_tokens=5, messages=ask)
+    assert [r.top_k for r in experts["jurist"].requests] == [3, 4, 5, None]
+    r = http.post("/v1/messages", json={"model": "jurist", "max_tokens": 5, "top_k": -2,
+                                        "messages": ask})  # fmt: skip
+    assert r.status_code == 400 and "top_k" in r.json()["error"]["message"]
 
 
 def test_count_tokens_counts_for_the_expert_that_would_answer():

@@ -1,7 +1,7 @@
 """Routing respects what a request needs: experts that cannot serve it (tools, structured output,
-logprobs, prompt length in their own tokens) are excluded with a reason in the routing decision;
-no eligible expert is a 400 that says what to change; k > 1 aggregation with tools or logprobs is
-refused, with a JSON format it works (every expert and the aggregator get it)."""
+logprobs, top_k, prompt length in their own tokens) are excluded with a reason in the routing
+decision; no eligible expert is a 400 that says what to change; k > 1 aggregation with tools or
+logprobs is refused, with a JSON format it works (every expert and the aggregator get it)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ REGISTRY = parse_registry({
     "experts": [
         # the best at math, but cannot call tools, has no structured output and a short context
         {"name": "mathematician", "model": "m1", "skills": {"math": 0.9, "law": 0.1},
-         "context_length": 64, "capabilities": {"structured_output": False, "logprobs": False}},
+         "context_length": 64, "capabilities": {"structured_output": False, "logprobs": False,
+                                               "top_k": False}},
         {"name": "jurist", "model": "m2", "skills": {"math": 0.1, "law": 0.9},
          "can_aggregate": True,
          "capabilities": {"tool_parser": "hermes", "max_top_logprobs": 5}},
@@ -59,13 +60,15 @@ def test_experts_that_cannot_call_tools_are_excluded_with_the_reason():
 
 def test_without_needs_nothing_is_excluded():
     c, _ = client()
-    routing = post(c).json()["quorum"]["routing"]
-    assert routing["experts"] == ["mathematician"] and routing["recruitment"]["excluded"] == {}
+    for body in ({}, {"top_k": 0}, {"top_k": -1}):  # top_k 0 / -1: no limit, nothing needed
+        routing = post(c, **body).json()["quorum"]["routing"]
+        assert routing["experts"] == ["mathematician"], body
+        assert routing["recruitment"]["excluded"] == {}, body
 
 
-def test_structured_output_and_logprobs_exclude_experts_without_them():
+def test_structured_output_logprobs_and_top_k_exclude_experts_without_them():
     c, _ = client()
-    for body in ({"response_format": SCHEMA}, {"logprobs": True}):
+    for body in ({"response_format": SCHEMA}, {"logprobs": True}, {"top_k": 5}):
         routing = post(c, **body).json()["quorum"]["routing"]
         assert "mathematician" in routing["recruitment"]["excluded"], body
         assert routing["experts"] != ["mathematician"]
