@@ -8,6 +8,7 @@ call is read the same as many).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any
 
 from experts.errors import QuorumError
 from experts.stream import Delta
-from serving.protocol import chunk, internal_error, sse, usage
+from serving.protocol import chunk, internal_error, usage
+from serving.sse import obfuscation, sse
 
 __all__ = ["AnswerParts", "sse_events", "tool_call_chunks"]
 
@@ -61,11 +63,17 @@ async def sse_events(
     extension: dict,
     include_usage: bool,
     want_logprobs: bool = False,
+    obfuscate: bool = False,
 ) -> AsyncIterator[bytes]:
     """An answer as OpenAI's SSE chunks: the role chunk (with the `quorum` extension), a chunk per
     delta, the tool calls, the final chunk (finish reason; for k > 1 the completed aggregation
-    record), usage when asked, `[DONE]`. A failure after the first byte ends the stream with an
+    record), usage when asked, `[DONE]`. With `obfuscate` each content and tool-call chunk carries
+    OpenAI's random `obfuscation` padding. A failure after the first byte ends the stream with an
     error event."""
+
+    def piece(body: dict[str, Any], text: str) -> bytes:
+        return sse(body | {"obfuscation": obfuscation(text)} if obfuscate else body)
+
     yield sse(chunk(request_id, model, created, {"role": "assistant", "content": ""},
                     extension=extension))  # fmt: skip
     delta: Delta | None = first
@@ -75,10 +83,11 @@ async def sse_events(
             last = delta
             if delta.text or (want_logprobs and delta.logprobs):
                 logprobs = (delta.logprobs or []) if want_logprobs else None
-                yield sse(chunk(request_id, model, created, {"content": delta.text},
-                                logprobs=logprobs))  # fmt: skip
+                yield piece(chunk(request_id, model, created, {"content": delta.text},
+                                  logprobs=logprobs), delta.text)  # fmt: skip
             if delta.tool_calls:
-                yield sse(chunk(request_id, model, created, tool_call_chunks(delta.tool_calls)))
+                calls = tool_call_chunks(delta.tool_calls)
+                yield piece(chunk(request_id, model, created, calls), json.dumps(calls))
             delta = await anext(rest, None)
     except QuorumError as exc:
         log.warning("request %s: stream failed: %s", request_id, exc.message)

@@ -28,7 +28,8 @@ from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
 from serving.contract import anthropic_error, noop_only, request_body
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
-from serving.protocol import internal_error, named_sse
+from serving.protocol import internal_error
+from serving.sse import named_sse
 
 __all__ = ["CountTokensRequest", "MessagesRequest", "install"]
 

@@ -22,7 +22,8 @@ from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
 from serving.contract import chat_schema, noop_only, request_body
 from serving.pipeline import Pipeline, answered_by, routing_headers
-from serving.protocol import internal_error, sse, usage
+from serving.protocol import internal_error, usage
+from serving.sse import obfuscation, sse
 
 __all__ = ["CompletionRequest", "install", "legacy_logprobs"]
 
@@ -157,8 +158,11 @@ async def _stream(started, legacy: CompletionRequest, options) -> AsyncIterator[
                 if legacy.logprobs is not None:
                     lp = legacy_logprobs(delta.logprobs or [], offset)
                 offset += len(delta.text)
-                yield sse(_body(rid, started.model, created, delta.text, None, lp,
-                                answer.extension if first else None))  # fmt: skip
+                body = _body(rid, started.model, created, delta.text, None, lp,
+                             answer.extension if first else None)  # fmt: skip
+                if options is None or options.include_obfuscation:
+                    body["obfuscation"] = obfuscation(delta.text)
+                yield sse(body)
                 first = False
             delta = await anext(started.rest, None)
     except QuorumError as exc:

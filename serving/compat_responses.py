@@ -18,7 +18,6 @@ refused with a 400 naming them.
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,7 +32,8 @@ from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
 from serving.contract import chat_schema, noop_only, request_body
 from serving.pipeline import Pipeline, Started, answered_by, routing_headers
-from serving.protocol import internal_error, named_sse
+from serving.protocol import internal_error
+from serving.sse import named_sse, obfuscation
 
 __all__ = ["ResponsesRequest", "chat_messages", "install"]
 
@@ -328,13 +328,6 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         return JSONResponse(body, headers=headers)
 
 
-def _padding(delta: str) -> str:
-    """OpenAI's stream obfuscation: random characters that bring a delta event's text to the next
-    multiple of 32 (at least 8), so the size of an encrypted event does not tell the token."""
-    n = 8 + (-len(delta) - 8) % 32
-    return secrets.token_urlsafe(n)[:n]
-
-
 async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[bytes]:
     answer = started.answer
     rid, created = answer.request_id.replace("chatcmpl-", "resp_"), int(time.time())
@@ -342,7 +335,7 @@ async def _events(started: Started, req: ResponsesRequest) -> AsyncIterator[byte
 
     def event(kind: str, **fields: Any) -> bytes:
         if "delta" in fields and req.obfuscates:
-            fields["obfuscation"] = _padding(fields["delta"])
+            fields["obfuscation"] = obfuscation(fields["delta"])
         return named_sse(kind, {"type": kind, "sequence_number": next(seq), **fields})
 
     shell = _response(rid, req, started.model, created, "in_progress", [], None, answer.extension)

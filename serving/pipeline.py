@@ -289,10 +289,11 @@ class Pipeline:
         """Streaming: OpenAI's SSE bytes and the headers."""
         started = await self.start(request)
         answer = started.answer
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options or protocol.StreamOptions()
         events = sse_events(
             answer.request_id, started.model, int(time.time()), started.first, started.rest,
-            answer.extension, include_usage, want_logprobs=request.logprobs,
+            answer.extension, options.include_usage, want_logprobs=request.logprobs,
+            obfuscate=options.include_obfuscation,
         )  # fmt: skip
         return events, started.headers
 

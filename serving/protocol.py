@@ -95,8 +95,9 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    include_obfuscation: bool = True  # OpenAI's default: chunks carry `obfuscation` padding
 
 
 class ChatCompletionRequest(BaseModel):
@@ -316,17 +317,6 @@ def chunk(
     if extension is not None:
         body["quorum"] = extension
     return body
-
-
-def sse(payload: dict[str, Any] | str) -> bytes:
-    """One Server-Sent Event, as OpenAI frames them: `data: <json>\\n\\n`."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-def named_sse(event: str, payload: dict[str, Any]) -> bytes:
-    """One named Server-Sent Event (`event: <name>`), as the Responses and Anthropic APIs send."""
-    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -82,6 +82,9 @@ def test_an_unknown_parameter_is_refused_not_ignored():
     ({"presence_penalty": 3}, "presence_penalty", []),
     ({"frequency_penalty": -2.5}, "frequency_penalty", []),
     ({"stream_options": {"include_usage": True}}, "stream_options", ["stream"]),
+    ({"stream": True, "stream_options": {"include_usage": True, "usage": 1}}, "stream_options",
+     ["usage"]),
+    ({"top_k": -2}, "top_k", []),
     ({"messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]}, "messages", ["audio"]),
     ({"messages": [{"role": "tool", "content": "72F"}]}, "messages", ["tool_call_id"]),
 ])  # fmt: skip
@@ -183,6 +186,21 @@ def test_include_usage_adds_the_usage_chunk():
         model="mathematician", messages=[{"role": "user", "content": "x y"}], stream=True,
         stream_options={"include_usage": True}))  # fmt: skip
     assert pieces[-1].choices == [] and pieces[-1].usage.prompt_tokens == 11
+
+
+def test_stream_obfuscation_pads_content_chunks_unless_turned_off():
+    oa = openai_client(make_client()[0])
+    ask = {"model": "mathematician", "messages": [{"role": "user", "content": "x y"}],
+           "stream": True}  # fmt: skip
+    texts = [(c.choices[0].delta.content, c.obfuscation)
+             for c in oa.chat.completions.create(**ask) if c.choices and c.choices[0].delta.content]  # fmt: skip
+    assert texts and all((len(t) + len(pad)) % 32 == 0 and len(pad) >= 8 for t, pad in texts)
+    assert len({pad for _, pad in texts}) == len(texts)  # random, not a constant filler
+    plain = list(oa.chat.completions.create(**ask, stream_options={"include_obfuscation": False}))
+    assert plain and all(c.obfuscation is None for c in plain)
+    legacy = [c for c in oa.completions.create(model="mathematician", prompt="x y", stream=True)
+              if c.choices[0].text]  # fmt: skip
+    assert legacy and all(len(c.obfuscation) >= 8 for c in legacy)
 
 
 async def test_openai_backend_receives_every_parameter_verbatim_and_returns_calls():
