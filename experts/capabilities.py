@@ -44,6 +44,12 @@ class Capabilities(Strict):
         description="Honours `top_k` (vLLM does, hosted or as a server). Set false for a remote "
         "API that refuses it (OpenAI's): requests with top_k > 0 are then not sent here.",
     )
+    prefill: bool = Field(
+        True,
+        description="Continues a final assistant message (Anthropic's prefill; vLLM's "
+        "`continue_final_message`, which hosted experts and vLLM servers honour). Set false for a "
+        "remote API without it (OpenAI's): such requests are then not sent here.",
+    )
     logprobs: bool = Field(
         True, description="Returns `logprobs` / `top_logprobs` (vLLM does; some remote APIs not)."
     )

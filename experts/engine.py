@@ -184,17 +184,19 @@ class VLLMEngine:
         return self._sleep_enabled
 
     def count_prompt_tokens(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+        continue_final: bool = False,
     ) -> int:
-        """The prompt length of `messages` after the chat template (with the generation prompt)."""
-        return len(self._encode(messages, tools))
+        """The prompt length of `messages` after the chat template (`experts.prompt`)."""
+        return len(self._encode(messages, tools, continue_final))
 
     def _encode(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+        continue_final: bool = False,
     ) -> list[int]:
         from experts.prompt import prompt_ids
 
-        return prompt_ids(self._tokenizer, messages, tools, self.name)
+        return prompt_ids(self._tokenizer, messages, tools, self.name, continue_final)
 
     async def stream_chat(
         self,
@@ -264,7 +266,8 @@ class VLLMEngine:
             raise RuntimeError(f"engine for {self.model} was shut down")
         if self._sleeping:
             raise RuntimeError(f"engine for {self.model} is asleep; call wake_up() first")
-        prompt_ids = self._encode(request.messages, request.tools if request.calls_tools else None)
+        prompt_ids = self._encode(request.messages, request.tools if request.calls_tools else None,
+                                  request.continue_final_message)
         limit = self.max_model_len - 1
         if len(prompt_ids) > limit:
             raise ContextLengthExceededError.of_prompt(len(prompt_ids), limit, self.name)

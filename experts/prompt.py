@@ -35,16 +35,20 @@ def prompt_ids(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None,
     who: str,
+    continue_final: bool = False,
 ) -> list[int]:
     """The token ids of `messages` (and `tools`) under `tokenizer`'s chat template, with the
-    generation prompt; `who` names the expert in the 400 when the template refuses them."""
+    generation prompt, or with `continue_final` ending inside the last (assistant) message, so the
+    answer continues its text (Anthropic's prefill); `who` names the expert in the 400 when the
+    template refuses them."""
     template = getattr(tokenizer, "chat_template", None) or ""
     adapted = template_messages(messages, calls_as_text="tool_calls" not in template)
+    ending = ({"continue_final_message": True, "add_generation_prompt": False} if continue_final
+              else {"add_generation_prompt": True})  # fmt: skip
     try:
-        text = tokenizer.apply_chat_template(
-            adapted, tools=tools, add_generation_prompt=True, tokenize=False
-        )
-    except Exception as exc:  # jinja2's TemplateError from raise_exception, or a render error
+        text = tokenizer.apply_chat_template(adapted, tools=tools, tokenize=False, **ending)
+    except Exception as exc:  # jinja2's TemplateError from raise_exception, a render error, or
+        # (continue_final) a template that does not write the last message's text as sent
         log.warning("%s: chat template refused a request's messages: %s: %s",
                     who, type(exc).__name__, exc)  # fmt: skip
         raise InvalidRequestError(

@@ -67,6 +67,8 @@ class ExpertRequest:
     parallel_tool_calls: bool | None = None
     user: str | None = None
     top_k: int | None = None  # vLLM's extension: sample from the k likeliest tokens (0, -1: all)
+    # vLLM's extension: the answer continues the last (assistant) message (Anthropic's prefill)
+    continue_final_message: bool = False
 
     def openai_params(self) -> dict[str, Any]:
         """The optional OpenAI chat parameters this request sets, as OpenAI's body spells them
@@ -78,6 +80,8 @@ class ExpertRequest:
         params = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.logprobs:
             params["logprobs"] = True
+        if self.continue_final_message:
+            params |= {"continue_final_message": True, "add_generation_prompt": False}
         return params
 
     @property

@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 class TokenCounter(Protocol):
     def count(
-        self, expert: str, messages: list[dict[str, Any]], tools: list[dict] | None
+        self, expert: str, messages: list[dict[str, Any]], tools: list[dict] | None,
+        continue_final: bool = False,
     ) -> int | None:
-        """The prompt length of `messages` (and `tools`) for `expert`, or None if unknown."""
+        """The prompt length of `messages` (and `tools`) for `expert`, or None if unknown;
+        `continue_final`: the answer continues the last (assistant) message."""
 
 
 class TemplateTokenCounter:
@@ -61,11 +63,12 @@ class TemplateTokenCounter:
             return self._tokenizers[name]
 
     def count(
-        self, expert: str, messages: list[dict[str, Any]], tools: list[dict] | None
+        self, expert: str, messages: list[dict[str, Any]], tools: list[dict] | None,
+        continue_final: bool = False,
     ) -> int | None:
         from experts.prompt import prompt_ids
 
         tokenizer = self._tokenizer(expert)
         if tokenizer is None:
             return None
-        return len(prompt_ids(tokenizer, messages, tools, f"expert '{expert}'"))
+        return len(prompt_ids(tokenizer, messages, tools, f"expert '{expert}'", continue_final))

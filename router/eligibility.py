@@ -1,7 +1,7 @@
 """Which experts can serve a request at all, before anyone ranks them.
 
-A request may need tool calling, structured output (`response_format`), logprobs, `top_k`, or
-room for a long prompt. `Needs` says what one request needs; `exclusions(registry, needs, experts)` names
+A request may need tool calling, structured output (`response_format`), logprobs, `top_k`, the
+continuation of an assistant message (prefill), or room for a long prompt. `Needs` says what one request needs; `exclusions(registry, needs, experts)` names
 each expert of `experts` that cannot serve it and why (from the registry's
 `experts[].capabilities` and `context_length`, the prompt counted in that expert's own tokens).
 Recruitment then ranks only the others (`Recruiter.recruit(..., exclude=...)`), and the routing
@@ -9,8 +9,9 @@ decision lists the excluded experts with their reasons (`recruitment.excluded`).
 is left, `no_expert_error` is the 400 that says what to change.
 
 Aggregation (k > 1 experts): a JSON format works (every expert and the aggregator get the same
-`response_format`, and vote/confidence return one expert's conforming answer); tool calls and
-logprobs belong to one expert's answer and are refused with k > 1 (`aggregation_error`).
+`response_format`, and vote/confidence return one expert's conforming answer); tool calls,
+logprobs and a prefill's continuation belong to one expert's answer and are refused with k > 1
+(`aggregation_error`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Needs:
     logprobs: bool = False
     top_logprobs: int = 0
     top_k: bool = False  # top_k > 0
+    prefill: bool = False  # the answer continues the last (assistant) message
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # per expert, in its tokens
 
 
@@ -56,6 +58,9 @@ def _why_not(registry: Registry, name: str, needs: Needs) -> Exclusion | None:
                          "drop 'response_format' or send type 'text'")  # fmt: skip
     if needs.top_k and not caps.top_k:
         return Exclusion("top_k", "does not honour top_k", "drop 'top_k'")
+    if needs.prefill and not caps.prefill:
+        return Exclusion("continue_final_message", "cannot continue an assistant message "
+                         "(capabilities.prefill)", "end the messages with a user turn")  # fmt: skip
     if needs.logprobs and not caps.logprobs:
         return Exclusion("logprobs", "returns no logprobs", "drop 'logprobs'")
     if needs.top_logprobs > caps.max_top_logprobs:
@@ -96,7 +101,8 @@ def aggregation_error(needs: Needs, experts: list[str]) -> InvalidRequestError |
     """Refusal of a k > 1 answer that cannot be aggregated (tool calls, logprobs), else None."""
     if len(experts) < 2:
         return None
-    for param, needed in (("tools", needs.tools), ("logprobs", needs.logprobs)):
+    for param, needed in (("tools", needs.tools), ("logprobs", needs.logprobs),
+                          ("continue_final_message", needs.prefill)):  # fmt: skip
         if needed:
             return InvalidRequestError(
                 f"'{param}' needs one expert's answer, but this model aggregates "

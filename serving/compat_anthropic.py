@@ -1,11 +1,12 @@
 """`POST /v1/messages`: Anthropic's Messages API, through the chat pipeline; and
 `POST /v1/messages/count_tokens`, the prompt's length for the expert that would answer it.
 
-Served: `messages` (text, `tool_use` and `tool_result` blocks), `system`, `max_tokens`,
-`temperature`, `top_p`, `top_k`, `stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto,
-any, tool, none; `disable_parallel_tool_use`), `metadata.user_id`, and `stream` with Anthropic's
-events (`message_start`, `content_block_start` / `_delta` / `_stop`, `message_delta`,
-`message_stop`). Refused with a 400 naming them: `thinking`, image and document blocks. Errors come in
+Served: `messages` (text, `tool_use` and `tool_result` blocks; a final assistant message is a
+prefill that the answer continues), `system`, `max_tokens`, `temperature`, `top_p`, `top_k`,
+`stop_sequences`, `tools` (`input_schema`), `tool_choice` (auto, any, tool, none;
+`disable_parallel_tool_use`), `metadata.user_id`, and `stream` with Anthropic's events
+(`message_start`, `content_block_start` / `_delta` / `_stop`, `message_delta`, `message_stop`).
+Refused with a 400 naming them: `thinking`, image and document blocks. Errors come in
 Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`), with the same status.
 
 `stop_reason` is `end_turn`, `max_tokens`, `tool_use`, or `stop_sequence` with the matched string
@@ -34,7 +35,7 @@ from serving.sse import named_sse
 __all__ = ["CountTokensRequest", "MessagesRequest", "install"]
 
 #: chat parameter -> this API's name for it, in error messages
-NAMES = {"stop": "stop_sequences"}
+NAMES = {"stop": "stop_sequences", "continue_final_message": "messages"}
 
 REFUSED = {
     "thinking": (None, "the experts are not reasoning models; drop 'thinking'"),
@@ -93,8 +94,11 @@ class MessagesRequest(BaseModel):
 
     def chat(self) -> dict[str, Any]:
         """The same request as a chat request's body."""
+        messages = self._messages()
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
-                                "messages": self._messages(), "stream": self.stream}  # fmt: skip
+                                "messages": messages, "stream": self.stream}  # fmt: skip
+        if _prefill(messages):
+            body["continue_final_message"] = True
         for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
                              ("top_k", "top_k"), ("stop_sequences", "stop")):  # fmt: skip
             if getattr(self, ours) is not None:
@@ -174,6 +178,22 @@ class CountTokensRequest(BaseModel):
     def chat(self) -> dict[str, Any]:
         """The chat request whose prompt is counted (max_tokens does not change the count)."""
         return MessagesRequest(max_tokens=1, **self.model_dump(exclude_none=True)).chat()
+
+
+def _prefill(messages: list[dict[str, Any]]) -> bool:
+    """Whether the answer continues the last message: Anthropic's prefill, a final assistant turn
+    of text (an empty one asks nothing and is dropped, unless it is the only message)."""
+    last = messages[-1] if messages else {}
+    if last.get("role") != "assistant" or last.get("tool_calls"):
+        return False
+    if not last["content"]:
+        if len(messages) > 1:
+            messages.pop()
+        return False
+    if last["content"] != last["content"].rstrip():
+        raise InvalidRequestError("final assistant content cannot end with trailing whitespace",
+                                  param="messages")  # fmt: skip
+    return True
 
 
 def _text(content: Any, where: str) -> str:

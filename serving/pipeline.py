@@ -141,12 +141,14 @@ class Pipeline:
             messages = request.plain_messages()
             tools = request.expert_params().get("tools") if request.calls_tools else None
             for name in self.candidates(request.model):
-                n = await asyncio.to_thread(self.counter.count, name, messages, tools)
+                n = await asyncio.to_thread(self.counter.count, name, messages, tools,
+                                            request.continue_final_message)  # fmt: skip
                 if n is not None:
                     counts[name] = n
         return Needs(tools=request.calls_tools, structured_output=request.structured,
                      logprobs=request.logprobs, top_logprobs=request.top_logprobs or 0,
-                     top_k=(request.top_k or 0) > 0, prompt_tokens=counts)  # fmt: skip
+                     top_k=(request.top_k or 0) > 0, prefill=request.continue_final_message,
+                     prompt_tokens=counts)  # fmt: skip
 
     def candidates(self, model: str) -> list[str]:
         """The experts `model` may use (an unknown model has none; routing reports it)."""

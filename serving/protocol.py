@@ -115,6 +115,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension; 0 or -1: no limit
+    continue_final_message: bool = False  # vLLM's extension: continue the last (assistant) message
     n: Annotated[int, Field(ge=1)] = 1
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -136,6 +137,9 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise _Refusal("continue_final_message", "needs the last message to be the "
+                           "assistant's, the text to continue")  # fmt: skip
         if self.top_logprobs is not None and not self.logprobs:
             raise _Refusal("top_logprobs", "needs 'logprobs': true")
         if self.stream_options is not None and not self.stream:
@@ -190,6 +194,8 @@ class ChatCompletionRequest(BaseModel):
                      "top_logprobs", "tool_choice", "parallel_tool_calls", "user", "top_k"},
             exclude_none=True,
         )  # fmt: skip
+        if self.continue_final_message:
+            params["continue_final_message"] = True
         if self.response_format is not None:
             params["response_format"] = self.response_format.model_dump(by_alias=True,
                                                                         exclude_none=True)  # fmt: skip

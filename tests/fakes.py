@@ -181,5 +181,5 @@ class FakeExpert(ExpertClient):
 class WordCounter:
     """A `TokenCounter` for tests: every word of every message is 10 tokens."""
 
-    def count(self, expert, messages, tools):
+    def count(self, expert, messages, tools, continue_final=False):
         return 10 * sum(len((m.get("content") or "").split()) for m in messages)

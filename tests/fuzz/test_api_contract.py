@@ -51,14 +51,17 @@ def unobservable(label: str, check: str, message: str) -> bool:
 
 
 def inexpressible(check: str, status: int, body: bytes) -> bool:
-    """A 400 for one of the two rules JSON Schema cannot state, excused from
+    """A 400 for one of the rules JSON Schema cannot state, excused from
     `positive_data_acceptance` only (the 400 is documented, so `status_code_conformance` still
     holds, and its body is still checked against the error schema):
     - a named `tool_choice` must name one of the request's `tools` (a reference from one value of
       the body to another);
     - Anthropic's `/v1/messages`: the message limit (router.max_messages) counts chat messages
       after translation, where each `tool_result` block is a message of its own (a count over
-      nested items of several kinds; the schema bounds `messages` itself)."""
+      nested items of several kinds; the schema bounds `messages` itself);
+    - rules on the last message only (JSON Schema has no keyword for an array's last item): chat's
+      `continue_final_message` needs it to be the assistant's, and an Anthropic prefill (a final
+      assistant message) may not end with whitespace."""
     if check != "positive_data_acceptance" or status != 400:
         return False
     try:
@@ -67,6 +70,10 @@ def inexpressible(check: str, status: int, body: bytes) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     if "tool_choice" in message and "is not in 'tools'" in message:
+        return True
+    if message.startswith("'continue_final_message' needs the last message to be the assistant's"):
+        return True
+    if message == "final assistant content cannot end with trailing whitespace":
         return True
     return (
         data.get("type") == "error"

@@ -1,7 +1,7 @@
 """OpenAI chat parameters honoured by a real vLLM CPU engine (SmolLM2-135M, the built-in model):
 structured output, tool calls for a named and a `required` tool_choice, logprobs, stop, seed,
-top_k, penalties and logit_bias, through `VLLMEngine.stream_request` (the path a hosted expert
-takes).
+top_k, penalties, logit_bias and continuing an assistant message, through
+`VLLMEngine.stream_request` (the path a hosted expert takes).
 
 Run: flock /tmp/quorum-heavy.lock .venv/bin/pytest -m integration tests/integration/test_openai_params.py
 """
@@ -196,6 +196,19 @@ async def test_top_k_one_samples_the_greedy_answer(engine: VLLMEngine) -> None:
     for s in (1, 2):
         text, _ = await answer(engine, request(f"k1{s}", q, 24, temperature=1.0, seed=s, top_k=1))
         assert text == greedy, s
+
+
+async def test_a_continued_assistant_message_picks_up_where_it_stops(engine: VLLMEngine) -> None:
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    whole, _ = await answer(engine, request("whole", q, max_tokens=16))
+    prefix = " ".join(whole.split(" ")[:3])
+    assert len(prefix) < len(whole), whole
+    prefilled = [*q, {"role": "assistant", "content": prefix}]
+    rest, deltas = await answer(engine, request("cont", prefilled, max_tokens=16,
+                                                continue_final_message=True))  # fmt: skip
+    assert (prefix + rest).startswith(whole), (prefix, rest, whole)  # not a new turn
+    assert deltas[-1].prompt_tokens == engine.count_prompt_tokens(prefilled, None, True)
+    assert deltas[-1].prompt_tokens < engine.count_prompt_tokens(prefilled)  # no turn's end
 
 
 async def test_logit_bias_forbids_a_token(engine: VLLMEngine) -> None:

@@ -205,6 +205,18 @@ def test_anthropic_top_k_one_answers_as_greedy(an):
     assert hot.content[0].text == greedy.content[0].text
 
 
+def test_anthropic_prefill_is_continued_not_answered_anew(an):
+    greedy = {"extra_body": {"temperature": 0}}
+    for model in ("smollm2-135m", "gemma3-270m"):
+        whole = an.messages.create(model=model, max_tokens=16, messages=ASK, **greedy)
+        text = whole.content[0].text
+        prefix = " ".join(text.split(" ")[:3])
+        assert len(prefix) < len(text), (model, text)
+        rest = an.messages.create(model=model, max_tokens=16, **greedy, messages=[
+            *ASK, {"role": "assistant", "content": prefix}])  # fmt: skip
+        assert (prefix + rest.content[0].text).startswith(text), (model, prefix, rest, text)
+
+
 def test_an_unsupported_parameter_is_a_400_and_serving_goes_on(oa):
     with pytest.raises(openai.BadRequestError) as err:
         oa.chat.completions.create(model="auto", messages=ASK, max_tokens=4,

@@ -85,6 +85,7 @@ def test_an_unknown_parameter_is_refused_not_ignored():
     ({"stream": True, "stream_options": {"include_usage": True, "usage": 1}}, "stream_options",
      ["usage"]),
     ({"top_k": -2}, "top_k", []),
+    ({"continue_final_message": True}, "continue_final_message", ["assistant"]),
     ({"messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]}, "messages", ["audio"]),
     ({"messages": [{"role": "tool", "content": "72F"}]}, "messages", ["tool_call_id"]),
 ])  # fmt: skip

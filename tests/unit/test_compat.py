@@ -296,6 +296,26 @@ def test_top_k_reaches_the_expert_from_anthropic_chat_and_completions():
     assert r.status_code == 400 and "top_k" in r.json()["error"]["message"]
 
 
+def test_a_final_assistant_message_is_a_prefill_the_answer_continues():
+    _, an, experts, http = clients(counter=WordCounter())
+    ask = [{"role": "user", "content": "a contract"}]
+    an.messages.create(model="jurist", max_tokens=5, messages=[
+        *ask, {"role": "assistant", "content": [{"type": "text", "text": "The deal"}]}])  # fmt: skip
+    sent = experts["jurist"].requests[-1]
+    assert sent.continue_final_message and sent.messages[-1] == {"role": "assistant",
+                                                                 "content": "The deal"}  # fmt: skip
+    assert sent.openai_params()["add_generation_prompt"] is False  # what a vLLM server needs
+    an.messages.create(model="jurist", max_tokens=5, messages=[
+        *ask, {"role": "assistant", "content": ""}])  # empty: asks nothing, dropped  # fmt: skip
+    sent = experts["jurist"].requests[-1]
+    assert not sent.continue_final_message and sent.messages == ask
+    assert an.messages.count_tokens(model="jurist", messages=[
+        *ask, {"role": "assistant", "content": "The deal"}]).input_tokens == 40  # fmt: skip
+    r = http.post("/v1/messages", json={"model": "jurist", "max_tokens": 5, "messages": [
+        *ask, {"role": "assistant", "content": "The deal "}]})  # fmt: skip
+    assert r.status_code == 400 and "trailing whitespace" in r.json()["error"]["message"]
+
+
 def test_count_tokens_counts_for_the_expert_that_would_answer():
     _, an, experts, http = clients(counter=WordCounter())
     count = an.messages.count_tokens(model="auto", system="Be brief.", messages=[

@@ -13,6 +13,8 @@ from tests.unit.test_api import make_client
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
 MATH = [{"role": "user", "content": "solve the equation for x"}]
+PREFILL = {"messages": [*MATH, {"role": "assistant", "content": "x ="}],
+           "continue_final_message": True}  # fmt: skip
 
 REGISTRY = parse_registry({
     "skills": ["law", "math"],
@@ -23,7 +25,7 @@ REGISTRY = parse_registry({
         # the best at math, but cannot call tools, has no structured output and a short context
         {"name": "mathematician", "model": "m1", "skills": {"math": 0.9, "law": 0.1},
          "context_length": 64, "capabilities": {"structured_output": False, "logprobs": False,
-                                               "top_k": False}},
+                                               "top_k": False, "prefill": False}},
         {"name": "jurist", "model": "m2", "skills": {"math": 0.1, "law": 0.9},
          "can_aggregate": True,
          "capabilities": {"tool_parser": "hermes", "max_top_logprobs": 5}},
@@ -66,9 +68,9 @@ def test_without_needs_nothing_is_excluded():
         assert routing["recruitment"]["excluded"] == {}, body
 
 
-def test_structured_output_logprobs_and_top_k_exclude_experts_without_them():
+def test_structured_output_logprobs_top_k_and_prefill_exclude_experts_without_them():
     c, _ = client()
-    for body in ({"response_format": SCHEMA}, {"logprobs": True}, {"top_k": 5}):
+    for body in ({"response_format": SCHEMA}, {"logprobs": True}, {"top_k": 5}, PREFILL):
         routing = post(c, **body).json()["quorum"]["routing"]
         assert "mathematician" in routing["recruitment"]["excluded"], body
         assert routing["experts"] != ["mathematician"]
@@ -106,15 +108,16 @@ def test_a_prompt_too_long_in_an_experts_tokens_excludes_it():
     assert post(c).json()["quorum"]["routing"]["experts"] == ["mathematician"]  # 5 words fit
 
 
-def test_aggregation_refuses_tools_and_logprobs_clearly():
+def test_aggregation_refuses_tools_logprobs_and_prefill_clearly():
     c, _ = client()
     assert post(c, model="jurist", tools=[TOOL], logprobs=True).status_code == 200  # one expert
     registry = parse_registry(REGISTRY.model_dump(mode="json") | {"experts": [
         e.model_dump(mode="json") | {"capabilities": {"tool_parser": "hermes"}}
         for e in REGISTRY.experts]})  # fmt: skip
     c2, _ = make_client(registry=registry)
-    for body, param in (({"tools": [TOOL]}, "tools"), ({"logprobs": True}, "logprobs")):
-        r = c2.post("/v1/chat/completions", json={"model": "panel", "messages": MATH, **body})
+    for body, param in (({"tools": [TOOL]}, "tools"), ({"logprobs": True}, "logprobs"),
+                        (PREFILL, "continue_final_message")):  # fmt: skip
+        r = c2.post("/v1/chat/completions", json={"model": "panel", "messages": MATH} | body)
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert error["param"] == param and error["code"] == "not_aggregatable"

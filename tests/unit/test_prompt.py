@@ -40,7 +40,7 @@ class WordTokenizer:
         self.rendered = ""
 
     def apply_chat_template(self, messages, tools=None, add_generation_prompt=False,
-                            tokenize=False):  # fmt: skip
+                            tokenize=False, continue_final_message=False):  # fmt: skip
         def raise_exception(message):
             raise jinja2.TemplateError(message)
 
@@ -50,6 +50,10 @@ class WordTokenizer:
             messages=messages, tools=tools, bos_token="<bos>",
             add_generation_prompt=add_generation_prompt,
         )  # fmt: skip
+        if continue_final_message:  # as transformers does: cut after the last message's text
+            assert not add_generation_prompt, "transformers refuses both"
+            final = messages[-1]["content"]
+            self.rendered = self.rendered[:self.rendered.rindex(final) + len(final)]
         return self.rendered
 
     def encode(self, text, add_special_tokens=True):
@@ -101,3 +105,14 @@ def test_a_template_that_refuses_the_messages_is_a_400_naming_the_expert():
     assert err.value.status == 400 and err.value.param == "messages"
     assert "expert 'strict''s chat template cannot render" in err.value.message
     assert "roles must alternate" in err.value.message
+
+
+def test_continue_final_ends_the_prompt_inside_the_assistant_message():
+    ask = [{"role": "user", "content": "Capital of France?"},
+           {"role": "assistant", "content": "The capital is"}]  # fmt: skip
+    tok = WordTokenizer(PLAIN_CHAT_TEMPLATE)
+    prompt_ids(tok, ask, None, "expert 'g'")
+    assert tok.rendered.endswith("Assistant: The capital is\nAssistant:")  # a new turn after it
+    ids = prompt_ids(tok, ask, None, "expert 'g'", continue_final=True)
+    assert tok.rendered.endswith("User: Capital of France?\nAssistant: The capital is")
+    assert ids == list(range(len(tok.rendered.split())))
