@@ -173,6 +173,11 @@ class RouterConfig(Strict):
     max_tokens_cap: int = Field(
         4096, ge=1, description="Largest `max_tokens` a request may ask for (400 above it)."
     )
+    max_choices: int = Field(
+        8, ge=1, le=128,
+        description="Most choices (`n`) one chat request may ask for (400 above it); each is "
+        "one more generation, on the same experts.",
+    )
     max_message_chars: int = Field(
         200_000, ge=1, description="Longest text of one message, in characters (400 above it)."
     )

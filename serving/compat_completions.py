@@ -34,6 +34,8 @@ REFUSED = {
     "echo": (False, "the prompt is not echoed; drop 'echo'"),
     "suffix": (None, "insertion (suffix) is not served; drop 'suffix'"),
     "best_of": (1, "one completion per request; drop 'best_of' or send 1"),
+    "n": (1, "one completion per request here; send n=1, or ask /v1/chat/completions for n "
+          "choices"),
 }
 
 

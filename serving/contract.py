@@ -210,7 +210,7 @@ def chat_schema(limits: RouterConfig) -> dict:
         for option in props[name].get("anyOf", []):
             if option.get("type") == "integer":
                 option["maximum"] = limits.max_tokens_cap
-    props["n"] |= {"maximum": 1}
+    props["n"] |= {"maximum": limits.max_choices}
     props["logit_bias"]["anyOf"][0] |= {
         "propertyNames": {"pattern": "^-?[0-9]+$"},
         "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},

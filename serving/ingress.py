@@ -60,6 +60,9 @@ def check_limits(request: protocol.ChatCompletionRequest, limits: RouterConfig) 
                 "allowed (router.max_message_chars); shorten it",
                 param="messages", code="message_too_long",
             )  # fmt: skip
+    if request.n > limits.max_choices:
+        raise InvalidRequestError(f"'n' is {request.n}; at most {limits.max_choices} choices are "
+                                  "allowed (router.max_choices)", param="n")  # fmt: skip
     asked = request.max_completion_tokens or request.max_tokens
     if asked is not None and asked > limits.max_tokens_cap:
         param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from experts.clients import ExpertClient
 from experts.errors import ExpertError, QuorumError, RoutingTimeoutError
@@ -28,12 +29,14 @@ from router.eligibility import Needs, aggregation_error, exclusions, no_expert_e
 from serving import protocol
 from serving.aggregate import AggregatedAnswer
 from serving.auth import record_tokens
-from serving.chat_stream import AnswerParts, sse_events
+from serving.chat_stream import AnswerParts, ChoiceStream, sse_events
 from serving.dispatch import FallbackStream, FaultPolicy, fallback_order, metric_fallback
 from serving.observe import Observer
 from serving.readiness import Readiness
 
 __all__ = ["Answer", "Pipeline", "RouteFn", "Started", "answered_by", "routing_headers"]
+
+T = TypeVar("T")
 
 RouteFn = Callable[..., Awaitable[RoutingDecision]]
 """`route(text, model)`, or `route(text, model, exclude)` with the experts that cannot serve the
@@ -260,20 +263,30 @@ class Pipeline:
     async def complete(
         self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
     ) -> tuple[dict, dict]:
-        """Non-streaming: the completion body and the response headers."""
-        answer, parts = await self.gather(request, decision)
-        last = parts.last
+        """Non-streaming: the completion body (`n` choices, routed once) and the headers."""
+        if request.n > 1:
+            decision = decision or await self.route_request(request)
+        answers = await _all([self.gather(r, decision) for r in request.choices()])
+        answer, first = answers[0]
+        completion_tokens = sum(parts.last.completion_tokens for _, parts in answers)
         body = protocol.completion(
-            answer.request_id, answered_by(answer.decision, answer.extension), parts.text,
-            last.finish_reason, protocol.usage(last.prompt_tokens, last.completion_tokens),
-            answer.extension, parts.tool_calls or None, parts.logprobs_or_none(),
+            answer.request_id, answered_by(answer.decision, answer.extension), first.text,
+            first.last.finish_reason, protocol.usage(first.last.prompt_tokens, completion_tokens),
+            answer.extension, first.tool_calls or None, first.logprobs_or_none(),
         )  # fmt: skip
+        if request.n > 1:  # each choice is its own answer, with its own routing record
+            body["choices"] = [protocol.choice(i, p.text, p.last.finish_reason, p.tool_calls or
+                                               None, p.logprobs_or_none())
+                               for i, (_, p) in enumerate(answers)]  # fmt: skip
+            answer.extension["choices"] = [a.request_id for a, _ in answers]
         return body, routing_headers(answer.request_id, answer.decision, answer.extension)
 
-    async def start(self, request: protocol.ChatCompletionRequest) -> Started:
+    async def start(
+        self, request: protocol.ChatCompletionRequest, decision: RoutingDecision | None = None
+    ) -> Started:
         """A streamed answer, begun: the first delta is awaited, so an expert that fails at once
         still gets a proper HTTP error status instead of a 200."""
-        answer = await self.answer(request)
+        answer = await self.answer(request, decision)
         iterator = aiter(answer.deltas)
         try:
             first = await anext(iterator)
@@ -288,16 +301,19 @@ class Pipeline:
     async def stream(
         self, request: protocol.ChatCompletionRequest
     ) -> tuple[AsyncIterator[bytes], dict]:
-        """Streaming: OpenAI's SSE bytes and the headers."""
-        started = await self.start(request)
-        answer = started.answer
+        """Streaming: OpenAI's SSE bytes (`n` choices, routed once, interleaved) and the
+        headers."""
+        decision = await self.route_request(request) if request.n > 1 else None
+        starts = await _all([self.start(r, decision) for r in request.choices()])
         options = request.stream_options or protocol.StreamOptions()
-        events = sse_events(
-            answer.request_id, started.model, int(time.time()), started.first, started.rest,
-            answer.extension, options.include_usage, want_logprobs=request.logprobs,
-            obfuscate=options.include_obfuscation,
-        )  # fmt: skip
-        return events, started.headers
+        head, created = starts[0], int(time.time())
+        choices = [
+            ChoiceStream(head.answer.request_id, head.model, created, s.first, s.rest,
+                         s.answer.extension, index=i, want_logprobs=request.logprobs,
+                         obfuscate=options.include_obfuscation)
+            for i, s in enumerate(starts)
+        ]  # fmt: skip
+        return sse_events(choices, options.include_usage), head.headers
 
     def models(self) -> list[dict]:
         """`/v1/models`: the virtual models that route, then every expert. Each row has OpenAI's
@@ -351,3 +367,19 @@ def routing_headers(
     if decision.confidence is not None:
         headers["x-quorum-confidence"] = f"{decision.confidence:.4f}"
     return headers
+
+
+async def _all(starting: list[Awaitable[T]]) -> list[T]:
+    """Every result, or the first failure once all have settled (streams already begun are
+    closed, so no expert keeps generating for an answer nobody reads). One is awaited in place:
+    the usual request runs in its handler's task."""
+    if len(starting) == 1:
+        return [await starting[0]]
+    results = await asyncio.gather(*starting, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if not failed:
+        return results
+    for result in results:
+        if isinstance(result, Started):
+            await result.rest.aclose()
+    raise failed[0]

@@ -116,7 +116,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension; 0 or -1: no limit
     continue_final_message: bool = False  # vLLM's extension: continue the last (assistant) message
-    n: Annotated[int, Field(ge=1)] = 1
+    n: Annotated[int, Field(ge=1, le=128)] = 1  # at most router.max_choices (check_limits)
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
@@ -162,13 +162,6 @@ class ChatCompletionRequest(BaseModel):
         """Whether the answer must follow a JSON format (`response_format` json_*)."""
         return self.response_format is not None and self.response_format.structured
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"n={n}: Quorum returns one choice per request; send n=1")
-        return n
-
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str] | None:
@@ -183,6 +176,14 @@ class ChatCompletionRequest(BaseModel):
             if message.role == "user":
                 return message.text()
         return self.messages[-1].text()
+
+    def choices(self) -> list[ChatCompletionRequest]:
+        """One request per choice (`n`), each asking for one; a `seed` becomes seed + index, so
+        the choices differ and each is repeatable."""
+        if self.n == 1:
+            return [self]
+        return [self.model_copy(update={"n": 1, "seed": None if self.seed is None else
+                                        self.seed + i}) for i in range(self.n)]  # fmt: skip
 
     def plain_messages(self) -> list[dict[str, Any]]:
         return [m.to_expert() for m in self.messages]
@@ -275,27 +276,33 @@ def completion(
     tool_calls: list[dict] | None = None,
     logprobs: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """A `chat.completion` body. With `tool_calls` the message carries them (and `content` is
-    null when there is no text); `logprobs` (OpenAI's `content` entries) when they were asked."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tool_calls:
-        message |= {"content": text or None, "tool_calls": tool_calls}
+    """A `chat.completion` body with one choice (`choice`)."""
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [choice(0, text, finish_reason, tool_calls, logprobs)],
         "usage": usage,
         "quorum": extension,
     }
+
+
+def choice(
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    tool_calls: list[dict] | None = None,
+    logprobs: list[dict] | None = None,
+) -> dict[str, Any]:
+    """One choice of a `chat.completion`. With `tool_calls` the message carries them (and
+    `content` is null when there is no text); `logprobs` (OpenAI's `content` entries) when they
+    were asked."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message |= {"content": text or None, "tool_calls": tool_calls}
+    lp = None if logprobs is None else {"content": logprobs, "refusal": None}
+    return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish_reason}
 
 
 def chunk(
@@ -307,6 +314,7 @@ def chunk(
     usage: dict | None = None,
     extension: dict | None = None,
     logprobs: list[dict] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     lp = None if logprobs is None else {"content": logprobs, "refusal": None}
     body: dict[str, Any] = {
@@ -316,7 +324,7 @@ def chunk(
         "model": model,
         "choices": []
         if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}],
+        else [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}],
     }
     if usage is not None:
         body["usage"] = usage

@@ -156,7 +156,7 @@ def test_models_lists_virtual_models_and_experts():
         (json.dumps({"model": "auto", "messages": [{"role": "user", "content": 5}]}).encode(), 400, "messages", "a string or a list of text parts"),
         (json.dumps({"model": 5, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model", "model"),
         (json.dumps({"model": "auto", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "max_tokens", "max_tokens"),
-        (json.dumps({"model": "auto", "n": 3, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "n", "n=3"),
+        (json.dumps({"model": "auto", "n": 9, "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "n", "at most 8 choices"),
         (json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}] * 9}).encode(), 400, "messages", "at most 8"),
         (json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model", "gpt-9"),
         (json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 413, None, "limit"),

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from experts.clients import OpenAIHTTPExpertClient
+from experts.errors import ExpertError, InvalidRequestError
 from experts.registry import Expert, parse_registry
 from experts.stream import ExpertRequest, collect
 from serving.chat_params import REFUSED
@@ -269,3 +270,70 @@ async def test_openai_backend_reports_the_stop_string_a_vllm_server_names():
 async def _replay(deltas):
     for d in deltas:
         yield d
+
+
+# -- n: several choices ---------------------------------------------------------------------------
+
+
+async def test_n_choices_are_answers_of_one_routing_with_seeds_apart():
+    from router import RoutingDecision
+    from serving.pipeline import Pipeline
+    from serving.protocol import parse_chat_request
+
+    routed: list[str] = []
+
+    async def route(text, model, exclude=None):
+        routed.append(text)
+        return RoutingDecision(model, ["mathematician"], [], None, None)
+
+    math = FakeExpert("mathematician", "x is 2", words="leading", prompt_tokens=7)
+    pipeline = Pipeline(TOOLED, route, {"mathematician": math})
+    request = parse_chat_request({"model": "auto", "n": 3, "seed": 5, "messages": [
+        {"role": "user", "content": "solve"}]}, 8)  # fmt: skip
+    body, _ = await pipeline.complete(request)
+
+    assert len(routed) == 1  # the choices share one routing decision
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == "x is 2" for c in body["choices"])
+    assert [r.seed for r in math.requests] == [5, 6, 7]  # distinct, and each repeatable
+    assert len({r.request_id for r in math.requests}) == 3
+    assert body["quorum"]["choices"] == [r.request_id for r in math.requests]
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}
+
+
+def test_n_choices_stream_interleaved_by_index_with_the_usage_of_all():
+    oa = openai_client(make_client()[0])
+    pieces = list(oa.chat.completions.create(
+        model="mathematician", messages=[{"role": "user", "content": "x y"}], n=2, stream=True,
+        stream_options={"include_usage": True}))  # fmt: skip
+    texts, finishes = {0: "", 1: ""}, {}
+    for piece in pieces:
+        for c in piece.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    single = openai_client(make_client()[0]).chat.completions.create(
+        model="mathematician", messages=[{"role": "user", "content": "x y"}])  # fmt: skip
+    assert texts == {0: single.choices[0].message.content, 1: single.choices[0].message.content}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert len({p.id for p in pieces}) == 1  # one completion, two choices
+    assert pieces[-1].usage.completion_tokens == 2 * single.usage.completion_tokens
+    assert pieces[-1].usage.prompt_tokens == single.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_failed_choice_fails_the_request(stream):
+    # a 400 from the expert is not retried: one choice fails, the other answers
+    once = FakeExpert("flaky", "x", error=InvalidRequestError("bad seed", param="seed"), fail=1)
+    client, _ = make_client(overrides={"flaky": once})
+    r = chat(client, model="flaky", n=2, stream=stream)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed" and once.calls == 2
+
+
+def test_a_choice_failing_midstream_ends_the_stream_with_an_error_event():
+    once = FakeExpert("flaky", "x y z", words="leading", error=ExpertError("engine died"), fail=1,
+                      fail_after=1)  # fmt: skip
+    client, _ = make_client(overrides={"flaky": once})
+    r = chat(client, model="flaky", n=2, stream=True)
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and "engine died" in events[-1] and "[DONE]" not in events
