@@ -196,6 +196,17 @@ def test_anthropic_stop_sequence_is_reported(an):
         assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " "), model
 
 
+def test_chat_n_choices_are_seeded_apart_and_repeatable(oa):
+    poem = [{"role": "user", "content": "Write a short poem about the sea."}]
+    ask = {"model": "smollm2-135m", "messages": poem, "max_tokens": 12, "temperature": 1.0}
+    two = oa.chat.completions.create(**ask, n=2, seed=11)
+    again = oa.chat.completions.create(**ask, n=2, seed=11)
+    texts = [c.message.content for c in two.choices]
+    assert [c.index for c in two.choices] == [0, 1] and texts[0] != texts[1]
+    assert [c.message.content for c in again.choices] == texts
+    assert oa.chat.completions.create(**ask, seed=12).choices[0].message.content == texts[1]
+
+
 def test_anthropic_top_k_one_answers_as_greedy(an):
     poem = [{"role": "user", "content": "Write a short poem about the sea."}]
     greedy = an.messages.create(model="smollm2-135m", max_tokens=16, messages=poem,
