@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["REFUSED", "FunctionDef", "JSONSchemaFormat", "NamedToolChoice", "ResponseFormat",
-           "Tool", "ToolCall", "ToolChoice", "check_logit_bias", "refused_fields"]  # fmt: skip
+           "Tool", "ToolCall", "ToolChoice", "check_logit_bias", "is_noop", "refused_fields"]  # fmt: skip
 
 
 class JSONSchemaFormat(BaseModel):
@@ -98,8 +98,9 @@ def check_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
     return bias
 
 
-#: OpenAI chat parameters Quorum does not honour, each with why and what to send instead. A
-#: request that sets one (to anything but its no-op value) gets a 400 naming it.
+#: OpenAI chat parameters Quorum does not honour, each with its no-op value (a frozenset: any of
+#: them) and why and what to send instead. A request that sets one to anything else gets a 400
+#: naming it.
 REFUSED: dict[str, tuple[Any, str]] = {
     "functions": (None, "the deprecated 'functions' API is not served; send 'tools'"),
     "function_call": (None, "the deprecated 'function_call' is not served; send 'tool_choice'"),
@@ -111,10 +112,18 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "web_search_options": (None, "web search is not served; drop 'web_search_options'"),
     "reasoning_effort": (None, "the experts are not reasoning models; drop 'reasoning_effort'"),
     "verbosity": (None, "'verbosity' is not served; drop it"),
-    "service_tier": ("auto", "there is one service tier; drop 'service_tier' or send 'auto'"),
+    "service_tier": (frozenset({"auto", "default"}), "there is one service tier; drop "
+                     "'service_tier' or send 'auto'"),
     "prompt_cache_key": (None, "'prompt_cache_key' is not served; drop it"),
     "safety_identifier": (None, "'safety_identifier' is not served; send 'user' instead"),
 }
+
+
+def is_noop(value: Any, noop: Any) -> bool:
+    """Whether a refused parameter's `value` asks for nothing: null or its no-op value (any of
+    them, when `noop` is a frozenset)."""
+    return value is None or any(value == v for v in (noop if isinstance(noop, frozenset)
+                                                     else [noop]))  # fmt: skip
 
 
 def refused_fields(data: dict[str, Any], known: set[str]) -> tuple[str, str] | None:
@@ -124,7 +133,7 @@ def refused_fields(data: dict[str, Any], known: set[str]) -> tuple[str, str] | N
             continue
         if name in REFUSED:
             noop, why = REFUSED[name]
-            if value is None or value == noop or (name == "service_tier" and value == "default"):
+            if is_noop(value, noop):
                 continue
             return name, f"'{name}' is not supported: {why}"
         return name, (f"unrecognized request argument '{name}'; see the README's parameter "

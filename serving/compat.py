@@ -15,6 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from experts.errors import InvalidRequestError
+from serving.chat_params import is_noop
 from serving.protocol import ChatCompletionRequest, validation_error
 
 __all__ = ["Surface", "in_their_words", "refuse", "validate"]
@@ -40,8 +41,7 @@ def refuse(data: dict[str, Any], rules: dict[str, tuple[Any, str]]) -> None:
     """A 400 for the first field of `data` set to something other than its no-op value in
     `rules` (`name -> (no-op value, why and what to send instead)`)."""
     for name, (noop, why) in rules.items():
-        value = data.get(name)
-        if value is not None and value != noop:
+        if not is_noop(data.get(name), noop):
             raise InvalidRequestError(f"'{name}' is not supported: {why}", param=name,
                                       code="unsupported_parameter")  # fmt: skip
 

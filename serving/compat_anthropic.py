@@ -39,7 +39,8 @@ NAMES = {"stop": "stop_sequences", "continue_final_message": "messages"}
 
 REFUSED = {
     "thinking": (None, "the experts are not reasoning models; drop 'thinking'"),
-    "service_tier": ("auto", "there is one service tier; drop 'service_tier'"),
+    "service_tier": (frozenset({"auto", "standard_only"}), "there is one service tier, the "
+                     "standard one; drop 'service_tier' or send 'auto' or 'standard_only'"),
     "container": (None, "code execution containers are not served"),
     "mcp_servers": (None, "MCP servers are not served"),
 }

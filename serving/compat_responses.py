@@ -50,7 +50,8 @@ REFUSED = {
     "conversation": (None, "conversations are not stored; send the whole one as 'input'"),
     "prompt": (None, "stored prompts are not served; send 'input'"),
     "metadata": ({}, "responses are not stored, so 'metadata' has no use; drop it"),
-    "service_tier": ("auto", "there is one service tier; drop 'service_tier'"),
+    "service_tier": (frozenset({"auto", "default"}), "there is one service tier; drop "
+                     "'service_tier' or send 'auto'"),
     "prompt_cache_key": (None, "'prompt_cache_key' is not served; drop it"),
     "prompt_cache_retention": (None, "prompts are cached only by the engine's prefix cache; "
                                "drop it"),

@@ -183,7 +183,8 @@ def request_body(
 def noop_only(rules: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
     """Refused parameters (`name -> (no-op value, why)`), published as accepting only their
     no-op value or null: sending anything else is a 400."""
-    return {name: {"enum": [noop, None]} for name, (noop, _) in rules.items()}
+    return {name: {"enum": [*sorted(noop), None] if isinstance(noop, frozenset) else [noop, None]}
+            for name, (noop, _) in rules.items()}  # fmt: skip
 
 
 def chat_schema(limits: RouterConfig) -> dict:

@@ -52,12 +52,14 @@ def test_each_unsupported_parameter_is_refused_by_name(name):
     client, experts = make_client()
     value = {"modalities": ["text", "audio"], "store": True, "service_tier": "flex"}.get(name, {})
     assert_refused(chat(client, **{name: value}), name, name)
+    assert_refused(chat(client, **{name: [{"odd": 1}]}), name, name)  # unhashable: still a 400
     assert experts["mathematician"].calls == 0
     assert chat(client).status_code == 200  # and the service keeps serving
 
 
 @pytest.mark.parametrize("name, noop", [("store", False), ("service_tier", "auto"),
-                                        ("modalities", ["text"]), ("metadata", None)])  # fmt: skip
+                                        ("service_tier", "default"), ("modalities", ["text"]),
+                                        ("metadata", None)])  # fmt: skip
 def test_no_op_values_of_unsupported_parameters_pass(name, noop):
     client, _ = make_client()
     assert chat(client, **{name: noop}).status_code == 200

@@ -281,6 +281,15 @@ def test_messages_errors_come_in_anthropics_shape():
     assert r.json()["error"]["type"] == "not_found_error"
 
 
+def test_anthropic_service_tiers_that_ask_for_the_standard_one_pass():
+    *_, http = clients()
+    ask = {"model": "jurist", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    for tier in ("auto", "standard_only"):
+        assert http.post("/v1/messages", json=ask | {"service_tier": tier}).status_code == 200
+    r = http.post("/v1/messages", json=ask | {"service_tier": "priority"})
+    assert r.status_code == 400 and "service_tier" in r.json()["error"]["message"]
+
+
 def test_top_k_reaches_the_expert_from_anthropic_chat_and_completions():
     oa, an, experts, http = clients()
     ask = [{"role": "user", "content": "a contract"}]
