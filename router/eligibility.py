@@ -1,12 +1,13 @@
 """Which experts can serve a request at all, before anyone ranks them.
 
 A request may need tool calling, structured output (`response_format`), logprobs, `top_k`, the
-continuation of an assistant message (prefill), or room for a long prompt. `Needs` says what one request needs; `exclusions(registry, needs, experts)` names
-each expert of `experts` that cannot serve it and why (from the registry's
-`experts[].capabilities` and `context_length`, the prompt counted in that expert's own tokens).
-Recruitment then ranks only the others (`Recruiter.recruit(..., exclude=...)`), and the routing
-decision lists the excluded experts with their reasons (`recruitment.excluded`). When no expert
-is left, `no_expert_error` is the 400 that says what to change.
+continuation of an assistant message (prefill), or room for a long prompt. `Needs` says what one
+request needs; `exclusions(registry, needs, experts)` names each expert of `experts` that cannot
+serve it and why (from the registry's `experts[].capabilities` and `context_length`, the prompt
+counted in that expert's own tokens). Recruitment then ranks only the others
+(`Recruiter.recruit(..., exclude=...)`), and the routing decision lists the excluded experts with
+their reasons (`recruitment.excluded`). When no expert is left, `no_expert_error` is the 400
+that says what to change.
 
 Aggregation (k > 1 experts): a JSON format works (every expert and the aggregator get the same
 `response_format`, and vote/confidence return one expert's conforming answer); tool calls,
