@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["REFUSED", "FunctionDef", "JSONSchemaFormat", "NamedToolChoice", "ResponseFormat",
+__all__ = ["REFUSED", "AllowedToolsChoice", "FunctionDef", "JSONSchemaFormat", "NamedToolChoice", "ResponseFormat",
            "Tool", "ToolCall", "ToolChoice", "check_logit_bias", "is_noop", "refused_fields"]  # fmt: skip
 
 
@@ -71,7 +71,26 @@ class NamedToolChoice(BaseModel):
     function: _Named
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+class AllowedTools(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(BaseModel):
+    """`{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}`: the model may call only
+    these of `tools` (the expert is sent only them, with `mode` as its tool_choice)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+    @property
+    def names(self) -> list[str]:
+        return [t.function.name for t in self.allowed_tools.tools]
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
 
 
 class ToolCallFunction(BaseModel):

@@ -27,6 +27,7 @@ from serving.auth import OPEN_PATHS, Authenticator
 from serving.auth import install as install_auth
 from serving.compat import Surface
 from serving.contract import chat_schema, error_response_for, install_contract
+from serving.model_list import model_page, model_page_parameters
 from serving.pipeline import Pipeline
 from serving.protocol import error_response, internal_error
 
@@ -169,10 +170,10 @@ def create_api(
 
     ids = [row["id"] for row in service.models()]
 
-    @api.get("/v1/models", openapi_extra=protocol.model_page_parameters(ids))
+    @api.get("/v1/models", openapi_extra=model_page_parameters(ids))
     async def models(request: Request) -> dict:
         """Every model; Anthropic's `limit` / `after_id` / `before_id` page through them."""
-        return protocol.model_page(service.models(), request.query_params)
+        return model_page(service.models(), request.query_params)
 
     @api.get("/v1/models/{model}")
     async def model(model: str) -> dict:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from experts.errors import InvalidRequestError, QuorumError
 from serving.chat_params import (
+    AllowedToolsChoice,
     NamedToolChoice,
     ResponseFormat,
     Tool,
@@ -146,11 +147,14 @@ class ChatCompletionRequest(BaseModel):
             raise _Refusal("stream_options", "is only allowed with 'stream': true")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise _Refusal("tool_choice", "needs 'tools'")
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = [t.function.name for t in self.tools or []]
-            if self.tool_choice.function.name not in names:
-                raise _Refusal("tool_choice", f"names '{self.tool_choice.function.name}', which "
-                               f"is not in 'tools' ({', '.join(names)})")  # fmt: skip
+        names = [t.function.name for t in self.tools or []]
+        chosen = (self.tool_choice.names if isinstance(self.tool_choice, AllowedToolsChoice) else
+                  [self.tool_choice.function.name] if isinstance(self.tool_choice, NamedToolChoice)
+                  else [])  # fmt: skip
+        for name in chosen:
+            if name not in names:
+                raise _Refusal("tool_choice", f"names '{name}', which is not in 'tools' "
+                               f"({', '.join(names)})")  # fmt: skip
         return self
 
     @property
@@ -200,8 +204,12 @@ class ChatCompletionRequest(BaseModel):
         if self.response_format is not None:
             params["response_format"] = self.response_format.model_dump(by_alias=True,
                                                                         exclude_none=True)  # fmt: skip
-        if self.tools:
-            params["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+        tools = self.tools or []
+        if isinstance(self.tool_choice, AllowedToolsChoice):  # the expert sees only those
+            params["tool_choice"] = self.tool_choice.allowed_tools.mode
+            tools = [t for t in tools if t.function.name in self.tool_choice.names]
+        if tools:
+            params["tools"] = [t.model_dump(exclude_none=True) for t in tools]
         return params
 
     def token_limit(self, default: int) -> int:
@@ -354,44 +362,3 @@ def error_response(exc: QuorumError) -> JSONResponse:
 def internal_error(request_id: str) -> QuorumError:
     """What a client sees of an unexpected failure: a 500 naming the request; never a traceback."""
     return QuorumError(f"internal error while serving request {request_id}; see the server log")
-
-
-def model_page_parameters(ids: list[str]) -> dict:
-    """The paging query parameters `model_page` reads, as the published contract states them."""
-    cursor = {"type": "string", "enum": ids}
-    return {"parameters": [
-        {"name": "limit", "in": "query", "required": False,
-         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-        {"name": "after_id", "in": "query", "required": False, "schema": cursor},
-        {"name": "before_id", "in": "query", "required": False, "schema": cursor},
-    ]}  # fmt: skip
-
-
-def model_page(rows: list[dict], query: Any) -> dict:
-    """`/v1/models` as OpenAI's list, with Anthropic's page fields (`has_more`, `first_id`,
-    `last_id`). Without `limit`, `after_id` and `before_id`, every row (OpenAI's clients do not
-    page); with any of them, Anthropic's paging (default limit 20): the rows after `after_id`
-    and before `before_id`, the first `limit` of them, or the last with only `before_id`."""
-    ids = [row["id"] for row in rows]
-    cursors = {}
-    for name in ("after_id", "before_id"):
-        value = query.get(name)
-        if value is not None and value not in ids:
-            raise InvalidRequestError(f"'{name}' {value!r} is not a model id; the ids are "
-                                      f"{', '.join(ids)}", param=name)  # fmt: skip
-        cursors[name] = value
-    limit = query.get("limit")
-    if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= 1000):
-        raise InvalidRequestError(f"'limit' must be an integer from 1 to 1000, got {limit!r}",
-                                  param="limit")  # fmt: skip
-    if limit is None and not any(cursors.values()):
-        page, more = rows, False
-    else:
-        size = int(limit or 20)
-        after, before = cursors["after_id"], cursors["before_id"]
-        window = rows[ids.index(after) + 1 if after else 0 : ids.index(before) if before else None]
-        page = window[-size:] if before and not after else window[:size]
-        more = len(window) > size
-    return {"object": "list", "data": page, "has_more": more,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None}  # fmt: skip

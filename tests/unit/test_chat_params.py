@@ -339,3 +339,17 @@ def test_a_choice_failing_midstream_ends_the_stream_with_an_error_event():
     r = chat(client, model="flaky", n=2, stream=True)
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
     assert r.status_code == 200 and "engine died" in events[-1] and "[DONE]" not in events
+
+
+def test_allowed_tools_sends_the_expert_only_those_with_the_mode_as_tool_choice():
+    client, experts = make_client()
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}]}}  # fmt: skip
+    assert chat(client, model="mathematician", tools=[WEATHER, clock],
+                tool_choice=allowed).status_code == 200  # fmt: skip
+    sent = experts["mathematician"].requests[-1]
+    assert sent.tools == [clock] and sent.tool_choice == "required"
+    allowed["allowed_tools"]["tools"][0]["function"]["name"] = "get_stock"
+    assert_refused(chat(client, model="mathematician", tools=[WEATHER, clock], tool_choice=allowed),
+                   "tool_choice", "get_stock", "is not in 'tools'")  # fmt: skip

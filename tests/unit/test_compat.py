@@ -149,6 +149,16 @@ def test_responses_max_tool_calls_is_accepted_and_echoed():
     assert done.max_tool_calls == 2 and done.output_text
 
 
+def test_responses_allowed_tools_become_the_experts_tools_and_choice():
+    oa, _, experts, _ = clients()
+    tools = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in "fg"]
+    choice = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "g"}]}
+    done = oa.responses.create(model="jurist", input="x", tools=tools, tool_choice=choice)
+    sent = experts["jurist"].requests[-1]
+    assert [t["function"]["name"] for t in sent.tools] == ["g"] and sent.tool_choice == "auto"
+    assert done.tool_choice.type == "allowed_tools"
+
+
 def test_responses_json_schema_becomes_the_chat_response_format():
     oa, _, experts, _ = clients()
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
