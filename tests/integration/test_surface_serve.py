@@ -80,6 +80,20 @@ def test_chat_required_tool_choice_returns_a_call(oa):
     assert done.choices[0].finish_reason == "tool_calls"
 
 
+def test_allowed_tools_restrict_the_call_to_them(oa):
+    clock = {"type": "function", "function": {
+        "name": "get_time", "strict": True,
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                       "required": ["zone"], "additionalProperties": False}}}  # fmt: skip
+    only_clock = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}]}}  # fmt: skip
+    done = oa.chat.completions.create(
+        model="gemma3-270m", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[WEATHER, clock], tool_choice=only_clock, max_tokens=64, temperature=0,
+    )  # fmt: skip
+    assert [c.function.name for c in done.choices[0].message.tool_calls] == ["get_time"]
+
+
 @pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])
 def test_tool_arguments_follow_the_schema_without_strict(oa, model):
     # The built-in experts set capabilities.tool_strict_level: parameter. Without it (vLLM's
