@@ -118,6 +118,7 @@ class OpenAIHTTPExpertClient(ExpertClient):
             "", finish or "stop", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
             tool_calls=calls.calls() or None,
             stop=matched_stop(request, stop_reason, finish or "stop"),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
         )  # fmt: skip
 
 

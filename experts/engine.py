@@ -297,6 +297,7 @@ class VLLMEngine:
                     logprobs = openai_logprobs(list(choice.token_ids), choice.logprobs, top)
                 reason = choice.finish_reason if finished else None
                 stop = choice.stop_reason if finished else None  # the matched stop string or id
+                cached = out.num_cached_tokens if finished else None
                 counts = (len(prompt_ids), completion_tokens)
                 if plan.buffers:
                     held.append(choice.text)
@@ -305,10 +306,11 @@ class VLLMEngine:
                     if finished:
                         text, calls, reason = plan.finish("".join(held), token_ids, reason)
                         yield Delta(text, reason, *counts, held_logprobs if request.logprobs
-                                    else None, calls, matched_stop(request, stop, reason))  # fmt: skip
+                                    else None, calls, matched_stop(request, stop, reason),
+                                    cached)  # fmt: skip
                 elif choice.text or finished:
                     yield Delta(choice.text, reason, *counts, logprobs,
-                                stop=matched_stop(request, stop, reason))  # fmt: skip
+                                stop=matched_stop(request, stop, reason), cached_tokens=cached)  # fmt: skip
         finally:
             # Consumer went away (GeneratorExit/CancelledError) or failed: stop the generation
             # now rather than when the garbage collector closes vLLM's generator.

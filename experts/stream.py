@@ -41,6 +41,9 @@ class Delta:
     # On the last delta: which of the request's `stop` strings ended the answer, when one did
     # (None for EOS, the limit, or a stop string of the model's own).
     stop: str | None = None
+    # On the last delta: how many prompt tokens the engine's prefix cache served (vLLM's
+    # `num_cached_tokens`; a server's `usage.prompt_tokens_details.cached_tokens`), None if unknown.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)

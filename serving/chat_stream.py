@@ -113,7 +113,8 @@ async def sse_events(choices: list[ChoiceStream], include_usage: bool) -> AsyncI
     if include_usage:
         completion = sum(c.last.completion_tokens for c in choices)
         yield sse(chunk(first.request_id, first.model, first.created, None,
-                        usage=usage(first.last.prompt_tokens, completion)))  # fmt: skip
+                        usage=usage(first.last.prompt_tokens, completion,
+                                    first.last.cached_tokens)))  # fmt: skip
     yield sse("[DONE]")
 
 

@@ -142,7 +142,8 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         model = answered_by(answer.decision, answer.extension)
         logprobs = legacy_logprobs(parts.logprobs) if legacy.logprobs is not None else None
         body = _body(rid, model, int(time.time()), parts.text, last.finish_reason, logprobs,
-                     answer.extension, usage(last.prompt_tokens, last.completion_tokens))  # fmt: skip
+                     answer.extension, usage(last.prompt_tokens, last.completion_tokens,
+                                            last.cached_tokens))  # fmt: skip
         headers = routing_headers(answer.request_id, answer.decision, answer.extension)
         return JSONResponse(body, headers=headers)
 
@@ -176,7 +177,7 @@ async def _stream(started, legacy: CompletionRequest, options) -> AsyncIterator[
     yield sse(_body(rid, started.model, created, "", last.finish_reason or "stop", None))
     if options is not None and options.include_usage:
         body = _body(rid, started.model, created, "", None, None,
-                     use=usage(last.prompt_tokens, last.completion_tokens))  # fmt: skip
+                     use=usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens))  # fmt: skip
         body["choices"] = []
         yield sse(body)
     yield sse("[DONE]")

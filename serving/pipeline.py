@@ -271,7 +271,8 @@ class Pipeline:
         completion_tokens = sum(parts.last.completion_tokens for _, parts in answers)
         body = protocol.completion(
             answer.request_id, answered_by(answer.decision, answer.extension), first.text,
-            first.last.finish_reason, protocol.usage(first.last.prompt_tokens, completion_tokens),
+            first.last.finish_reason,
+            protocol.usage(first.last.prompt_tokens, completion_tokens, first.last.cached_tokens),
             answer.extension, first.tool_calls or None, first.logprobs_or_none(),
         )  # fmt: skip
         if request.n > 1:  # each choice is its own answer, with its own routing record

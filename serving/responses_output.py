@@ -52,10 +52,12 @@ def response_body(rid: str, req: ResponsesRequest, model: str, created: int, sta
         "user": req.user, "usage": None,
     }  # fmt: skip
     if last is not None:
+        # the experts are not reasoning models; cached tokens only when the expert said
         body["usage"] = {"input_tokens": last.prompt_tokens, "output_tokens": last.completion_tokens,
                          "total_tokens": last.prompt_tokens + last.completion_tokens,
-                         "input_tokens_details": {"cached_tokens": 0},
                          "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+        if last.cached_tokens is not None:
+            body["usage"]["input_tokens_details"] = {"cached_tokens": last.cached_tokens}
     if extension is not None:
         body["quorum"] = extension
     return body

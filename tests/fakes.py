@@ -93,6 +93,7 @@ class FakeExpert(ExpertClient):
             `{token: <its text>, logprob, bytes, top_logprobs: []}`.
         stop: the stop string the answer ended on, reported on the final delta (as the engine
             does, through `matched_stop`: only when the request sent it).
+        cached_tokens: the prompt tokens the prefix cache served, on the final delta.
 
     Attributes read by tests: `requests` (every `ExpertRequest` received, in order) and `calls`
     (how many times this fake's `stream_chat` was started).
@@ -121,6 +122,7 @@ class FakeExpert(ExpertClient):
         tool_calls: list[dict] | None = None,
         logprob: float | None = None,
         stop: str | None = None,
+        cached_tokens: int | None = None,
     ) -> None:
         if words not in (None, "leading", "trailing"):
             raise ValueError(f"words must be None, 'leading' or 'trailing', not {words!r}")
@@ -133,6 +135,7 @@ class FakeExpert(ExpertClient):
         self.requests: list[ExpertRequest] = [] if requests is None else requests
         self.calls = 0
         self.tool_calls, self.logprob, self.stop = tool_calls, logprob, stop
+        self.cached_tokens = cached_tokens
 
     def chunks(self, request: ExpertRequest) -> list[str]:
         """The texts of the answer's deltas for `request` (before the optional empty last one)."""
@@ -171,11 +174,12 @@ class FakeExpert(ExpertClient):
                 logprobs = [{"token": chunk, "logprob": self.logprob,
                              "bytes": list(chunk.encode()), "top_logprobs": []}]  # fmt: skip
             if last:
-                yield Delta(chunk, *final, logprobs, self.tool_calls, stop)
+                yield Delta(chunk, *final, logprobs, self.tool_calls, stop, self.cached_tokens)
             else:
                 yield Delta(chunk, None, *partial, logprobs)
         if self.final_delta:
-            yield Delta("", *final, tool_calls=self.tool_calls, stop=stop)
+            yield Delta("", *final, tool_calls=self.tool_calls, stop=stop,
+                        cached_tokens=self.cached_tokens)
 
 
 class WordCounter:

@@ -211,6 +211,15 @@ async def test_a_continued_assistant_message_picks_up_where_it_stops(engine: VLL
     assert deltas[-1].prompt_tokens < engine.count_prompt_tokens(prefilled)  # no turn's end
 
 
+async def test_the_prefix_cache_says_how_much_of_the_prompt_it_served(engine: VLLMEngine) -> None:
+    q = [{"role": "user", "content": "Tell me about the long history of Paris, please. " * 8}]
+    _, first = await answer(engine, request("cache1", q, max_tokens=2))
+    _, again = await answer(engine, request("cache2", q, max_tokens=2))
+    cold, warm = first[-1].cached_tokens, again[-1].cached_tokens
+    assert cold is not None and warm is not None, (cold, warm)
+    assert cold < warm <= again[-1].prompt_tokens  # the second time the prompt was cached
+
+
 async def test_logit_bias_forbids_a_token(engine: VLLMEngine) -> None:
     q = [{"role": "user", "content": "What is the capital of France?"}]
     _, plain = await answer(engine, request("plain", q, max_tokens=12, logprobs=True))

@@ -221,7 +221,8 @@ async def test_openai_backend_receives_every_parameter_verbatim_and_returns_call
             {"choices": [{"delta": {"tool_calls": [{"index": 0,
                                                     "function": {"arguments": 'ty": "Oslo"}'}}]},
                           "finish_reason": "tool_calls"}]},
-            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
+            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4,
+                                      "prompt_tokens_details": {"cached_tokens": 6}}},
         ]  # fmt: skip
         text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
         return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
@@ -244,10 +245,8 @@ async def test_openai_backend_receives_every_parameter_verbatim_and_returns_call
     }  # fmt: skip
     assert seen[0]["tool_choice"] == "auto" and seen[0]["logit_bias"] == {"5": 1.0}
     assert text == "hi" and deltas[0].logprobs[0]["token"] == "hi"
-    assert last.finish_reason == "tool_calls" and (last.prompt_tokens, last.completion_tokens) == (
-        9,
-        4,
-    )
+    assert last.finish_reason == "tool_calls"
+    assert (last.prompt_tokens, last.completion_tokens, last.cached_tokens) == (9, 4, 6)
     assert last.tool_calls == [{"id": "c9", "type": "function",
                                 "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]  # fmt: skip
 
@@ -353,3 +352,19 @@ def test_allowed_tools_sends_the_expert_only_those_with_the_mode_as_tool_choice(
     allowed["allowed_tools"]["tools"][0]["function"]["name"] = "get_stock"
     assert_refused(chat(client, model="mathematician", tools=[WEATHER, clock], tool_choice=allowed),
                    "tool_choice", "get_stock", "is not in 'tools'")  # fmt: skip
+
+
+def test_cached_prompt_tokens_are_reported_when_the_expert_says_and_only_then():
+    cached = FakeExpert("mathematician", "x", prompt_tokens=9, cached_tokens=8)
+    oa = openai_client(make_client(overrides={"mathematician": cached})[0])
+    ask = {"model": "mathematician", "messages": [{"role": "user", "content": "x"}]}
+    assert oa.chat.completions.create(**ask).usage.prompt_tokens_details.cached_tokens == 8
+    *_, last = oa.chat.completions.create(**ask, stream=True,
+                                          stream_options={"include_usage": True})  # fmt: skip
+    assert last.usage.prompt_tokens_details.cached_tokens == 8
+    done = oa.responses.create(model="mathematician", input="x")
+    assert done.usage.input_tokens_details.cached_tokens == 8
+    plain = openai_client(make_client()[0])  # the fakes of test_api do not say
+    assert plain.chat.completions.create(**ask).usage.prompt_tokens_details is None
+    assert plain.responses.create(model="mathematician", input="x").usage.model_dump().get(
+        "input_tokens_details") is None  # fmt: skip
