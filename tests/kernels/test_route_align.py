@@ -47,8 +47,9 @@ def _expected(logits, cfg, c, shard, bias, bm):
 
 #: cases where the layout by slot is wrong when compiled for the H200 (Triton 3.6, 2026-12-05):
 #: right on Triton's interpreter, wrong on the GPU (block map, padded total; prime_e at any warp
-#: count, decode_batch at 4 warps). Why is not known yet (benchmarks/kernels/NOTES.md, Session 9),
-#: so the layer never uses it; strict, so a fix shows up as an unexpected pass.
+#: count, decode_batch at 4 warps). The padded total was summed over a reshape's linear layout;
+#: Session 10 computes it from the [N, N] tile instead, not yet run on a GPU (NOTES.md), so the
+#: layer never uses it; strict, so a working fix shows up as an unexpected pass.
 SLOT_LAYOUT_WRONG_ON_GPU = ("decode_batch", "prime_e")
 
 

@@ -6,8 +6,11 @@ per-expert counts ("expert", [slots, experts] tiles) and from the slots alone ("
 [slots, slots] tiles), at 1, 2, 4 and 8 warps.
 
 `--static` needs no GPU: it compiles the same variants for sm_90 and prints the PTX instruction
-count, the number of `bar.sync` (each a block-wide wait in this single-program kernel), and the
-registers and spilled bytes `ptxas -v` reports (the newest ptxas that ships with Triton).
+count, the number of `bar.sync` (each a block-wide wait in this single-program kernel), the
+registers and spilled bytes `ptxas -v` reports (the newest ptxas that ships with Triton), and how
+many reductions take a tensor in a linear layout (what went wrong on the H200 in Session 9). To
+compile with the device image's Triton: `pip install --target /tmp/t36 triton==3.6.0`, then
+`PYTHONPATH=/tmp/t36:. python -m benchmarks.kernels.experiments.exp_route_align --static`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ import torch
 import triton
 import triton.testing
 
-from benchmarks.kernels._moe_common import SHAPES
+from benchmarks.kernels._moe_common import SHAPES, MoEShape
 from experts.moe.kernels import route_align as ra
+from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import route_meta
 
+#: the two test cases (tests/kernels/test_route_align.py) the layout by slot got wrong on the H200,
+#: as (shape, T); h and inter do not matter to route_align
+CASES = {"decode_batch": (MoEShape(16, 4, 64, 64, RoutingConfig(top_k=4, renormalize=True)), 8),
+         "prime_e": (MoEShape(13, 3, 64, 64, RoutingConfig(top_k=3)), 5)}  # fmt: skip
 DEFAULT = ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3", "deepseek-v3-32exp")
 VARIANTS = [(slots, w) for slots in (False, True) for w in (1, 2, 4, 8)]
 _ARGS = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
@@ -55,11 +63,16 @@ def _static(s, t: int, slots: bool, warps: int) -> str:
     src = triton.compiler.ASTSource(fn=ra._route_align_kernel,
                                     signature=_ARGS | dict.fromkeys(consts, "constexpr"),
                                     constexprs=consts)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": warps}).asm["ptx"]
+    asm = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": warps}).asm
+    ptx = asm["ptx"]
     lines = [ln.strip() for ln in ptx.splitlines()]
     n = sum(1 for ln in lines if ln and not ln.startswith(("//", ".", "$", "{", "}")))
-    return f"{n} ptx / {ptx.count('bar.sync')} bar.sync / {_registers(ptx)}"
+    # reductions over a linear layout (a reshape's, lanes replicated): the layout by slot summed
+    # one wrong on the H200 with Triton 3.6 (NOTES.md, Session 10)
+    linear = len(re.findall(r"^\s*\}\) : \(tensor<[^>]*#linear", asm["ttgir"], re.M))
+    return (f"{n} ptx / {ptx.count('bar.sync')} bar.sync / {_registers(ptx)} / "
+            f"{linear} linear reductions")
 
 
 def _registers(ptx: str) -> str:
@@ -86,9 +99,9 @@ def main(argv: list[str]) -> None:
     if static:  # the counts depend on the Triton version (3.9 spilled where 3.6 did not)
         print(f"Triton {triton.__version__}, sm_90, without the launcher's specialisation")
     for name in names:
-        s = SHAPES[name]
+        s, ts = (CASES[name][0], (CASES[name][1],)) if name in CASES else (SHAPES[name], (1, 8, 16))
         bias = torch.zeros(s.e, device=dev) if s.with_bias and dev else None
-        for t in (1, 8, 16):
+        for t in ts:
             if t * s.top_k > ra.MAX_FUSED_SLOTS:
                 continue
             row = []

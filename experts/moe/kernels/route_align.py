@@ -36,7 +36,10 @@ def _write_slot_layout(
     padded = (count + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     lead = tl.where(valid & (rank == 0), padded, 0)  # each expert's size, once, at its first slot
     start = tl.sum(tl.where(ex[None, :] < ex[:, None], lead[None, :], 0), axis=1)
-    total = tl.sum(lead, axis=0)
+    # The total from the [N, N] tile like `start`, not `tl.sum(lead)`: Triton 3.6 placed `lead`
+    # in the replicated linear layout of `ex`'s reshape and summed it wrong on the H200
+    # (NOTES.md, Session 10).
+    total = tl.sum(tl.sum(tl.where(idx[:, None] == 0, lead[None, :], 0), axis=1), axis=0)
     pos = start + rank
     tl.store(num_padded_ptr, total)
     # Every block of an expert starts at one of its slots (ranks 0, BLOCK_M, ...).
