@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 from experts.errors import InvalidRequestError
+from experts.stream import template_ending
 
 __all__ = ["prompt_ids", "template_messages"]
 
@@ -43,10 +44,9 @@ def prompt_ids(
     template refuses them."""
     template = getattr(tokenizer, "chat_template", None) or ""
     adapted = template_messages(messages, calls_as_text="tool_calls" not in template)
-    ending = ({"continue_final_message": True, "add_generation_prompt": False} if continue_final
-              else {"add_generation_prompt": True})  # fmt: skip
     try:
-        text = tokenizer.apply_chat_template(adapted, tools=tools, tokenize=False, **ending)
+        text = tokenizer.apply_chat_template(adapted, tools=tools, tokenize=False,
+                                             **template_ending(continue_final))  # fmt: skip
     except Exception as exc:  # jinja2's TemplateError from raise_exception, a render error, or
         # (continue_final) a template that does not write the last message's text as sent
         log.warning("%s: chat template refused a request's messages: %s: %s",

@@ -16,7 +16,8 @@ from typing import Any
 
 from experts.errors import ExpertError, ExpertTimeoutError
 
-__all__ = ["Delta", "ExpertRequest", "collect", "matched_stop", "with_timeout"]
+__all__ = ["Delta", "ExpertRequest", "collect", "matched_stop", "template_ending",
+           "with_timeout"]
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,22 @@ class ExpertRequest:
         if self.logprobs:
             params["logprobs"] = True
         if self.continue_final_message:
-            params |= {"continue_final_message": True, "add_generation_prompt": False}
+            params |= template_ending(continue_final=True)
         return params
 
     @property
     def calls_tools(self) -> bool:
         """Whether the answer may be tool calls (tools given and tool_choice is not "none")."""
         return bool(self.tools) and self.tool_choice != "none"
+
+
+def template_ending(continue_final: bool) -> dict[str, bool]:
+    """How the chat template ends the prompt, in the keywords both transformers'
+    `apply_chat_template` and vLLM's chat request take: a new assistant turn, or (`continue_final`)
+    inside the last message, so the answer continues its text."""
+    if continue_final:
+        return {"continue_final_message": True, "add_generation_prompt": False}
+    return {"add_generation_prompt": True}
 
 
 def matched_stop(request: ExpertRequest, reason: Any, finish_reason: str | None) -> str | None:

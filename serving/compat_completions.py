@@ -22,7 +22,7 @@ from experts.registry import RouterConfig
 from serving.compat import Surface, in_their_words, refuse, validate
 from serving.contract import chat_schema, noop_only, request_body
 from serving.pipeline import Pipeline, answered_by, routing_headers
-from serving.protocol import internal_error, usage
+from serving.protocol import StreamOptions, internal_error, usage
 from serving.sse import obfuscation, sse
 
 __all__ = ["CompletionRequest", "install", "legacy_logprobs"]
@@ -133,7 +133,7 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         chat = in_their_words(surface.chat, legacy.chat(), NAMES)
         if chat.stream:
             started = await service.start(chat)
-            events = _stream(started, legacy, chat.stream_options)
+            events = _stream(started, legacy, chat.streaming)
             headers = started.headers | {"cache-control": "no-cache", "x-accel-buffering": "no"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         answer, parts = await service.gather(chat)
@@ -148,7 +148,9 @@ def install(api: FastAPI, service: Pipeline, surface: Surface) -> None:
         return JSONResponse(body, headers=headers)
 
 
-async def _stream(started, legacy: CompletionRequest, options) -> AsyncIterator[bytes]:
+async def _stream(
+    started, legacy: CompletionRequest, options: StreamOptions
+) -> AsyncIterator[bytes]:
     answer = started.answer
     rid, created = answer.request_id.replace("chatcmpl-", "cmpl-"), int(time.time())
     delta, last, offset = started.first, started.first, 0
@@ -163,7 +165,7 @@ async def _stream(started, legacy: CompletionRequest, options) -> AsyncIterator[
                 offset += len(delta.text)
                 body = _body(rid, started.model, created, delta.text, None, lp,
                              answer.extension if first else None)  # fmt: skip
-                if options is None or options.include_obfuscation:
+                if options.include_obfuscation:
                     body["obfuscation"] = obfuscation(delta.text)
                 yield sse(body)
                 first = False
@@ -175,7 +177,7 @@ async def _stream(started, legacy: CompletionRequest, options) -> AsyncIterator[
         yield sse(internal_error(answer.request_id).to_openai())
         return
     yield sse(_body(rid, started.model, created, "", last.finish_reason or "stop", None))
-    if options is not None and options.include_usage:
+    if options.include_usage:
         body = _body(rid, started.model, created, "", None, None,
                      use=usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens))  # fmt: skip
         body["choices"] = []

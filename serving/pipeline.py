@@ -268,18 +268,16 @@ class Pipeline:
             decision = decision or await self.route_request(request)
         answers = await _all([self.gather(r, decision) for r in request.choices()])
         answer, first = answers[0]
+        if request.n > 1:  # each choice is its own answer, with its own routing record
+            answer.extension["choices"] = [a.request_id for a, _ in answers]
+        choices = [protocol.choice(i, p.text, p.last.finish_reason, p.tool_calls or None,
+                                   p.logprobs_or_none()) for i, (_, p) in enumerate(answers)]  # fmt: skip
         completion_tokens = sum(parts.last.completion_tokens for _, parts in answers)
         body = protocol.completion(
-            answer.request_id, answered_by(answer.decision, answer.extension), first.text,
-            first.last.finish_reason,
+            answer.request_id, answered_by(answer.decision, answer.extension), choices,
             protocol.usage(first.last.prompt_tokens, completion_tokens, first.last.cached_tokens),
-            answer.extension, first.tool_calls or None, first.logprobs_or_none(),
+            answer.extension,
         )  # fmt: skip
-        if request.n > 1:  # each choice is its own answer, with its own routing record
-            body["choices"] = [protocol.choice(i, p.text, p.last.finish_reason, p.tool_calls or
-                                               None, p.logprobs_or_none())
-                               for i, (_, p) in enumerate(answers)]  # fmt: skip
-            answer.extension["choices"] = [a.request_id for a, _ in answers]
         return body, routing_headers(answer.request_id, answer.decision, answer.extension)
 
     async def start(
@@ -306,7 +304,7 @@ class Pipeline:
         headers."""
         decision = await self.route_request(request) if request.n > 1 else None
         starts = await _all([self.start(r, decision) for r in request.choices()])
-        options = request.stream_options or protocol.StreamOptions()
+        options = request.streaming
         head, created = starts[0], int(time.time())
         choices = [
             ChoiceStream(head.answer.request_id, head.model, created, s.first, s.rest,

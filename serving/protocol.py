@@ -181,6 +181,11 @@ class ChatCompletionRequest(BaseModel):
                 return message.text()
         return self.messages[-1].text()
 
+    @property
+    def streaming(self) -> StreamOptions:
+        """`stream_options`, with OpenAI's defaults where the client sent none."""
+        return self.stream_options or StreamOptions()
+
     def choices(self) -> list[ChatCompletionRequest]:
         """One request per choice (`n`), each asking for one; a `seed` becomes seed + index, so
         the choices differ and each is repeatable."""
@@ -275,22 +280,15 @@ def parse_chat_request(body: bytes | dict, max_messages: int) -> ChatCompletionR
 
 
 def completion(
-    request_id: str,
-    model: str,
-    text: str,
-    finish_reason: str | None,
-    usage: dict,
-    extension: dict,
-    tool_calls: list[dict] | None = None,
-    logprobs: list[dict] | None = None,
+    request_id: str, model: str, choices: list[dict], usage: dict, extension: dict
 ) -> dict[str, Any]:
-    """A `chat.completion` body with one choice (`choice`)."""
+    """A `chat.completion` body; `choices` as `choice` builds them."""
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice(0, text, finish_reason, tool_calls, logprobs)],
+        "choices": choices,
         "usage": usage,
         "quorum": extension,
     }

@@ -34,7 +34,7 @@ def call_item(call: dict[str, Any], status: str) -> dict[str, Any]:
 
 
 def response_body(rid: str, req: ResponsesRequest, model: str, created: int, status: str,
-              output: list, last=None, extension=None) -> dict[str, Any]:  # fmt: skip
+                  output: list, last=None, extension=None) -> dict[str, Any]:  # fmt: skip
     body: dict[str, Any] = {
         "id": rid, "object": "response", "created_at": created, "status": status, "model": model,
         "output": output, "instructions": req.instructions, "error": None,
