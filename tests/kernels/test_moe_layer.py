@@ -66,6 +66,16 @@ def test_layer_captures_in_cuda_graph() -> None:
         assert not torch.equal(captured, eager)
 
 
+def _gpu_problem(t: int, e: int = 64, h: int = 512, inter: int = 256) -> tuple:
+    """Top-8 of 64 experts on the GPU: (routing, x, logits, w13, w2), seeded."""
+    torch.manual_seed(0)
+    x = torch.randn(t, h, dtype=torch.bfloat16, device="cuda")
+    logits = torch.randn(t, e, device="cuda")
+    w13 = torch.randn(e, 2 * inter, h, dtype=torch.bfloat16, device="cuda") / h**0.5
+    w2 = torch.randn(e, h, inter, dtype=torch.bfloat16, device="cuda") / inter**0.5
+    return RoutingConfig(top_k=8, renormalize=True), x, logits, w13, w2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs a Hopper or newer GPU")
 @pytest.mark.parametrize("t", [8, 64])
@@ -75,13 +85,8 @@ def test_pdl_launches_give_the_same_output_eager_and_in_a_graph(t: int) -> None:
     from experts.moe.kernels.configs import get_config
     from experts.moe.layer import moe_from_logits
 
-    torch.manual_seed(0)
-    routing = RoutingConfig(top_k=8, renormalize=True)
-    e, h, inter = 64, 512, 256
-    x = torch.randn(t, h, dtype=torch.bfloat16, device="cuda")
-    logits = torch.randn(t, e, device="cuda")
-    w13 = torch.randn(e, 2 * inter, h, dtype=torch.bfloat16, device="cuda") / h**0.5
-    w2 = torch.randn(e, h, inter, dtype=torch.bfloat16, device="cuda") / inter**0.5
+    routing, x, logits, w13, w2 = _gpu_problem(t)
+    e, h, inter = w13.shape[0], w13.shape[2], w2.shape[2]
     cfg = {k: v for k, v in get_config(t, e, h, inter, 8, x.device).items() if k != "decode"}
     with torch.no_grad():
         plain = moe_from_logits(x, logits, w13, w2, routing, config=cfg)
@@ -94,3 +99,36 @@ def test_pdl_launches_give_the_same_output_eager_and_in_a_graph(t: int) -> None:
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(captured, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs a Hopper or newer GPU")
+@pytest.mark.parametrize("t", [1, 8])
+def test_atomic_combine_and_slot_layout_replay_from_a_graph(t: int) -> None:
+    """`ATOMIC_COMBINE` (with PDL and the layout by slot) replayed from a CUDA graph with fresh
+    inputs: within tolerance of the reference every time (the scratch is cleared by gate_up in
+    each replay, and the last program's conversion sees every other program's atomics)."""
+    from experts.moe.layer import moe_from_logits
+
+    routing, x, logits, w13, w2 = _gpu_problem(t)
+    gemm = dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+    cfg = dict(BLOCK_M=16, gate_up=gemm, down=gemm, PDL=True, SLOT_LAYOUT=True,
+               ATOMIC_COMBINE=True)
+
+    def reference() -> torch.Tensor:
+        ids, w = route_reference(logits, routing)
+        return experts_reference(x.cpu().float(), w13.cpu().float(), w2.cpu().float(),
+                                 ids.cpu(), w.cpu())
+
+    with torch.no_grad():
+        moe_from_logits(x, logits, w13, w2, routing, config=cfg)  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = moe_from_logits(x, logits, w13, w2, routing, config=cfg)
+        for seed in range(4):
+            g = torch.Generator(device="cuda").manual_seed(seed)
+            x.copy_(torch.randn(x.shape, generator=g, device="cuda"))
+            logits.copy_(torch.randn(logits.shape, generator=g, device="cuda"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert rel_err(captured.cpu(), reference()) < TOLERANCE[torch.bfloat16]
