@@ -11,7 +11,8 @@ import torch
 
 from benchmarks.kernels._streams import read_buffer, read_designs
 
-__all__ = ["COPY_GRANULE", "bench", "copy_time", "graph", "graph_time", "read_times"]
+__all__ = ["COPY_GRANULE", "bench", "copy_time", "graph", "graph_time", "read_after_time",
+           "read_times"]
 
 
 def bench(fn, rep_ms: int) -> float:
@@ -68,3 +69,17 @@ def read_times(nbytes: float, dev: torch.device, rep_ms: int) -> dict[str, float
     """A read-only stream of the floor's bytes in each of `read_designs`, timed like a layer."""
     src = read_buffer(nbytes, dev)
     return {name: graph_time(fn, rep_ms) for name, fn in read_designs(src).items()}
+
+
+def read_after_time(before, nbytes: float, design: str, dev: torch.device, rep_ms: int) -> float:
+    """`before` (the router GEMM), then the read-only stream `design` of the floor's bytes, in one
+    graph: the least a layer can take that keeps its router as its own kernel and must stream the
+    touched weights after it, as a served model does (the gate is the model's linear layer, run
+    before the MoE method; Quorum's vLLM plugin receives its logits)."""
+    read = read_designs(read_buffer(nbytes, dev))[design]
+
+    def both() -> None:
+        before()
+        read()
+
+    return graph_time(both, rep_ms)

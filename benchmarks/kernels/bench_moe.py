@@ -28,13 +28,14 @@ from benchmarks.kernels._moe_common import (
     eager_loop_layer,
     fmt_us,
     grouped_mm_layer,
+    logits_of,
     make_params,
     measure_ceilings,
     skew_offsets,
     triton_layer,
     work,
 )
-from benchmarks.kernels._timing import bench, copy_time, graph, read_times
+from benchmarks.kernels._timing import bench, copy_time, graph, read_after_time, read_times
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                     g.reset()
                 if t <= args.copy_ref_max_t:
                     row["copy_same_bytes_s"] = copy_time(nbytes, dev, args.rep)
-                    row["read_only_s"] = read_times(nbytes, dev, args.rep)
+                    reads = row["read_only_s"] = read_times(nbytes, dev, args.rep)
+                    row["router_read_s"] = read_after_time(
+                        partial(logits_of, x, shape, params), nbytes, min(reads, key=reads.get),
+                        dev, args.rep)  # fmt: skip
                 rows.append(row)
                 _save(args.out, [meta, *rows])  # partial results survive a timeout
                 logger.warning(
@@ -130,12 +134,15 @@ def markdown(records: list[dict]) -> str:
         "the floor that a plain copy of this size reaches (decode rows). `% copy` = copy time / "
         "ours (the decode target is 90%); `read % copy` = copy time / the fastest read-only "
         "stream of the same bytes (`benchmarks/kernels/_streams.py`, best of its designs), i.e. "
-        "the most that any layer, which must read those bytes, could show in `% copy`.",
+        "the most that any layer, which must read those bytes, could show in `% copy`; "
+        "`router+read % copy` = copy time / (the router GEMM, then that fastest read, in one "
+        "graph), the most that a layer whose router is its own kernel (as in a served model, "
+        "where the gate is the model's own linear layer) could show.",
         "",
         "| model | T | routing | max share | ours us | TFLOP/s | GB/s | % floor | bound | "
-        "copy % floor | % copy | read % copy | ours eager us | gmm us | loop us | "
-        "speedup vs best baseline | err |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "copy % floor | % copy | read % copy | router+read % copy | ours eager us | gmm us | "
+        "loop us | speedup vs best baseline | err |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["ours_graph_s"]
@@ -145,6 +152,7 @@ def markdown(records: list[dict]) -> str:
             f"{r['flops'] / t / 1e12:.1f} | {r['bytes'] / t / 1e9:,.0f} | "
             f"{100 * r['floor_s'] / t:.0f}% | {r['bound']} | {_copy_pct(r)} | "
             f"{_pct_of_copy(r, t)} | {_pct_of_copy(r, _best_read(r))} | "
+            f"{_pct_of_copy(r, r.get('router_read_s'))} | "
             f"{fmt_us(r['ours_eager_s'])} | "
             f"{fmt_us(r['grouped_mm_s'])} | {fmt_us(r['eager_loop_s'])} | {best / t:.2f}x | "
             f"{r['rel_err_vs_grouped_mm']:.1e}{'' if r['correct'] else ' FAIL'} |"
