@@ -25,7 +25,7 @@ from functools import partial
 import torch
 
 from benchmarks.kernels._moe_common import SHAPES, make_params, triton_layer, work
-from benchmarks.kernels._timing import copy_time, graph_time
+from benchmarks.kernels._timing import best_of_rounds, copy_time
 from experts.moe.kernels.configs import get_config
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
@@ -59,10 +59,8 @@ def _row(name: str, t: int, skewed: bool, flags: list[str], rounds: int) -> str:
             inexact = check[k] != "same" and not cfg.get("ATOMIC_COMBINE")
             if inexact or rel_err(out.float(), ref.float()) > TOLERANCE[x.dtype]:
                 check[k] += " WRONG"
-        best = {k: float("inf") for k in cfgs}
-        for i in range(rounds):
-            for k in (list(cfgs) if i % 2 == 0 else list(cfgs)[::-1]):
-                best[k] = min(best[k], graph_time(partial(triton_layer, x, shape, p, cfgs[k]), 60))
+        best = best_of_rounds({k: partial(triton_layer, x, shape, p, c) for k, c in cfgs.items()},
+                              rounds)
         _, nbytes, _ = work(x, shape, p)
         copy = copy_time(nbytes, dev, 60) * 1e6 if t <= 8 else None
     cells = " | ".join(f"{best[k] * 1e6:.1f}" + (f" ({100 * copy / (best[k] * 1e6):.0f}%)"

@@ -1,0 +1,105 @@
+"""Decide, per shape and decode bucket, the aligned path's layer flags SLOT_LAYOUT and ATOMIC_COMBINE.
+
+    python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
+
+For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry), it times the
+whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the entry as
+checked in and with SLOT_LAYOUT, ATOMIC_COMBINE or both added, over uniform plus skewed routing;
+rounds alternate the order and each time is the best of the rounds. A variant replaces the entry
+when its summed time is at least 1% lower and its output, in each routing and in 20 repeated
+calls, is within the bf16 tolerance of `torch._grouped_mm`'s layer (SLOT_LAYOUT alone must also
+give the entry's bits). Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
+DIR/tune_flags.json, the per-variant times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
+from benchmarks.kernels._moe_common import triton_layer as layer
+from benchmarks.kernels._tables import write_table
+from benchmarks.kernels._timing import best_of_rounds
+from experts.moe.kernels.configs import get_config, shape_key, tuned_table
+from experts.moe.kernels.reference import TOLERANCE, rel_err
+
+logger = logging.getLogger(__name__)
+MARGIN = 0.99  # a flag must save at least 1% of the layer's time to be set
+VARIANTS = {"entry": {}, "slot": {"SLOT_LAYOUT": True}, "atomic": {"ATOMIC_COMBINE": True},
+            "slot+atomic": {"SLOT_LAYOUT": True, "ATOMIC_COMBINE": True}}  # fmt: skip
+
+
+def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, dict] | None:
+    """(flags to add, report) for one bucket; None when its entry takes the decode kernel."""
+    shape = SHAPES[name]
+    entry = get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)
+    if "decode" in entry and t <= 16:
+        return None
+    base = {k: v for k, v in entry.items() if k not in ("SLOT_LAYOUT", "ATOMIC_COMBINE")}
+    cfgs = {k: base | v for k, v in VARIANTS.items()}
+    p = make_params(shape, False, dev)
+    x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev,
+                    generator=torch.Generator(dev).manual_seed(t))
+    totals = dict.fromkeys(cfgs, 0.0)
+    errs = dict.fromkeys(cfgs, 0.0)
+    same_bits = True
+    with torch.no_grad():
+        for skew in (None, skew_offsets(p.router)):
+            p.skew = skew
+            ref = grouped_mm_layer(x, shape, p)
+            outs = {k: layer(x, shape, p, c) for k, c in cfgs.items()}
+            same_bits &= torch.equal(outs["slot"], outs["entry"])
+            for k, c in cfgs.items():
+                for _ in range(20):
+                    errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))
+            fns = {k: partial(layer, x, shape, p, c) for k, c in cfgs.items()}
+            for k, v in best_of_rounds(fns, rounds).items():
+                totals[k] += v
+    ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and (k != "slot" or same_bits) for k in cfgs}
+    best = min((k for k in cfgs if ok[k]), key=totals.get)
+    chosen = best if totals[best] < MARGIN * totals["entry"] else "entry"
+    report = dict(shape=name, T=t, chosen=chosen, same_bits_slot=same_bits,
+                  **{f"{k}_us": totals[k] * 1e6 / 2 for k in cfgs},
+                  **{f"{k}_worst_err": errs[k] for k in cfgs})
+    return VARIANTS[chosen], report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--tokens", nargs="+", type=int, default=[8])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    table = tuned_table(dev)
+    report = []
+    for name in args.shapes:
+        s = SHAPES[name]
+        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
+        for t in args.tokens:
+            found = tune_case(name, t, args.rounds, dev)
+            if found is None:
+                logger.warning("%s T=%d: the decode kernel's bucket, skipped", name, t)
+                continue
+            flags, rep = found
+            entry = table.setdefault(key, {}).setdefault(
+                str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev))
+            for f in ("SLOT_LAYOUT", "ATOMIC_COMBINE"):
+                entry.pop(f, None)
+            entry.update(flags)
+            report.append(rep)
+            logger.warning("%s T=%d: %s", name, t, json.dumps(rep))
+            write_table(table, args.out, dev)
+            (args.out / "tune_flags.json").write_text(json.dumps(report, indent=1))
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
