@@ -62,6 +62,8 @@ def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, 
             for k, v in best_of_rounds(fns, rounds).items():
                 totals[k] += v
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and (k != "slot" or same_bits) for k in cfgs}
+    if not ok["entry"]:
+        raise SystemExit(f"{name} T={t}: the checked-in entry is off by {errs['entry']:.2e}")
     best = min((k for k in cfgs if ok[k]), key=totals.get)
     chosen = best if totals[best] < MARGIN * totals["entry"] else "entry"
     report = dict(shape=name, T=t, chosen=chosen, same_bits_slot=same_bits,
