@@ -118,12 +118,10 @@ def route_align(
 
     The layout comes from per-expert counts ([slots, experts] tiles), or with `slot_layout`
     from the slots alone ([slots, slots] tiles, fewer operations when experts outnumber slots).
-    Both give the same outputs on Triton's interpreter, but the layout by slot is WRONG when
-    compiled for the H200 in two test cases (`tests/kernels/test_route_align.py`,
-    SLOT_LAYOUT_WRONG_ON_GPU; Session 10's change, not yet run on a GPU, may fix them). The layer
-    asks for it only where a config entry sets `"SLOT_LAYOUT": true`, which `tune_flags` writes
-    only when measured faster and bit-identical (none does yet); it was 2-3 us faster at decode
-    (`benchmarks/kernels/experiments/exp_route_align.py`, NOTES.md Session 9).
+    Both give the same outputs, on Triton's interpreter and on the H200 (where the layout by slot
+    was wrong in two test cases until its padded total came from the [N, N] tile; NOTES.md,
+    Sessions 9-11). The layer asks for it where a config entry sets `"SLOT_LAYOUT": true`, which
+    `benchmarks/kernels/tune_flags.py` writes only when measured faster and bit-identical.
     `pdl`: the next launch is a programmatic dependent (`grouped_gemm._launch`); let it start.
 
     Returns (topk_ids, topk_weights, sorted_ids, block_expert, num_padded, slot_pos).
