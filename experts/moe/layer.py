@@ -30,22 +30,16 @@ def _experts_aligned(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
     layout: tuple[torch.Tensor, ...], cfg: dict,
 ) -> torch.Tensor:
-    from experts.moe.kernels import grouped_gemm as gg
+    from experts.moe.kernels.grouped_gemm import combine, down, gate_up
 
     sorted_ids, block_expert, num_padded, slot_pos = layout
     t, top_k = topk_weights.shape
     bm = {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False)}
-    if cfg.get("ATOMIC_COMBINE"):  # down adds into a [T, H] sum that gate_up clears
-        scratch = gg.combine_scratch(t, w2.shape[1], x.device)
-        hid = gg.gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
-                         cfg["gate_up"] | bm, zero=scratch)  # [P, I]
-        return gg.down_combine(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert,
-                               num_padded, scratch, t, top_k, cfg["down"] | bm)  # [T, H]
-    hid = gg.gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
-                     cfg["gate_up"] | bm)  # [P, I]
-    y = gg.down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
-                cfg["down"] | bm)  # [P, H]
-    return gg.combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
+    hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
+                  cfg["gate_up"] | bm)  # [P, I]
+    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
+             cfg["down"] | bm)  # [P, H]
+    return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
 
 
 def moe_experts(

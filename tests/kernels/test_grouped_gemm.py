@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from experts.moe.kernels.align import align
-from experts.moe.kernels.grouped_gemm import combine, combine_scratch, down, down_combine, gate_up
+from experts.moe.kernels.grouped_gemm import combine, down, gate_up
 from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
@@ -71,55 +71,6 @@ def test_down_and_combine_every_row_written(device: torch.device) -> None:
     combine(y, slot_pos, 10, 3, out=out)
     ref = experts_reference(x.cpu(), w13.cpu(), w2.cpu(), ids.cpu(), w.cpu())
     assert rel_err(out.cpu(), ref) < TOLERANCE[dtype]
-
-
-ATOMIC = dict(BLOCK_M=16, gate_up=GEMM, down=GEMM, ATOMIC_COMBINE=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(
-    ("t", "e", "k", "skew"), [(1, 4, 2, False), (8, 16, 4, False), (9, 5, 5, False), (12, 6, 2, True)]
-)
-def test_atomic_combine_matches_reference(t, e, k, skew, dtype, device: torch.device) -> None:
-    """`ATOMIC_COMBINE`: down adds each row into the [T, H] sum gate_up cleared, and the last
-    program writes it out; a ragged N tile (H=48 over BLOCK_N 32) and a null slot included."""
-    x, w13, w2, ids, w = _problem(t, e, k, 48, 32, dtype, device, seed=t, skew=skew)
-    if t > 1:
-        ids[1, 0], w[1, 0] = -1, 0.0
-    out = moe_experts(x, w13, w2, ids, w, config=ATOMIC)
-    ref = experts_reference(x.cpu().float(), w13.cpu().float(), w2.cpu().float(), ids.cpu(),
-                            w.cpu())
-    assert out.shape == (t, 48) and out.dtype == dtype
-    assert rel_err(out.cpu(), ref) < TOLERANCE[dtype]
-
-
-def test_atomic_combine_clears_a_dirty_scratch_and_counts_again(device: torch.device) -> None:
-    """The scratch is reused uncleared: gate_up must clear the sum and the counter each call,
-    or the second call would add onto the first and its last program never fire."""
-    x, w13, w2, ids, w = _problem(6, 5, 2, 32, 32, torch.float32, device, seed=4)
-    sorted_ids, block_expert, num_padded, _ = align(ids, 5, 16)
-    scratch = combine_scratch(6, 32, device)
-    scratch.fill_(12345)
-    ref = experts_reference(x.cpu(), w13.cpu(), w2.cpu(), ids.cpu(), w.cpu())
-    for _ in range(2):
-        hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, 2, GEMM, zero=scratch)
-        out = down_combine(hid, w2, w.reshape(-1), sorted_ids, block_expert, num_padded,
-                           scratch, 6, 2, GEMM)
-        assert rel_err(out.cpu(), ref) < TOLERANCE[torch.float32]
-
-
-def test_atomic_combine_with_no_slot_writes_zeros(device: torch.device) -> None:
-    x, w13, w2, ids, w = _problem(3, 4, 2, 32, 32, torch.float32, device, seed=6)
-    ids.fill_(-1)
-    w.zero_()
-    out = moe_experts(x, w13, w2, ids, w, config=ATOMIC)
-    assert (out == 0).all()
-
-
-def test_atomic_combine_refuses_tma(device: torch.device) -> None:
-    x, w13, w2, ids, w = _problem(2, 4, 2, 32, 32, torch.float32, device)
-    with pytest.raises(ValueError, match="TMA"):
-        moe_experts(x, w13, w2, ids, w, config=ATOMIC | dict(down=GEMM | dict(TMA=True)))
 
 
 def test_all_null_token_gives_zero(device: torch.device) -> None:

@@ -104,16 +104,14 @@ def test_pdl_launches_give_the_same_output_eager_and_in_a_graph(t: int) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs a Hopper or newer GPU")
 @pytest.mark.parametrize("t", [1, 8])
-def test_atomic_combine_and_slot_layout_replay_from_a_graph(t: int) -> None:
-    """`ATOMIC_COMBINE` (with PDL and the layout by slot) replayed from a CUDA graph with fresh
-    inputs: within tolerance of the reference every time (the scratch is cleared by gate_up in
-    each replay, and the last program's conversion sees every other program's atomics)."""
+def test_slot_layout_with_pdl_replays_from_a_graph(t: int) -> None:
+    """The layout by slot with PDL, replayed from a CUDA graph with fresh inputs: within
+    tolerance of the reference every time."""
     from experts.moe.layer import moe_from_logits
 
     routing, x, logits, w13, w2 = _gpu_problem(t)
     gemm = dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
-    cfg = dict(BLOCK_M=16, gate_up=gemm, down=gemm, PDL=True, SLOT_LAYOUT=True,
-               ATOMIC_COMBINE=True)
+    cfg = dict(BLOCK_M=16, gate_up=gemm, down=gemm, PDL=True, SLOT_LAYOUT=True)
 
     def reference() -> torch.Tensor:
         ids, w = route_reference(logits, routing)

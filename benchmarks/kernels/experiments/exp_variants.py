@@ -6,12 +6,10 @@ down, combine) replayed from a CUDA graph, with the checked-in config stripped o
 (`off`), and then with each flag and each combination of them turned on:
 
 - `PDL`: programmatic dependent launches (`grouped_gemm._launch`);
-- `SLOT_LAYOUT`: route_align's layout from the slots alone (`route_align(slot_layout=True)`);
-- `ATOMIC_COMBINE`: down adds into the [T, H] sum that gate_up cleared; no combine launch.
+- `SLOT_LAYOUT`: route_align's layout from the slots alone (`route_align(slot_layout=True)`).
 
 Rounds alternate the variants' order so that drift hits all; each cell is the best of the
-rounds' do_bench medians. Every variant's output is compared with `off`: `PDL` and `SLOT_LAYOUT`
-must give the same bits, `ATOMIC_COMBINE` (fp32 atomics, one rounding) the bf16 tolerance.
+rounds' do_bench medians. Every variant's output must be the same bits as `off`'s.
 T=1 rows take the one-launch decode kernel, so the default tokens are 8 and 64. Needs a Hopper
 or newer GPU (PDL). Session 9 ran this with `--flags PDL` (then `exp_pdl.py`).
 """
@@ -19,25 +17,22 @@ or newer GPU (PDL). Session 9 ran this with `--flags PDL` (then `exp_pdl.py`).
 from __future__ import annotations
 
 import argparse
-import itertools
 from functools import partial
 
 import torch
 
+from benchmarks.kernels import tune_flags
 from benchmarks.kernels._moe_common import SHAPES, make_params, triton_layer, work
 from benchmarks.kernels._timing import best_of_rounds, copy_time
 from experts.moe.kernels.configs import get_config
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
-FLAGS = ("PDL", "SLOT_LAYOUT", "ATOMIC_COMBINE")
+FLAGS = ("PDL", *tune_flags.FLAGS)
 
 
 def _variants(flags: list[str]) -> dict[str, dict]:
-    out = {"off": {}}
-    for n in range(1, len(flags) + 1):
-        for combo in itertools.combinations(flags, n):
-            out["+".join(combo)] = {f: True for f in combo}
-    return out
+    named = tune_flags.flag_variants(flags)
+    return {"off": named.pop("entry"), **named}
 
 
 def _row(name: str, t: int, skewed: bool, flags: list[str], rounds: int) -> str:
@@ -56,8 +51,7 @@ def _row(name: str, t: int, skewed: bool, flags: list[str], rounds: int) -> str:
             out = triton_layer(x, shape, p, cfg)
             check[k] = ("same" if torch.equal(out, ref) else
                         f"{rel_err(out.float(), ref.float()):.1e}")  # fmt: skip
-            inexact = check[k] != "same" and not cfg.get("ATOMIC_COMBINE")
-            if inexact or rel_err(out.float(), ref.float()) > TOLERANCE[x.dtype]:
+            if check[k] != "same" or rel_err(out.float(), ref.float()) > TOLERANCE[x.dtype]:
                 check[k] += " WRONG"
         best = best_of_rounds({k: partial(triton_layer, x, shape, p, c) for k, c in cfgs.items()},
                               rounds)

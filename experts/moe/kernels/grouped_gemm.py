@@ -4,11 +4,6 @@
   through `sorted_ids` (no permuted copy of X); gate and up share the A tile.
 * `down`:    Y[row] = (H[row] @ W2[e].T) * weight[slot], rows in sorted order.
 * `combine`: out[t] = sum_j Y[slot_pos[t*K+j]] over non-null slots (deterministic, fp32 sum).
-* `down_combine`: `down` and `combine` in one launch, for decode buckets whose config says
-  `"ATOMIC_COMBINE": true`: each row's weighted output is added with fp32 atomics into a [T, H]
-  accumulator that `gate_up` zeroed (no memset, no Y buffer, no combine launch), and the last
-  program to finish converts it to the output dtype. The low bits of the sum then depend on the
-  order of the atomics (within the dtype's tolerance, not bit-reproducible).
 
 | tensor       | shape       | dtype           |
 |--------------|-------------|-----------------|
@@ -34,26 +29,15 @@ from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, tri
 
 
 @triton.jit
-def _zero_share(ptr, n):
-    # program p clears words [p * 256, p * 256 + 256), then every grid-size stride after
-    offs = tl.arange(0, 256)
-    for start in range(tl.program_id(0) * 256, n, tl.num_programs(0) * 256):
-        tl.store(ptr + start + offs, tl.zeros([256], tl.int32), mask=offs < n - start)
-
-
-@triton.jit
 def _gate_up_kernel(
-    x_ptr, w_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr, zero_ptr, zero_n,
+    x_ptr, w_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     M, N, K, top_k, num_pid_m, stride_xm, stride_we, stride_wn, stride_hm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    ZERO: tl.constexpr,
 ):
     if PDL:  # launched before the previous kernel ended: wait for its writes, let the next start
         gdc_wait()
         gdc_launch_dependents()
-    if ZERO:  # every program clears its share of down_combine's scratch, working or not
-        _zero_share(zero_ptr, zero_n)
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -93,33 +77,17 @@ def _gate_up_kernel(
 
 
 @triton.jit
-def _write_sum(acc_ptr, out_ptr, T, N, stride_om, FINAL_N: tl.constexpr):
-    offs = tl.arange(0, FINAL_N)
-    for t in range(0, T):
-        for n0 in range(0, N, FINAL_N):
-            m = offs < N - n0
-            v = tl.load(acc_ptr + t * N + n0 + offs, mask=m, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + t * stride_om + n0 + offs, v.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
 def _down_kernel(
     h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    count_ptr, out_ptr, M, N, K, num_pid_m, top_k, stride_hm, stride_we, stride_wn, stride_ym,
-    stride_om,
+    M, N, K, num_pid_m, stride_hm, stride_we, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    ATOMIC: tl.constexpr, FINAL_N: tl.constexpr,
 ):
     if PDL:  # launched before the previous kernel ended: wait for its writes, let the next start
         gdc_wait()
         gdc_launch_dependents()
     pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
-    num_padded = tl.load(num_padded_ptr)
-    if ATOMIC:
-        if (num_padded == 0) & (tl.program_id(0) == 0):  # no slot here: the cleared sum is the output
-            _write_sum(y_ptr, out_ptr, M // top_k, N, stride_om, FINAL_N)
-    if pid_m * BLOCK_M >= num_padded:
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     ex = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -146,18 +114,8 @@ def _down_kernel(
         b_ptrs += BLOCK_K
     wt = tl.load(weights_ptr + sid, mask=tmask, other=0.0).to(tl.float32)  # [BM]
     y = acc * wt[:, None]
-    if ATOMIC:  # y_ptr is the zeroed fp32 [T, N] accumulator: add each row into its token's row
-        tok = tl.where(tmask, sid // top_k, 0).to(tl.int64)
-        tl.atomic_add(y_ptr + tok[:, None] * N + offs_n[None, :], y,
-                      mask=tmask[:, None] & nmask[None, :], sem="relaxed")
-        # The working programs check in; the last one converts the sum to the output dtype.
-        tl.debug_barrier()
-        working = (num_padded // BLOCK_M) * tl.cdiv(N, BLOCK_N)
-        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == working - 1:
-            _write_sum(y_ptr, out_ptr, M // top_k, N, stride_om, FINAL_N)
-    else:
-        y_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & nmask[None, :])
+    y_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & nmask[None, :])
 
 
 @triton.jit
@@ -194,31 +152,25 @@ def _launch(cfg: dict) -> dict:
 def gate_up(
     x: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, block_expert: torch.Tensor,
     num_padded: torch.Tensor, top_k: int, cfg: dict, out: torch.Tensor | None = None,
-    zero: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SwiGLU gate/up grouped GEMM; x [T, H], w13 [E, 2I, H] -> h [P, I] (P = len(sorted_ids)).
-
-    `zero`: an int32 scratch the kernel clears on the way (`down_combine`'s accumulator)."""
+    """SwiGLU gate/up grouped GEMM; x [T, H], w13 [E, 2I, H] -> h [P, I] (P = len(sorted_ids))."""
     t, k = x.shape
     n = w13.shape[1] // 2
     p = sorted_ids.numel()
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     h = torch.empty(p, n, dtype=x.dtype, device=x.device) if out is None else out
     if cfg.get("TMA"):
-        if zero is not None:
-            raise ValueError("gate_up: a TMA config cannot clear down_combine's scratch")
         from experts.moe.kernels.grouped_gemm_tma import gate_up_tma
 
         return gate_up_tma(x, w13, sorted_ids, block_expert, num_padded, top_k, cfg, h)
     num_pid_m = p // bm
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _gate_up_kernel[grid](
-        x, w13, h, sorted_ids, block_expert, num_padded, h if zero is None else zero,
-        0 if zero is None else zero.numel(), t * top_k, n, k, top_k, num_pid_m,
+        x, w13, h, sorted_ids, block_expert, num_padded, t * top_k, n, k, top_k, num_pid_m,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
-        PRECISION=_precision(x), PDL=bool(cfg.get("PDL")), ZERO=zero is not None, **_launch(cfg),
+        PRECISION=_precision(x), PDL=bool(cfg.get("PDL")), **_launch(cfg),
     )
     return h
 
@@ -232,62 +184,24 @@ def down(
 
     Only rows holding a real slot are written; `combine` reads no other row.
     """
-    y = torch.empty(h.shape[0], w2.shape[1], dtype=h.dtype, device=h.device) if out is None else out
+    p, k = h.shape
+    n = w2.shape[1]
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    y = torch.empty(p, n, dtype=h.dtype, device=h.device) if out is None else out
     if cfg.get("TMA"):
         from experts.moe.kernels.grouped_gemm_tma import down_tma
 
         return down_tma(h, w2, topk_weights, sorted_ids, block_expert, num_padded, cfg, y)
-    _launch_down(h, w2, topk_weights, sorted_ids, block_expert, num_padded, cfg, y, y, 1)
-    return y
-
-
-def _launch_down(
-    h: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
-    block_expert: torch.Tensor, num_padded: torch.Tensor, cfg: dict, y: torch.Tensor,
-    out: torch.Tensor, top_k: int, counter: torch.Tensor | None = None,
-) -> None:
-    p, k = h.shape
-    n = w2.shape[1]
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     num_pid_m = p // bm
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _down_kernel[grid](
-        h, w2, y, topk_weights, sorted_ids, block_expert, num_padded,
-        y if counter is None else counter, out, topk_weights.numel(), n, k, num_pid_m, top_k,
-        h.stride(0), w2.stride(0), w2.stride(1), y.stride(0), out.stride(0),
+        h, w2, y, topk_weights, sorted_ids, block_expert, num_padded, topk_weights.numel(), n, k,
+        num_pid_m, h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
-        PRECISION=_precision(h), PDL=bool(cfg.get("PDL")), ATOMIC=counter is not None,
-        FINAL_N=min(1024, triton.next_power_of_2(n)), **_launch(cfg),
+        PRECISION=_precision(h), PDL=bool(cfg.get("PDL")), **_launch(cfg),
     )
-
-
-def combine_scratch(num_tokens: int, n: int, device: torch.device) -> torch.Tensor:
-    """`down_combine`'s scratch, uninitialised: an fp32 [T, N] accumulator and a completion
-    counter after it, as int32 words. Pass it to `gate_up(zero=...)`, which clears it."""
-    return torch.empty(num_tokens * n + 1, dtype=torch.int32, device=device)
-
-
-def down_combine(
-    h: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
-    block_expert: torch.Tensor, num_padded: torch.Tensor, scratch: torch.Tensor,
-    num_tokens: int, top_k: int, cfg: dict,
-) -> torch.Tensor:
-    """`down` then `combine` in one launch: h [P, I], w2 [E, H, I] -> out [T, H] in h.dtype.
-
-    `scratch` comes from `combine_scratch` and must have been cleared by the `gate_up` that
-    made h (its `zero` argument): the kernel adds into it and counts its programs there.
-    """
-    n = w2.shape[1]
-    if cfg.get("TMA"):
-        raise ValueError("down_combine has no TMA variant: drop TMA or ATOMIC_COMBINE")
-    if scratch.numel() != num_tokens * n + 1:
-        raise ValueError(f"scratch of {scratch.numel()} words, expected {num_tokens * n + 1}")
-    out = torch.empty(num_tokens, n, dtype=h.dtype, device=h.device)
-    acc = scratch[: num_tokens * n].view(torch.float32).view(num_tokens, n)
-    _launch_down(h, w2, topk_weights, sorted_ids, block_expert, num_padded, cfg, acc, out,
-                 top_k, scratch[num_tokens * n :])  # fmt: skip
-    return out
+    return y
 
 
 def combine(
