@@ -1,12 +1,15 @@
-"""Decide, per shape and decode bucket, the aligned path's layer flag SLOT_LAYOUT.
+"""Decide, per shape and decode bucket, the aligned path's layer flags PDL and SLOT_LAYOUT.
 
     python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
 
 For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry), it times the
 whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the entry as
-checked in and with SLOT_LAYOUT added, over uniform plus skewed routing; rounds alternate the
-order and each time is the best of the rounds. The flag is set when its summed time is at least
-1% lower, its output is the entry's bits, and both stay within the bf16 tolerance of
+checked in without the flags and with each combination of them (PDL: programmatic dependent
+launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; PREFETCH, with
+PDL: `down` asks L2 for its first weight tiles before it waits on gate/up), over uniform
+plus skewed routing; rounds alternate the order and each time is the best of the rounds. The
+fastest combination is set when its summed time is at least 1% lower, its output is the bare
+entry's bits (no flag changes arithmetic), and both stay within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 20 repeated calls per routing. (Session 11 also tried an atomic
 combine here; it was slower at every bucket and lives on the branch `atomic-combine`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
@@ -33,15 +36,21 @@ from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.99  # a flag must save at least 1% of the layer's time to be set
-FLAGS = ("SLOT_LAYOUT",)
+#: each flag with the value a variant sets; PREFETCH (K tiles of `down`'s weights asked of L2
+#: before it waits on gate/up) acts only with PDL, so no variant has it without
+FLAGS = {"PDL": True, "SLOT_LAYOUT": True, "PREFETCH": 4}
+_NEEDS = {"PREFETCH": "PDL"}
 
 
 def flag_variants(flags) -> dict[str, dict]:
-    """{"entry": {}} and every non-empty combination of `flags`, named "A+B", each as {flag: True}."""
+    """{"entry": {}} and every non-empty combination of `flags` (names of FLAGS), named "A+B",
+    each as {flag: its FLAGS value}; combinations with a flag but not the flag it needs are left
+    out."""
     out = {"entry": {}}
     for n in range(1, len(flags) + 1):
         for combo in itertools.combinations(flags, n):
-            out["+".join(combo)] = dict.fromkeys(combo, True)
+            if all(_NEEDS.get(f, f) in combo for f in combo):
+                out["+".join(combo)] = {f: FLAGS[f] for f in combo}
     return out
 
 
@@ -61,25 +70,27 @@ def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, 
                     generator=torch.Generator(dev).manual_seed(t))
     totals = dict.fromkeys(cfgs, 0.0)
     errs = dict.fromkeys(cfgs, 0.0)
-    same_bits = True
+    same_bits = dict.fromkeys(cfgs, True)
     with torch.no_grad():
         for skew in (None, skew_offsets(p.router)):
             p.skew = skew
             ref = grouped_mm_layer(x, shape, p)
             outs = {k: layer(x, shape, p, c) for k, c in cfgs.items()}
-            same_bits &= torch.equal(outs["SLOT_LAYOUT"], outs["entry"])
+            for k in cfgs:
+                same_bits[k] &= torch.equal(outs[k], outs["entry"])
             for k, c in cfgs.items():
                 for _ in range(20):
                     errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))
             fns = {k: partial(layer, x, shape, p, c) for k, c in cfgs.items()}
             for k, v in best_of_rounds(fns, rounds).items():
                 totals[k] += v
-    ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and (k == "entry" or same_bits) for k in cfgs}
+    ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and same_bits[k] for k in cfgs}
     if not ok["entry"]:
         raise SystemExit(f"{name} T={t}: the checked-in entry is off by {errs['entry']:.2e}")
     best = min((k for k in cfgs if ok[k]), key=totals.get)
     chosen = best if totals[best] < MARGIN * totals["entry"] else "entry"
-    report = dict(shape=name, T=t, chosen=chosen, same_bits_slot=same_bits,
+    report = dict(shape=name, T=t, chosen=chosen,
+                  **{f"{k}_same_bits": same_bits[k] for k in cfgs},
                   **{f"{k}_us": totals[k] * 1e6 / 2 for k in cfgs},
                   **{f"{k}_worst_err": errs[k] for k in cfgs})
     return VARIANTS[chosen], report

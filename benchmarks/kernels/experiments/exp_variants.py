@@ -27,7 +27,7 @@ from benchmarks.kernels._timing import best_of_rounds, copy_time
 from experts.moe.kernels.configs import get_config
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
-FLAGS = ("PDL", *tune_flags.FLAGS)
+FLAGS = tune_flags.FLAGS
 
 
 def _variants(flags: list[str]) -> dict[str, dict]:
