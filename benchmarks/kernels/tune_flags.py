@@ -5,13 +5,13 @@
 For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry), it times the
 whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the entry as
 checked in without the flags and with each combination of them (PDL: programmatic dependent
-launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; PREFETCH, with
-PDL: `down` asks L2 for its first weight tiles before it waits on gate/up), over uniform
+launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`), over uniform
 plus skewed routing; rounds alternate the order and each time is the best of the rounds. The
 fastest combination is set when its summed time is at least 1% lower, its output is the bare
-entry's bits (no flag changes arithmetic), and both stay within the bf16 tolerance of
+entry's bits (neither flag changes arithmetic), and both stay within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 20 repeated calls per routing. (Session 11 also tried an atomic
-combine here; it was slower at every bucket and lives on the branch `atomic-combine`.)
+combine here, Session 12 a prefetch of `down`'s first tiles; both were slower and live on the
+branches `atomic-combine` and `down-prefetch`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
 DIR/tune_flags.json, the per-variant times.
 """
@@ -36,21 +36,15 @@ from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.99  # a flag must save at least 1% of the layer's time to be set
-#: each flag with the value a variant sets; PREFETCH (K tiles of `down`'s weights asked of L2
-#: before it waits on gate/up) acts only with PDL, so no variant has it without
-FLAGS = {"PDL": True, "SLOT_LAYOUT": True, "PREFETCH": 4}
-_NEEDS = {"PREFETCH": "PDL"}
+FLAGS = ("PDL", "SLOT_LAYOUT")
 
 
 def flag_variants(flags) -> dict[str, dict]:
-    """{"entry": {}} and every non-empty combination of `flags` (names of FLAGS), named "A+B",
-    each as {flag: its FLAGS value}; combinations with a flag but not the flag it needs are left
-    out."""
+    """{"entry": {}} and every non-empty combination of `flags`, named "A+B", each as {flag: True}."""
     out = {"entry": {}}
     for n in range(1, len(flags) + 1):
         for combo in itertools.combinations(flags, n):
-            if all(_NEEDS.get(f, f) in combo for f in combo):
-                out["+".join(combo)] = {f: FLAGS[f] for f in combo}
+            out["+".join(combo)] = dict.fromkeys(combo, True)
     return out
 
 

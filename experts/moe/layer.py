@@ -34,8 +34,7 @@ def _experts_aligned(
 
     sorted_ids, block_expert, num_padded, slot_pos = layout
     t, top_k = topk_weights.shape
-    bm = {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False),
-          "PREFETCH": cfg.get("PREFETCH", 0)}
+    bm = {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False)}
     hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
                   cfg["gate_up"] | bm)  # [P, I]
     y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,

@@ -25,18 +25,6 @@ def _pid_to_tile(pid, num_pid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr
     return pid_m, pid_n
 
 
-@triton.jit
-def _prefetch_rows_l2(row_ptrs, row_bytes):
-    """Ask L2 to fetch `row_bytes` (a multiple of 16) from each 16-byte aligned address in
-    `row_ptrs` (Hopper's bulk prefetch: one instruction per row, no registers, never faults on
-    the result). A hint only: what a kernel computes never depends on it. GPU only (inline PTX)."""
-    tl.inline_asm_elementwise(
-        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
-        [row_ptrs, tl.full(row_ptrs.shape, row_bytes, tl.int32)],
-        dtype=tl.int32, is_pure=False, pack=1,
-    )
-
-
 def _precision(t: torch.Tensor) -> str:
     # float32 inputs get true fp32 products (the default would round them to tf32).
     return "ieee" if t.dtype == torch.float32 else "tf32"

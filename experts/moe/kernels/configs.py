@@ -5,9 +5,8 @@ the smallest bucket >= T wins. A layer config is
 {"BLOCK_M": int, "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {...}};
 a GEMM entry with "TMA": true reads its tiles through tensor descriptors (`grouped_gemm_tma`).
 Layer-level flags, each set only where it was measured faster: "decode" (the one-launch decode
-kernel's tiles), "PDL" (programmatic dependent launches), "SLOT_LAYOUT" (route_align's layout
-from the slots alone) and, with PDL, "PREFETCH" (K tiles of its weights that `down` asks L2 for
-before it waits on gate/up).
+kernel's tiles), "PDL" (programmatic dependent launches) and "SLOT_LAYOUT" (route_align's layout
+from the slots alone).
 """
 
 from __future__ import annotations

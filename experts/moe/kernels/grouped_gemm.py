@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _prefetch_rows_l2
+from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
 
 
@@ -82,25 +82,18 @@ def _down_kernel(
     M, N, K, num_pid_m, stride_hm, stride_we, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    PREFETCH: tl.constexpr, E,
 ):
-    pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-    if PREFETCH:  # while gate/up runs out: start this program's first weight tiles towards L2
-        # The layout came from the launch before gate/up, which has ended by now; a stale or
-        # padding entry only costs a useless prefetch (the expert is clamped to a real one).
-        ex0 = tl.minimum(tl.maximum(tl.load(block_expert_ptr + pid_m, cache_modifier=".cg"), 0), E - 1)
-        _prefetch_rows_l2(w_ptr + ex0.to(tl.int64) * stride_we + tl.minimum(offs_n, N - 1) * stride_wn,
-                          min(K, PREFETCH * BLOCK_K) * w_ptr.dtype.element_ty.primitive_bitwidth // 8)
     if PDL:  # launched before the previous kernel ended: wait for its writes, let the next start
         gdc_wait()
         gdc_launch_dependents()
+    pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     ex = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     sid = tl.load(sorted_ids_ptr + rows)
     tmask = sid < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     nmask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = h_ptr + rows[:, None].to(tl.int64) * stride_hm + offs_k[None, :]  # [BM, BK]
@@ -156,16 +149,6 @@ def _launch(cfg: dict) -> dict:
     return opts
 
 
-def _prefetch_steps(w: torch.Tensor, cfg: dict) -> int:
-    """How many K tiles of its weights a `down` program asks L2 for before it waits on gate/up:
-    the config's "PREFETCH" where the launch is a programmatic dependent ("PDL", so there is a
-    wait to overlap) on a GPU, and the rows are 16-byte aligned whole multiples of 16 bytes (what
-    the bulk prefetch takes); 0 otherwise."""
-    rows_ok = all(v * w.element_size() % 16 == 0 for v in (w.shape[2], w.stride(0), w.stride(1)))
-    usable = cfg.get("PDL") and w.is_cuda and rows_ok and w.data_ptr() % 16 == 0
-    return int(cfg.get("PREFETCH", 0)) if usable and not _interpret() else 0
-
-
 def gate_up(
     x: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, block_expert: torch.Tensor,
     num_padded: torch.Tensor, top_k: int, cfg: dict, out: torch.Tensor | None = None,
@@ -216,8 +199,7 @@ def down(
         num_pid_m, h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(),
-        PRECISION=_precision(h), PDL=bool(cfg.get("PDL")), PREFETCH=_prefetch_steps(w2, cfg),
-        E=w2.shape[0], **_launch(cfg),
+        PRECISION=_precision(h), PDL=bool(cfg.get("PDL")), **_launch(cfg),
     )
     return y
 
