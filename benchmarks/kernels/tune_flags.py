@@ -3,8 +3,8 @@
     python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
 
 For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry), it times the
-whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the entry as
-checked in without the flags and with each combination of them (PDL: programmatic dependent
+whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the checked-in
+entry stripped of the flags and with each combination of them (PDL: programmatic dependent
 launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`), over uniform
 plus skewed routing; rounds alternate the order and each time is the best of the rounds. The
 fastest combination is set when its summed time is at least 1% lower, its output is the bare

@@ -45,11 +45,9 @@ def _expected(logits, cfg, c, shard, bias, bm):
     return (ids, w, *align_reference(ids, e, bm)), e
 
 
-#: decode_batch and prime_e once gave a wrong layout by slot on the H200 (Triton 3.6): the padded
-#: total was summed over a reshape's linear layout. Since it is taken from the [N, N] tile, both
-#: pass there too (NOTES.md, Session 11); they run on the GPU like every other case.
-
-
+# decode_batch and prime_e once gave a wrong layout by slot on the H200 (Triton 3.6): the padded
+# total was summed over a reshape's linear layout. Since it is taken from the [N, N] tile, both
+# pass there too (NOTES.md, Session 11); they run on the GPU like every other case.
 @pytest.mark.parametrize("slot_layout", [False, True], ids=["by_expert", "by_slot"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_route_align_matches_route_then_align(
