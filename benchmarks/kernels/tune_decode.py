@@ -36,7 +36,7 @@ MARGIN = 0.97  # the decode kernel must be at least 3% faster to be chosen
 def _cands() -> list[dict]:
     out = [
         dict(BLOCK_I=bi, BLOCK_K=bk, BLOCK_H=bh, num_warps=4, num_stages=3)
-        for bi, bk, bh in itertools.product([16, 32, 64], [128, 256], [128, 256])
+        for bi, bk, bh in itertools.product([16, 32, 64, 128], [128, 256], [128, 256])
     ]
     return out
 

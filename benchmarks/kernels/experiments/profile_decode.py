@@ -1,6 +1,9 @@
 """Where the decode time goes: per-kernel GPU time of the Triton layer replayed from a graph.
 
-    python -m benchmarks.kernels.experiments.profile_decode [shape] [T ...] [--skewed]
+    python -m benchmarks.kernels.experiments.profile_decode [shape] [T ...] [--skewed] [--trace DIR]
+
+With `--trace DIR` each case's profile is also written as a Chrome trace (DIR/<shape>_T<t>.json):
+the kernels' start times, so the gaps between the graph's launches can be read off.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from benchmarks.kernels._timing import graph
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--skewed"]
+    argv = sys.argv[1:]
+    trace = None
+    if "--trace" in argv:
+        i = argv.index("--trace")
+        trace, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    args = [a for a in argv if a != "--skewed"]
     name = args[0] if args else "qwen3-30b-a3b"
     tokens = [int(v) for v in args[1:]] or [1, 8]
     shape = SHAPES[name]
@@ -34,6 +42,8 @@ def main() -> None:
                 flush.zero_()  # cold L2, as in the benchmark
                 g.replay()
             torch.cuda.synchronize()
+        if trace:
+            prof.export_chrome_trace(f"{trace}/{name}_T{t}.json")
         print(f"== {name} T={t} {'skewed' if p.skew is not None else 'uniform'}: per-kernel GPU time (us, mean of {reps} replays)")
         for evt in prof.key_averages():
             if evt.device_type == torch.autograd.DeviceType.CUDA and "zero" not in evt.key \

@@ -14,7 +14,7 @@ This kernel removes the gaps: each program
    down projection h Iblk @ W2[e][:, Iblk].T times the routing weight, added with fp32 atomics
    into a [T, H] accumulator: the combine is the atomic add, no permute, no alignment;
 4. counts itself done on an atomic counter; the last program converts the accumulator to the
-   output dtype.
+   output dtype, all T rows at a time.
 
 The accumulator and counter come zeroed from one allocation per call, so nothing persists
 between calls and the launch is CUDA-graph capturable (no host synchronisation). fp32 atomics
@@ -33,6 +33,7 @@ from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
 MAX_DECODE_TOKENS = 16
 _ROWS = 16  # tensor-core tile height: tokens are padded to this many rows
+_FINAL_ELEMS = 8192  # accumulator values the last program converts per step
 
 
 @triton.jit
@@ -85,6 +86,7 @@ def _decode_kernel(
     EVEN_I: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    FINAL_T: tl.constexpr,
     FINAL_H: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -185,14 +187,16 @@ def _decode_kernel(
     tl.debug_barrier()
     done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
     if done == tl.num_programs(0) - 1:
+        # All T rows at once, FINAL_H columns a step: each step waits for its loads, so the
+        # fewer steps the shorter this tail (a row at a time took T * H / 1024 steps).
+        offs_t = tl.arange(0, FINAL_T)
         offs_f = tl.arange(0, FINAL_H)
-        for t in range(0, T):
-            for n0 in range(0, H, FINAL_H):
-                fm = offs_f < H - n0
-                v = tl.load(acc_ptr + t * H + n0 + offs_f, mask=fm, other=0.0, cache_modifier=".cg")
-                tl.store(
-                    out_ptr + t * stride_ot + n0 + offs_f, v.to(out_ptr.dtype.element_ty), mask=fm
-                )
+        for n0 in range(0, H, FINAL_H):
+            fm = (offs_t < T)[:, None] & (offs_f < H - n0)[None, :]
+            v = tl.load(acc_ptr + offs_t[:, None] * H + n0 + offs_f[None, :], mask=fm, other=0.0,
+                        cache_modifier=".cg")
+            tl.store(out_ptr + offs_t[:, None] * stride_ot + n0 + offs_f[None, :],
+                     v.to(out_ptr.dtype.element_ty), mask=fm)
 
 
 def default_decode_config(interpret: bool) -> dict:
@@ -298,7 +302,8 @@ def moe_decode(
         EVEN_I=inter % cfg["BLOCK_I"] == 0,
         UPCAST=_interpret(),
         PRECISION=_precision(x),
-        FINAL_H=min(1024, triton.next_power_of_2(h)),
+        FINAL_T=triton.next_power_of_2(t),
+        FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // triton.next_power_of_2(t)),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
         **meta,
