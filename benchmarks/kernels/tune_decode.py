@@ -42,7 +42,8 @@ def _cands() -> list[dict]:
 
 
 def _refine(best: dict) -> list[dict]:
-    return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4)]
+    return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4),
+            best | dict(PRE_B=True)]
 
 
 def _time(fn) -> float:
