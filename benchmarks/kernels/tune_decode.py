@@ -42,8 +42,7 @@ def _cands() -> list[dict]:
 
 
 def _refine(best: dict) -> list[dict]:
-    return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4),
-            best | dict(PRE_B=True)]
+    return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4)]
 
 
 def _time(fn) -> float:

@@ -37,15 +37,6 @@ _FINAL_ELEMS = 8192  # accumulator values the last program converts per step
 
 
 @triton.jit
-def _down_step(h, b, wt, acc_rows, hm, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """acc[rows, H block] += (h @ b) * weight, for the routed rows (fp32 atomics)."""
-    if UPCAST:
-        b = b.to(tl.float32)
-    y = tl.dot(h, b, input_precision=PRECISION) * wt[:, None]  # [BT, BH]
-    tl.atomic_add(acc_rows, y, mask=hm, sem="relaxed")
-
-
-@triton.jit
 def _decode_kernel(
     x_ptr,
     logits_ptr,
@@ -97,7 +88,6 @@ def _decode_kernel(
     PRECISION: tl.constexpr,
     FINAL_T: tl.constexpr,
     FINAL_H: tl.constexpr,
-    PRE_B: tl.constexpr,
 ):
     pid = tl.program_id(0)
     p = pid // n_iblocks
@@ -153,10 +143,6 @@ def _decode_kernel(
         a_ptrs = x_ptr + rows[:, None] * stride_xt + offs_k[None, :]  # [BT, BK]
         g_ptrs = w13_ptr + e64 * stride_w13e + offs_i[None, :] * stride_w13n + offs_k[:, None]
         u_ptrs = g_ptrs + I * stride_w13n  # [BK, BI]
-        offs_h = tl.arange(0, BLOCK_H)
-        b_ptrs = w2_ptr + e64 * stride_w2e + offs_h[None, :] * stride_w2n + offs_i[:, None]
-        if PRE_B:  # ask for down's first W2 tile now, so it arrives while gate/up streams
-            b_first = tl.load(b_ptrs, mask=imask[:, None] & (offs_h < H)[None, :], other=0.0)
         acc_g = tl.zeros([BLOCK_T, BLOCK_I], tl.float32)
         acc_u = tl.zeros([BLOCK_T, BLOCK_I], tl.float32)
         for k0 in range(0, tl.cdiv(H, BLOCK_K)):
@@ -180,15 +166,10 @@ def _decode_kernel(
         h = (acc_g / (1.0 + tl.exp(-acc_g)) * acc_u).to(x_ptr.dtype.element_ty)  # [BT, BI]
         if UPCAST:
             h = h.to(tl.float32)
+        offs_h = tl.arange(0, BLOCK_H)
+        b_ptrs = w2_ptr + e64 * stride_w2e + offs_h[None, :] * stride_w2n + offs_i[:, None]
         acc_rows = acc_ptr + rows[:, None] * H + offs_h[None, :]  # [BT, BH]
-        n_start = 0
-        if PRE_B:
-            _down_step(h, b_first, wt, acc_rows, routed[:, None] & (offs_h < H)[None, :],
-                       UPCAST, PRECISION)
-            b_ptrs += BLOCK_H * stride_w2n
-            acc_rows += BLOCK_H
-            n_start = 1
-        for n0 in range(n_start, tl.cdiv(H, BLOCK_H)):
+        for n0 in range(0, tl.cdiv(H, BLOCK_H)):
             if EVEN_H & EVEN_I:
                 b = tl.load(b_ptrs)  # [BI, BH]
                 hm = routed[:, None]
@@ -196,7 +177,10 @@ def _decode_kernel(
                 hmask = offs_h < H - n0 * BLOCK_H
                 b = tl.load(b_ptrs, mask=imask[:, None] & hmask[None, :], other=0.0)
                 hm = routed[:, None] & hmask[None, :]
-            _down_step(h, b, wt, acc_rows, hm, UPCAST, PRECISION)
+            if UPCAST:
+                b = b.to(tl.float32)
+            y = tl.dot(h, b, input_precision=PRECISION) * wt[:, None]  # [BT, BH]
+            tl.atomic_add(acc_rows, y, mask=hm, sem="relaxed")
             b_ptrs += BLOCK_H * stride_w2n
             acc_rows += BLOCK_H
     # Every program (working or not) checks in; the last one writes the output.
@@ -318,7 +302,6 @@ def moe_decode(
         EVEN_I=inter % cfg["BLOCK_I"] == 0,
         UPCAST=_interpret(),
         PRECISION=_precision(x),
-        PRE_B=bool(cfg.get("PRE_B", False)),
         FINAL_T=triton.next_power_of_2(t),
         FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // triton.next_power_of_2(t)),
         num_warps=cfg["num_warps"],
