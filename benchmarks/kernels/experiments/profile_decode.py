@@ -8,7 +8,7 @@ the kernels' start times, so the gaps between the graph's launches can be read o
 
 from __future__ import annotations
 
-import sys
+import argparse
 from functools import partial
 
 import torch
@@ -18,18 +18,17 @@ from benchmarks.kernels._timing import graph
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    trace = None
-    if "--trace" in argv:
-        i = argv.index("--trace")
-        trace, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-    args = [a for a in argv if a != "--skewed"]
-    name = args[0] if args else "qwen3-30b-a3b"
-    tokens = [int(v) for v in args[1:]] or [1, 8]
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("shape", nargs="?", default="qwen3-30b-a3b", choices=list(SHAPES))
+    ap.add_argument("tokens", nargs="*", type=int, default=[1, 8])
+    ap.add_argument("--skewed", action="store_true")
+    ap.add_argument("--trace", metavar="DIR", help="also write each case's Chrome trace here")
+    args = ap.parse_args()
+    name, tokens, trace = args.shape, args.tokens, args.trace
     shape = SHAPES[name]
     dev = torch.device("cuda")
     p = make_params(shape, False, dev)
-    if "--skewed" in sys.argv:
+    if args.skewed:
         p.skew = skew_offsets(p.router)
     flush = torch.empty(256 << 20, dtype=torch.int8, device=dev)
     for t in tokens:

@@ -270,6 +270,7 @@ def moe_decode(
     counter = scratch[t * h :]
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
     n_ib = triton.cdiv(inter, cfg["BLOCK_I"])
+    t_pow2 = triton.next_power_of_2(t)
     grid = (t * top_k * n_ib,)
     _decode_kernel[grid](
         x,
@@ -294,7 +295,7 @@ def moe_decode(
         w2.stride(1),
         out.stride(0),
         ROUTE=route,
-        BLOCK_T=max(_ROWS, triton.next_power_of_2(t)),
+        BLOCK_T=max(_ROWS, t_pow2),
         BLOCK_I=cfg["BLOCK_I"],
         BLOCK_K=cfg["BLOCK_K"],
         BLOCK_H=cfg["BLOCK_H"],
@@ -302,8 +303,8 @@ def moe_decode(
         EVEN_I=inter % cfg["BLOCK_I"] == 0,
         UPCAST=_interpret(),
         PRECISION=_precision(x),
-        FINAL_T=triton.next_power_of_2(t),
-        FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // triton.next_power_of_2(t)),
+        FINAL_T=t_pow2,
+        FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // t_pow2),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
         **meta,
