@@ -1,17 +1,21 @@
-"""Decide, per shape and decode bucket, the aligned path's layer flags PDL and SLOT_LAYOUT.
+"""Decide, per shape and decode bucket, the aligned path's layer settings PDL, SLOT_LAYOUT and
+ROUTE_WARPS.
 
     python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
 
 For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry), it times the
 whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the checked-in
-entry stripped of the flags and with each combination of them (PDL: programmatic dependent
-launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`), over uniform
-plus skewed routing; rounds alternate the order and each time is the best of the rounds. The
-fastest combination is set when its summed time is at least 1% lower, its output is the bare
-entry's bits (neither flag changes arithmetic), and both stay within the bf16 tolerance of
-`torch._grouped_mm`'s layer in 20 repeated calls per routing. (Session 11 also tried an atomic
-combine here, Session 12 a prefetch of `down`'s first tiles; both were slower and live on the
-branches `atomic-combine` and `down-prefetch`.)
+entry stripped of the settings and with each combination of them (PDL: programmatic dependent
+launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; ROUTE_WARPS:
+route_align's warp count, 8 or 16 against the default 4), over uniform plus skewed routing;
+rounds alternate the order and each time is the best of the rounds. The fastest combination is
+set when its summed time is at least 1% lower, and every combination's output stays within the
+bf16 tolerance of `torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and
+SLOT_LAYOUT change no arithmetic, so a combination must also give the bits of the same
+combination without them; ROUTE_WARPS may change the order of the softmax's sums (a last-bit
+difference in the routing weights), so it is held to the tolerance only. (Session 11 also tried
+an atomic combine here, Session 12 a prefetch of `down`'s first tiles; both were slower and live
+on the branches `atomic-combine` and `down-prefetch`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
 DIR/tune_flags.json, the per-variant times.
 """
@@ -35,17 +39,31 @@ from experts.moe.kernels.configs import get_config, shape_key, tuned_table
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
-MARGIN = 0.99  # a flag must save at least 1% of the layer's time to be set
-FLAGS = ("PDL", "SLOT_LAYOUT")
+MARGIN = 0.99  # a setting must save at least 1% of the layer's time to be set
+#: each layer setting and the values tried besides leaving it unset
+FLAGS: dict[str, tuple] = {"PDL": (True,), "SLOT_LAYOUT": (True,), "ROUTE_WARPS": (8, 16)}
+#: settings that change no arithmetic: a variant must give the bits of itself without them
+EXACT = ("PDL", "SLOT_LAYOUT")
+
+
+def _name(settings: dict) -> str:
+    return "+".join(k if v is True else f"{k}={v}" for k, v in settings.items()) or "entry"
 
 
 def flag_variants(flags) -> dict[str, dict]:
-    """{"entry": {}} and every non-empty combination of `flags`, named "A+B", each as {flag: True}."""
-    out = {"entry": {}}
-    for n in range(1, len(flags) + 1):
-        for combo in itertools.combinations(flags, n):
-            out["+".join(combo)] = dict.fromkeys(combo, True)
+    """{"entry": {}} and every combination of the named settings' values (`FLAGS`), each named
+    like "PDL+ROUTE_WARPS=8" and given as {setting: value}."""
+    choices = [[(f, None), *((f, v) for v in FLAGS[f])] for f in flags]
+    out = {}
+    for combo in itertools.product(*choices):
+        settings = {f: v for f, v in combo if v is not None}
+        out[_name(settings)] = settings
     return out
+
+
+def exact_twin(settings: dict) -> str:
+    """The variant that `settings` must match bit for bit: the same, without the EXACT settings."""
+    return _name({k: v for k, v in settings.items() if k not in EXACT})
 
 
 VARIANTS = flag_variants(FLAGS)
@@ -71,7 +89,7 @@ def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, 
             ref = grouped_mm_layer(x, shape, p)
             outs = {k: layer(x, shape, p, c) for k, c in cfgs.items()}
             for k in cfgs:
-                same_bits[k] &= torch.equal(outs[k], outs["entry"])
+                same_bits[k] &= torch.equal(outs[k], outs[exact_twin(VARIANTS[k])])
             for k, c in cfgs.items():
                 for _ in range(20):
                     errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))

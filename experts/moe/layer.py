@@ -98,6 +98,7 @@ def moe_from_logits(
                           local_experts=local_experts, config=cfg["decode"])
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
+                                      num_warps=cfg.get("ROUTE_WARPS"),
                                       slot_layout=cfg.get("SLOT_LAYOUT", False),
                                       pdl=cfg.get("PDL", False))
     else:

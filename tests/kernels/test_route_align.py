@@ -48,10 +48,13 @@ def _expected(logits, cfg, c, shard, bias, bm):
 # decode_batch and prime_e once gave a wrong layout by slot on the H200 (Triton 3.6): the padded
 # total was summed over a reshape's linear layout. Since it is taken from the [N, N] tile, both
 # pass there too (NOTES.md, Session 11); they run on the GPU like every other case.
+# Warps: the layer's default and the widest a config's "ROUTE_WARPS" sets (on the GPU a wider
+# program lays the same tensors out over more threads; the interpreter ignores it).
+@pytest.mark.parametrize("warps", [4, 16])
 @pytest.mark.parametrize("slot_layout", [False, True], ids=["by_expert", "by_slot"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_route_align_matches_route_then_align(
-    name: str, slot_layout: bool, device: torch.device
+    name: str, slot_layout: bool, warps: int, device: torch.device
 ) -> None:
     cfg, c, shard, t, *block = CASES[name]
     g = torch.Generator().manual_seed(len(name))
@@ -63,7 +66,7 @@ def test_route_align_matches_route_then_align(
     want, e = _expected(logits, cfg, c, shard, bias, bm)
     got = route_align(logits.to(device), cfg, e, bm,
                       bias.to(device) if bias is not None else None, shard,
-                      slot_layout=slot_layout)
+                      num_warps=warps, slot_layout=slot_layout)
     names = ("ids", "weights", "sorted_ids", "block_expert", "num_padded", "slot_pos")
     for n, a, b in zip(names, got, want, strict=True):
         if n == "weights":

@@ -3,7 +3,7 @@
 `python -m benchmarks.kernels.experiments.exp_route_align [shape ...]`: per shape and T, the
 launch time (CUDA graph of 50 back-to-back launches, median) with the layout derived from
 per-expert counts ("expert", [slots, experts] tiles) and from the slots alone ("slot",
-[slots, slots] tiles), at 1, 2, 4 and 8 warps.
+[slots, slots] tiles), at 2, 4, 8 and 16 warps (the layer takes a config's "ROUTE_WARPS").
 
 `--static` needs no GPU: it compiles the same variants for sm_90 and prints the PTX instruction
 count, the number of `bar.sync` (each a block-wide wait in this single-program kernel), the
@@ -36,7 +36,7 @@ from experts.moe.kernels.routing import route_meta
 CASES = {"decode_batch": (MoEShape(16, 4, 64, 64, RoutingConfig(top_k=4, renormalize=True)), 8),
          "prime_e": (MoEShape(13, 3, 64, 64, RoutingConfig(top_k=3)), 5)}  # fmt: skip
 DEFAULT = ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3", "deepseek-v3-32exp")
-VARIANTS = [(slots, w) for slots in (False, True) for w in (1, 2, 4, 8)]
+VARIANTS = [(slots, w) for slots in (False, True) for w in (2, 4, 8, 16)]
 _ARGS = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
          "T": "i32", "C": "i32", "E_REAL": "i32", "stride_t": "i32", "top_p": "fp32",
          "scaling": "fp32", "local_lo": "i32", "local_n": "i32", "block_expert_ptr": "*i32",
@@ -59,7 +59,8 @@ def _static(s, t: int, slots: bool, warps: int) -> str:
 
     e_pad = triton.next_power_of_2(max(s.local_e, 2))
     consts = dict(route_meta(s.routing, s.e, s.with_bias), BLOCK_T=triton.next_power_of_2(t),
-                  BLOCK_M=16, E_PAD=e_pad, NB_TILE=ra.nb_tile(e_pad), SLOT_LAYOUT=slots)
+                  BLOCK_M=16, E_PAD=e_pad, NB_TILE=ra.nb_tile(e_pad), SLOT_LAYOUT=slots,
+                  PDL=False)
     src = triton.compiler.ASTSource(fn=ra._route_align_kernel,
                                     signature=_ARGS | dict.fromkeys(consts, "constexpr"),
                                     constexprs=consts)

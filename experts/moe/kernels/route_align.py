@@ -96,11 +96,10 @@ def _route_align_kernel(
     tl.store(slot_pos_ptr + slot, tl.where(valid, pos, -1), mask=ok)
 
 
-def _warps(num_slots: int) -> int:
-    # Measured on an H100 (benchmarks/kernels/experiments/exp_route_align.py, CUDA-graph
-    # timing): Qwen3 shape T=1 1/2/4 warps 8.2/7.5/7.1 us, T=8 39.5/14.5/9.2 us; Mixtral
-    # 3.0/2.6/2.4 us.
-    return 4
+#: Warps when the config sets no "ROUTE_WARPS". Measured on an H100
+#: (benchmarks/kernels/experiments/exp_route_align.py, CUDA-graph timing): Qwen3 shape T=1
+#: 1/2/4 warps 8.2/7.5/7.1 us, T=8 39.5/14.5/9.2 us; Mixtral 3.0/2.6/2.4 us.
+DEFAULT_WARPS = 4
 
 
 def route_align(
@@ -123,6 +122,7 @@ def route_align(
     Sessions 9-11). The layer asks for it where a config entry sets `"SLOT_LAYOUT": true`, which
     `benchmarks/kernels/tune_flags.py` writes only when measured faster and bit-identical.
     `pdl`: the next launch is a programmatic dependent (`grouped_gemm._launch`); let it start.
+    `num_warps`: the config's `"ROUTE_WARPS"` (this one program's width), else `DEFAULT_WARPS`.
 
     Returns (topk_ids, topk_weights, sorted_ids, block_expert, num_padded, slot_pos).
     """
@@ -149,7 +149,7 @@ def route_align(
         logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
         *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
         num_local_experts, p, BLOCK_T=block_t, BLOCK_M=block_m, E_PAD=e_pad,
-        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, PDL=pdl, num_warps=num_warps or _warps(m),
+        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, PDL=pdl, num_warps=num_warps or DEFAULT_WARPS,
         **route_meta(cfg, c, bias is not None),
     )
     return ids, w, sorted_ids, block_expert, num_padded, slot_pos
