@@ -29,7 +29,6 @@ import triton.testing
 from benchmarks.kernels._moe_common import SHAPES, MoEShape
 from experts.moe.kernels import route_align as ra
 from experts.moe.kernels.reference import RoutingConfig
-from experts.moe.kernels.routing import route_meta
 
 #: the two test cases (tests/kernels/test_route_align.py) the layout by slot got wrong on the H200,
 #: as (shape, T); h and inter do not matter to route_align
@@ -37,11 +36,6 @@ CASES = {"decode_batch": (MoEShape(16, 4, 64, 64, RoutingConfig(top_k=4, renorma
          "prime_e": (MoEShape(13, 3, 64, 64, RoutingConfig(top_k=3)), 5)}  # fmt: skip
 DEFAULT = ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3", "deepseek-v3-32exp")
 VARIANTS = [(slots, w) for slots in (False, True) for w in (2, 4, 8, 16)]
-_ARGS = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32",
-         "T": "i32", "C": "i32", "E_REAL": "i32", "stride_t": "i32", "top_p": "fp32",
-         "scaling": "fp32", "local_lo": "i32", "local_n": "i32", "block_expert_ptr": "*i32",
-         "num_padded_ptr": "*i32", "sorted_ids_ptr": "*i32", "slot_pos_ptr": "*i32",
-         "E_LOCAL": "i32", "P": "i32"}
 
 
 def _launch_us(fn) -> float:
@@ -56,13 +50,16 @@ def _launch_us(fn) -> float:
 
 def _static(s, t: int, slots: bool, warps: int) -> str:
     from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import mangle_type
 
-    e_pad = triton.next_power_of_2(max(s.local_e, 2))
-    consts = dict(route_meta(s.routing, s.e, s.with_bias), BLOCK_T=triton.next_power_of_2(t),
-                  BLOCK_M=16, E_PAD=e_pad, NB_TILE=ra.nb_tile(e_pad), SLOT_LAYOUT=slots,
-                  PDL=False)
+    logits = torch.zeros(t, s.e)
+    bias = torch.zeros(s.e) if s.with_bias else None
+    _, args, consts = ra.launch_arguments(logits, s.routing, s.local_e, 16, bias, s.local, slots,
+                                          False)
+    params = [q.name for q in ra._route_align_kernel.params if not q.is_constexpr]
+    signature = {n: mangle_type(a) for n, a in zip(params, args, strict=True)}
     src = triton.compiler.ASTSource(fn=ra._route_align_kernel,
-                                    signature=_ARGS | dict.fromkeys(consts, "constexpr"),
+                                    signature=signature | dict.fromkeys(consts, "constexpr"),
                                     constexprs=consts)
     asm = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                          options={"num_warps": warps}).asm

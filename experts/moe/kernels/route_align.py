@@ -132,9 +132,23 @@ def route_align(
     if not 0 < m <= MAX_FUSED_SLOTS:
         raise ValueError(f"route_align takes 1..{MAX_FUSED_SLOTS} slots, got T*K={m}; use "
                          "routing.route then align.align")
+    outputs, args, consts = launch_arguments(logits, cfg, num_local_experts, block_m, bias,
+                                             local_experts, slot_layout, pdl)
+    _route_align_kernel[(1,)](*args, **consts, num_warps=num_warps or DEFAULT_WARPS)
+    return outputs
+
+
+def launch_arguments(
+    logits: torch.Tensor, cfg: RoutingConfig, num_local_experts: int, block_m: int,
+    bias: torch.Tensor | None, local_experts: tuple[int, int] | None, slot_layout: bool, pdl: bool,
+) -> tuple[tuple[torch.Tensor, ...], tuple, dict]:
+    """(outputs, run-time arguments, compile-time arguments) of one `_route_align_kernel` launch,
+    also what `benchmarks/kernels/experiments/exp_route_align.py --static` compiles from."""
+    t, c = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     dev = logits.device
+    m = t * cfg.top_k
     p = max_padded_rows(m, num_local_experts, block_m)
     ids = torch.empty(t, cfg.top_k, dtype=torch.int32, device=dev)
     w = torch.empty(t, cfg.top_k, dtype=torch.float32, device=dev)
@@ -143,13 +157,13 @@ def route_align(
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
     e_pad = triton.next_power_of_2(max(num_local_experts, 2))
-    block_t = triton.next_power_of_2(t)
-    _route_align_kernel[(1,)](
+    args = (
         logits, bias if bias is not None else logits, ids, w, t, c, c - cfg.num_null_experts,
         logits.stride(0), float(cfg.top_p or 1.0), float(cfg.routed_scaling),
         *local_range(c, local_experts), block_expert, num_padded, sorted_ids, slot_pos,
-        num_local_experts, p, BLOCK_T=block_t, BLOCK_M=block_m, E_PAD=e_pad,
-        NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, PDL=pdl, num_warps=num_warps or DEFAULT_WARPS,
-        **route_meta(cfg, c, bias is not None),
+        num_local_experts, p,
     )
-    return ids, w, sorted_ids, block_expert, num_padded, slot_pos
+    consts = dict(BLOCK_T=triton.next_power_of_2(t), BLOCK_M=block_m, E_PAD=e_pad,
+                  NB_TILE=nb_tile(e_pad), SLOT_LAYOUT=slot_layout, PDL=pdl,
+                  **route_meta(cfg, c, bias is not None))
+    return (ids, w, sorted_ids, block_expert, num_padded, slot_pos), args, consts
