@@ -69,6 +69,13 @@ def exact_twin(settings: dict) -> str:
 VARIANTS = flag_variants(FLAGS)
 
 
+def run_variants(x, shape, p, cfgs: dict[str, dict], rounds: int):
+    """For the routing `p` carries: ({variant: output}, {variant: best-of-rounds seconds}), the
+    whole layer replayed from a CUDA graph with each config of `cfgs`."""
+    outs = {k: layer(x, shape, p, c) for k, c in cfgs.items()}
+    return outs, best_of_rounds({k: partial(layer, x, shape, p, c) for k, c in cfgs.items()}, rounds)
+
+
 def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, dict] | None:
     """(flags to add, report) for one bucket; None when its entry takes the decode kernel."""
     shape = SHAPES[name]
@@ -87,14 +94,13 @@ def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, 
         for skew in (None, skew_offsets(p.router)):
             p.skew = skew
             ref = grouped_mm_layer(x, shape, p)
-            outs = {k: layer(x, shape, p, c) for k, c in cfgs.items()}
+            outs, times = run_variants(x, shape, p, cfgs, rounds)
             for k in cfgs:
                 same_bits[k] &= torch.equal(outs[k], outs[exact_twin(VARIANTS[k])])
             for k, c in cfgs.items():
                 for _ in range(20):
                     errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))
-            fns = {k: partial(layer, x, shape, p, c) for k, c in cfgs.items()}
-            for k, v in best_of_rounds(fns, rounds).items():
+            for k, v in times.items():
                 totals[k] += v
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and same_bits[k] for k in cfgs}
     if not ok["entry"]:

@@ -6,10 +6,12 @@ down, combine) replayed from a CUDA graph, with the checked-in config stripped o
 (`off`), and then with each flag and each combination of them turned on:
 
 - `PDL`: programmatic dependent launches (`grouped_gemm._launch`);
-- `SLOT_LAYOUT`: route_align's layout from the slots alone (`route_align(slot_layout=True)`).
+- `SLOT_LAYOUT`: route_align's layout from the slots alone (`route_align(slot_layout=True)`);
+- `ROUTE_WARPS`: route_align's warp count (8 or 16 against the default 4).
 
 Rounds alternate the variants' order so that drift hits all; each cell is the best of the
-rounds' do_bench medians. Every variant's output must be the same bits as `off`'s.
+rounds' do_bench medians. A variant's output must be the same bits as the same variant without
+PDL and SLOT_LAYOUT (`tune_flags.exact_twin`), and every output within the bf16 tolerance of `off`.
 T=1 rows take the one-launch decode kernel, so the default tokens are 8 and 64. Needs a Hopper
 or newer GPU (PDL). Session 9 ran this with `--flags PDL` (then `exp_pdl.py`).
 """
@@ -17,13 +19,12 @@ or newer GPU (PDL). Session 9 ran this with `--flags PDL` (then `exp_pdl.py`).
 from __future__ import annotations
 
 import argparse
-from functools import partial
 
 import torch
 
 from benchmarks.kernels import tune_flags
-from benchmarks.kernels._moe_common import SHAPES, make_params, triton_layer, work
-from benchmarks.kernels._timing import best_of_rounds, copy_time
+from benchmarks.kernels._moe_common import SHAPES, make_params, work
+from benchmarks.kernels._timing import copy_time
 from experts.moe.kernels.configs import get_config
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
@@ -43,18 +44,18 @@ def _row(name: str, t: int, skewed: bool, flags: list[str], rounds: int) -> str:
                     generator=torch.Generator(device=dev).manual_seed(t))
     base = {k: v for k, v in get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k,
                                          dev).items() if k != "decode" and k not in FLAGS}  # fmt: skip
-    cfgs = {k: base | v for k, v in _variants(flags).items()}
+    variants = _variants(flags)
+    cfgs = {k: base | v for k, v in variants.items()}
     with torch.no_grad():
-        ref = triton_layer(x, shape, p, cfgs["off"])
+        outs, best = tune_flags.run_variants(x, shape, p, cfgs, rounds)
         check = {}
-        for k, cfg in cfgs.items():
-            out = triton_layer(x, shape, p, cfg)
-            check[k] = ("same" if torch.equal(out, ref) else
-                        f"{rel_err(out.float(), ref.float()):.1e}")  # fmt: skip
-            if check[k] != "same" or rel_err(out.float(), ref.float()) > TOLERANCE[x.dtype]:
+        for k, out in outs.items():
+            twin = tune_flags.exact_twin(variants[k])
+            twin = outs["off" if twin == "entry" else twin]
+            err = rel_err(out.float(), outs["off"].float())
+            check[k] = "same" if torch.equal(out, outs["off"]) else f"{err:.1e}"
+            if not torch.equal(out, twin) or err > TOLERANCE[x.dtype]:
                 check[k] += " WRONG"
-        best = best_of_rounds({k: partial(triton_layer, x, shape, p, c) for k, c in cfgs.items()},
-                              rounds)
         _, nbytes, _ = work(x, shape, p)
         copy = copy_time(nbytes, dev, 60) * 1e6 if t <= 8 else None
     cells = " | ".join(f"{best[k] * 1e6:.1f}" + (f" ({100 * copy / (best[k] * 1e6):.0f}%)"
