@@ -1,13 +1,17 @@
-"""Decide, per shape and decode bucket, between the one-launch decode kernel and the 4-kernel path.
+"""Decide, per shape and decode bucket, between the one-launch decode paths and the 4-kernel path.
 
     python -m benchmarks.kernels.tune_decode --out DIR [--shapes ...] [--tokens 1 8]
+        [--kinds decode staged]
 
 For each (shape, T) it times the whole layer (router GEMM to output, replayed from a CUDA graph,
 L2 flushed) on uniform plus skewed routing: first the current path from the checked-in table,
-then `experts.moe.kernels.decode.moe_decode` over a small tile sweep. When the best decode config
-is at least 3% faster, it is written as the bucket's "decode" entry of DIR/<device>.json (copy it to
-experts/moe/kernels/configs/); otherwise any old "decode" entry is dropped. The winner is then run
-50 times against `torch._grouped_mm`'s layer (its fp32 atomics must never lose an update).
+then each one-launch kind over a small tile sweep and a refinement around its best:
+`decode` (`experts.moe.kernels.decode.moe_decode`) and `staged` (`experts.moe.kernels.staged`,
+ordered gate/up and down work items). When the best of them is at least 3% faster, it is written
+as the bucket's "decode" entry of DIR/<device>.json (copy it to experts/moe/kernels/configs/);
+otherwise any old "decode" entry is dropped. The winner is then run 50 times against
+`torch._grouped_mm`'s layer (its fp32 atomics must never lose an update). The report gives each
+kind's best time, chosen or not.
 """
 
 from __future__ import annotations
@@ -33,15 +37,24 @@ logger = logging.getLogger(__name__)
 MARGIN = 0.97  # the decode kernel must be at least 3% faster to be chosen
 
 
-def _cands() -> list[dict]:
-    out = [
+KINDS = ("decode", "staged")
+
+
+def _cands(kind: str) -> list[dict]:
+    if kind == "staged":
+        return [dict(STAGED=True, BLOCK_N=bn, BLOCK_K=128, BLOCK_H=bh, BLOCK_KD=256, num_warps=w,
+                     num_stages=4)
+                for bn, bh, w in itertools.product([32, 64], [32, 64, 128], [4, 8])]  # fmt: skip
+    return [
         dict(BLOCK_I=bi, BLOCK_K=bk, BLOCK_H=bh, num_warps=4, num_stages=3)
         for bi, bk, bh in itertools.product([16, 32, 64, 128], [128, 256], [128, 256])
     ]
-    return out
 
 
 def _refine(best: dict) -> list[dict]:
+    if best.get("STAGED"):
+        return [best | dict(num_stages=3), best | dict(num_stages=5), best | dict(BLOCK_K=256),
+                best | dict(BLOCK_KD=128)]  # fmt: skip
     return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4)]
 
 
@@ -53,7 +66,9 @@ def _time(fn) -> float:
         return float("inf")
 
 
-def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict | None, dict]:
+def tune_case(
+    name: str, t: int, dev: torch.device, kinds: tuple[str, ...] = KINDS
+) -> tuple[dict | None, dict]:
     shape = SHAPES[name]
     p = make_params(shape, False, dev)
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
@@ -70,10 +85,14 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict | None, dict]:
 
     with torch.no_grad():
         t_base = total(base)
-        scores = [(total(base | {"decode": c}), c) for c in _cands()]
-        best_t, best = min(scores, key=lambda s: s[0])
-        scores = [(best_t, best)] + [(total(base | {"decode": c}), c) for c in _refine(best)]
-        best_t, best = min(scores, key=lambda s: s[0])
+        per_kind = {}
+        for kind in kinds:
+            scores = [(total(base | {"decode": c}), c) for c in _cands(kind)]
+            kind_t, kind_best = min(scores, key=lambda s: s[0])
+            scores = [(kind_t, kind_best)] + [(total(base | {"decode": c}), c)
+                                              for c in _refine(kind_best)]  # fmt: skip
+            per_kind[kind] = min(scores, key=lambda s: s[0])
+        best_t, best = min(per_kind.values(), key=lambda s: s[0])
         worst = 0.0
         for skew in skews:
             p.skew = skew
@@ -82,7 +101,8 @@ def tune_case(name: str, t: int, dev: torch.device) -> tuple[dict | None, dict]:
                 worst = max(worst, rel_err(layer(x, shape, p, base | {"decode": best}), ref))
     timing = dict(
         four_kernel_us=t_base * 1e6 / 2,
-        decode_us=best_t * 1e6 / 2,
+        **{f"{k}_us": v[0] * 1e6 / 2 for k, v in per_kind.items()},
+        **{f"{k}_config": v[1] for k, v in per_kind.items()},
         worst_rel_err_50_runs=worst,
         ok=worst < TOLERANCE[torch.bfloat16],
     )
@@ -97,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     table = tuned_table(dev)
@@ -106,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         s = SHAPES[name]
         key = shape_key(s.local_e, s.h, s.inter, s.top_k)
         for t in args.tokens:
-            best, timing = tune_case(name, t, dev)
+            best, timing = tune_case(name, t, dev, tuple(args.kinds))
             entry = table.setdefault(key, {}).setdefault(
                 str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev)
             )

@@ -5,7 +5,8 @@
 
 At decode, where the tuned config for the bucket has a "decode" entry, the whole chain after the
 router GEMM is one launch instead (`experts.moe.kernels.decode`: routing, both GEMMs and an atomic
-combine in one kernel; it removes the gaps between dependent launches).
+combine in one kernel; it removes the gaps between dependent launches), or with "STAGED": true in
+that entry one launch of ordered gate/up and down work items (`experts.moe.kernels.staged`).
 
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
 can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
@@ -42,6 +43,17 @@ def _experts_aligned(
     return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
 
 
+def _decode_path(cfg: dict):
+    """The one-launch function a "decode" entry asks for."""
+    if cfg.get("STAGED"):
+        from experts.moe.kernels.staged import moe_staged
+
+        return moe_staged
+    from experts.moe.kernels.decode import moe_decode
+
+    return moe_decode
+
+
 def moe_experts(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -62,13 +74,13 @@ def moe_experts(
     returns [T, H] in x.dtype.
     """
     from experts.moe.kernels.align import align
-    from experts.moe.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+    from experts.moe.kernels.decode import MAX_DECODE_TOKENS
 
     x = x.contiguous()
     cfg = _config(x, w13, topk_ids.shape[1], config)
     if cfg.get("decode") and x.shape[0] <= MAX_DECODE_TOKENS:
-        return moe_decode(x, w13, w2, topk_ids=topk_ids, topk_weights=topk_weights,
-                          config=cfg["decode"])
+        return _decode_path(cfg["decode"])(x, w13, w2, topk_ids=topk_ids,
+                                           topk_weights=topk_weights, config=cfg["decode"])
     layout = align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
     return _experts_aligned(x, w13, w2, topk_weights, layout, cfg)
 
@@ -86,7 +98,7 @@ def moe_from_logits(
     """Route `logits` [T, C] and run the experts. `local_experts` = (first, count): this GPU
     holds only those experts (w13/w2 have `count` rows); other slots cost nothing here."""
     from experts.moe.kernels.align import align
-    from experts.moe.kernels.decode import MAX_DECODE_TOKENS, moe_decode
+    from experts.moe.kernels.decode import MAX_DECODE_TOKENS
     from experts.moe.kernels.route_align import MAX_FUSED_SLOTS, route_align
     from experts.moe.kernels.routing import route
 
@@ -94,8 +106,8 @@ def moe_from_logits(
     e = w13.shape[0]
     cfg = _config(x, w13, routing.top_k, config)
     if cfg.get("decode") and x.shape[0] <= MAX_DECODE_TOKENS:  # one launch after the router
-        return moe_decode(x, w13, w2, logits=logits, routing=routing, bias=bias,
-                          local_experts=local_experts, config=cfg["decode"])
+        return _decode_path(cfg["decode"])(x, w13, w2, logits=logits, routing=routing, bias=bias,
+                                           local_experts=local_experts, config=cfg["decode"])
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
                                       num_warps=cfg.get("ROUTE_WARPS"),

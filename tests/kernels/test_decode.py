@@ -1,4 +1,5 @@
-"""The one-launch decode kernel against the plain-PyTorch reference."""
+"""The one-launch decode paths (`decode.moe_decode`, `staged.moe_staged`) against the plain-PyTorch
+reference."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from experts.moe.kernels.reference import (
     rel_err,
     route_reference,
 )
+from experts.moe.kernels.staged import moe_staged
 from experts.moe.layer import moe_experts, moe_from_logits
+
+PATHS = {"decode": moe_decode, "staged": moe_staged}
 
 DSV3 = RoutingConfig(
     top_k=4, scoring="sigmoid", renormalize=True, n_groups=4, topk_groups=2, routed_scaling=2.5
@@ -52,44 +56,54 @@ def _problem(name: str, dtype: torch.dtype, device: torch.device):
     return cfg, shard, on(x), on(w13), on(w2), on(logits), on(bias), on(ids), on(w), ref
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(CASES))
-def test_decode_routes_and_matches_reference(name, dtype, device: torch.device) -> None:
+def test_decode_routes_and_matches_reference(name, dtype, path, device: torch.device) -> None:
     cfg, shard, x, w13, w2, logits, bias, _, _, ref = _problem(name, dtype, device)
-    out = moe_decode(x, w13, w2, logits=logits, routing=cfg, bias=bias, local_experts=shard)
+    out = PATHS[path](x, w13, w2, logits=logits, routing=cfg, bias=bias, local_experts=shard)
     assert out.dtype == dtype and out.shape == x.shape
     assert rel_err(out.float(), ref) < TOLERANCE[dtype]  # inf if any row was left unwritten
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("name", ["one_token", "null_top_p", "deepseek_shard", "all_one_expert"])
-def test_decode_from_given_ids(name, device: torch.device) -> None:
+def test_decode_from_given_ids(name, path, device: torch.device) -> None:
     *_, x, w13, w2, _, _, ids, w, ref = _problem(name, torch.float32, device)
-    out = moe_decode(x, w13, w2, topk_ids=ids, topk_weights=w)
+    out = PATHS[path](x, w13, w2, topk_ids=ids, topk_weights=w)
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
 
 
-def test_all_null_slots_give_zeros(device: torch.device) -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_all_null_slots_give_zeros(path, device: torch.device) -> None:
     *_, x, w13, w2, _, _, ids, w, _ = _problem("decode_batch", torch.float32, device)
-    out = moe_decode(x, w13, w2, topk_ids=torch.full_like(ids, -1), topk_weights=w * 0)
+    out = PATHS[path](x, w13, w2, topk_ids=torch.full_like(ids, -1), topk_weights=w * 0)
     assert torch.equal(out, torch.zeros_like(out))
 
 
-def test_layer_entry_points_take_the_decode_config(device: torch.device) -> None:
+# Each entry has only its own path's tile keys: the other path would fail on it (KeyError).
+DECODE_ENTRIES = {
+    "decode": dict(BLOCK_I=16, BLOCK_K=16, BLOCK_H=16, num_warps=4, num_stages=1),
+    "staged": dict(STAGED=True, BLOCK_N=16, BLOCK_K=16, BLOCK_H=16, BLOCK_KD=16, num_warps=4,
+                   num_stages=1),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_layer_entry_points_take_the_decode_config(path, device: torch.device) -> None:
     cfg, shard, x, w13, w2, logits, bias, ids, w, ref = _problem(
         "deepseek_shard", torch.float32, device
     )
-    layer_cfg = {
-        "BLOCK_M": 16,
-        "gate_up": {},
-        "down": {},  # unused: decode runs instead
-        "decode": dict(BLOCK_I=16, BLOCK_K=16, BLOCK_H=16, num_warps=4, num_stages=1),
-    }
+    layer_cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {},  # unused: decode runs instead
+                 "decode": DECODE_ENTRIES[path]}  # fmt: skip
     out = moe_from_logits(x, logits, w13, w2, cfg, bias, layer_cfg, shard)
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
     assert rel_err(moe_experts(x, w13, w2, ids, w, layer_cfg), ref) < TOLERANCE[torch.float32]
 
 
-def test_bad_arguments_say_what_to_fix(device: torch.device) -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_bad_arguments_say_what_to_fix(path, device: torch.device) -> None:
+    moe_decode = PATHS[path]
     cfg, _, x, w13, w2, logits, *_ = _problem("one_token", torch.float32, device)
     with pytest.raises(ValueError, match="tokens"):
         moe_decode(
@@ -107,9 +121,10 @@ def test_bad_arguments_say_what_to_fix(device: torch.device) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_decode_replays_from_a_cuda_graph() -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_decode_replays_from_a_cuda_graph(path) -> None:
     cfg, _, x, w13, w2, logits, *_ = _problem("decode_batch", torch.bfloat16, torch.device("cuda"))
-    run = lambda: moe_decode(x, w13, w2, logits=logits, routing=cfg)  # noqa: E731
+    run = lambda: PATHS[path](x, w13, w2, logits=logits, routing=cfg)  # noqa: E731
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -25,6 +25,27 @@ def _pid_to_tile(pid, num_pid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr
     return pid_m, pid_n
 
 
+@triton.jit
+def _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, row_mask, kmask, nmask,
+                 EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One K step of the decode kernels' gate/up tiles: x rows [R, BK] (rows under `row_mask`),
+    gate and up weight tiles [BK, BN]; with `EVEN` the tiles need no masks. Returns the two
+    fp32 accumulators [R, BN]."""
+    if EVEN:
+        a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
+        bg = tl.load(g_ptrs)
+        bu = tl.load(u_ptrs)
+    else:
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & kmask[None, :], other=0.0)
+        bg = tl.load(g_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        bu = tl.load(u_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+    if UPCAST:  # the CPU interpreter's bf16/fp16 tl.dot returns garbage (triton 3.9)
+        a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
+    acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
+    acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
+    return acc_g, acc_u
+
+
 def _precision(t: torch.Tensor) -> str:
     # float32 inputs get true fp32 products (the default would round them to tf32).
     return "ieee" if t.dtype == torch.float32 else "tf32"

@@ -5,7 +5,7 @@ the smallest bucket >= T wins. A layer config is
 {"BLOCK_M": int, "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {...}};
 a GEMM entry with "TMA": true reads its tiles through tensor descriptors (`grouped_gemm_tma`).
 Layer-level flags, each set only where it was measured faster: "decode" (the one-launch decode
-kernel's tiles), "PDL" (programmatic dependent launches), "SLOT_LAYOUT" (route_align's layout
+kernel's tiles, or with "STAGED": true in it the staged kernel's, `staged`), "PDL" (programmatic dependent launches), "SLOT_LAYOUT" (route_align's layout
 from the slots alone) and "ROUTE_WARPS" (route_align's warp count).
 """
 

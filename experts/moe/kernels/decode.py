@@ -24,9 +24,11 @@ the reference, not bit-reproducible).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _precision
+from experts.moe.kernels._gemm_common import _interpret, _precision, _swiglu_step
 from experts.moe.kernels._triton import tl, triton
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
@@ -34,6 +36,47 @@ from experts.moe.kernels.routing import _route_block, local_range, route_meta
 MAX_DECODE_TOKENS = 16
 _ROWS = 16  # tensor-core tile height: tokens are padded to this many rows
 _FINAL_ELEMS = 8192  # accumulator values the last program converts per step
+
+
+@triton.jit
+def _routes(
+    logits_ptr, bias_ptr, ids_ptr, wts_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo,
+    local_n, ROUTE: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
+    N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+):
+    """(rows [BT], karange [KP], ids [BT, KP], weights [BT, KP]) of every token: routed here from
+    the logits (`ROUTE`), or the given (ids, weights) read back."""
+    if ROUTE:
+        rows, karange, ids, w = _route_block(
+            logits_ptr, bias_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n, 0,
+            TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS,
+            G_PAD, GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
+        )
+    else:
+        rows = tl.arange(0, BLOCK_T)
+        karange = tl.arange(0, K_PAD)
+        m = (rows < T)[:, None] & (karange < TOP_K)[None, :]
+        offs = rows[:, None] * TOP_K + karange[None, :]
+        ids = tl.load(ids_ptr + offs, mask=m, other=-1)
+        w = tl.load(wts_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    return rows, karange, ids, w
+
+
+@triton.jit
+def _write_out(acc_ptr, out_ptr, T, H, stride_ot, FINAL_T: tl.constexpr, FINAL_H: tl.constexpr):
+    """The fp32 accumulator [T, H] to the output dtype. All T rows at once, FINAL_H columns a
+    step: each step waits for its loads, so the fewer steps the shorter this tail (a row at a time
+    took T * H / 1024 steps)."""
+    offs_t = tl.arange(0, FINAL_T)
+    offs_f = tl.arange(0, FINAL_H)
+    for n0 in range(0, H, FINAL_H):
+        fm = (offs_t < T)[:, None] & (offs_f < H - n0)[None, :]
+        v = tl.load(acc_ptr + offs_t[:, None] * H + n0 + offs_f[None, :], mask=fm, other=0.0,
+                    cache_modifier=".cg")
+        tl.store(out_ptr + offs_t[:, None] * stride_ot + n0 + offs_f[None, :],
+                 v.to(out_ptr.dtype.element_ty), mask=fm)
 
 
 @triton.jit
@@ -92,40 +135,11 @@ def _decode_kernel(
     pid = tl.program_id(0)
     p = pid // n_iblocks
     ib = pid % n_iblocks
-    if ROUTE:
-        rows, karange, ids, w = _route_block(
-            logits_ptr,
-            bias_ptr,
-            T,
-            C,
-            E_REAL,
-            stride_lt,
-            top_p,
-            scaling,
-            local_lo,
-            local_n,
-            0,
-            TOP_K,
-            K_PAD,
-            BLOCK_T,
-            BLOCK_C,
-            SIGMOID,
-            HAS_BIAS,
-            RENORM,
-            N_GROUPS,
-            TOPK_GROUPS,
-            G_PAD,
-            GROUP_SIZE,
-            MOGE_GROUPS,
-            USE_TOP_P,
-        )
-    else:
-        rows = tl.arange(0, BLOCK_T)
-        karange = tl.arange(0, K_PAD)
-        m = (rows < T)[:, None] & (karange < TOP_K)[None, :]
-        offs = rows[:, None] * TOP_K + karange[None, :]
-        ids = tl.load(ids_ptr + offs, mask=m, other=-1)
-        w = tl.load(wts_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    rows, karange, ids, w = _routes(
+        logits_ptr, bias_ptr, ids_ptr, wts_ptr, T, C, E_REAL, stride_lt, top_p, scaling,
+        local_lo, local_n, ROUTE, TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM,
+        N_GROUPS, TOPK_GROUPS, G_PAD, GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
+    )
     inr = (rows < T)[:, None] & (karange < TOP_K)[None, :]  # [BT, KP]
     valid = inr & (ids >= 0)
     flat = rows[:, None] * TOP_K + karange[None, :]
@@ -146,19 +160,9 @@ def _decode_kernel(
         acc_g = tl.zeros([BLOCK_T, BLOCK_I], tl.float32)
         acc_u = tl.zeros([BLOCK_T, BLOCK_I], tl.float32)
         for k0 in range(0, tl.cdiv(H, BLOCK_K)):
-            if EVEN_H & EVEN_I:
-                a = tl.load(a_ptrs, mask=tmask[:, None], other=0.0)
-                bg = tl.load(g_ptrs)
-                bu = tl.load(u_ptrs)
-            else:
-                kmask = offs_k < H - k0 * BLOCK_K
-                a = tl.load(a_ptrs, mask=tmask[:, None] & kmask[None, :], other=0.0)
-                bg = tl.load(g_ptrs, mask=kmask[:, None] & imask[None, :], other=0.0)
-                bu = tl.load(u_ptrs, mask=kmask[:, None] & imask[None, :], other=0.0)
-            if UPCAST:  # the CPU interpreter's bf16/fp16 tl.dot returns garbage (triton 3.9)
-                a, bg, bu = a.to(tl.float32), bg.to(tl.float32), bu.to(tl.float32)
-            acc_g = tl.dot(a, bg, acc_g, input_precision=PRECISION)
-            acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
+            acc_g, acc_u = _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, tmask,
+                                        offs_k < H - k0 * BLOCK_K, imask, EVEN_H & EVEN_I, UPCAST,
+                                        PRECISION)  # fmt: skip
             a_ptrs += BLOCK_K
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
@@ -187,22 +191,68 @@ def _decode_kernel(
     tl.debug_barrier()
     done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
     if done == tl.num_programs(0) - 1:
-        # All T rows at once, FINAL_H columns a step: each step waits for its loads, so the
-        # fewer steps the shorter this tail (a row at a time took T * H / 1024 steps).
-        offs_t = tl.arange(0, FINAL_T)
-        offs_f = tl.arange(0, FINAL_H)
-        for n0 in range(0, H, FINAL_H):
-            fm = (offs_t < T)[:, None] & (offs_f < H - n0)[None, :]
-            v = tl.load(acc_ptr + offs_t[:, None] * H + n0 + offs_f[None, :], mask=fm, other=0.0,
-                        cache_modifier=".cg")
-            tl.store(out_ptr + offs_t[:, None] * stride_ot + n0 + offs_f[None, :],
-                     v.to(out_ptr.dtype.element_ty), mask=fm)
+        _write_out(acc_ptr, out_ptr, T, H, stride_ot, FINAL_T, FINAL_H)
 
 
 def default_decode_config(interpret: bool) -> dict:
     if interpret:
         return dict(BLOCK_I=16, BLOCK_K=32, BLOCK_H=32, num_warps=4, num_stages=1)
     return dict(BLOCK_I=32, BLOCK_K=128, BLOCK_H=128, num_warps=4, num_stages=3)
+
+
+class RouteArgs(NamedTuple):
+    """What a one-launch decode kernel needs to route (or to read given routes)."""
+
+    route: bool  # route from `logits` in the kernel
+    top_k: int
+    logits: torch.Tensor  # or any tensor, unused, when not routing
+    bias: torch.Tensor  # or `logits`, unused, without a bias
+    ids: torch.Tensor  # given routes, or unused
+    wts: torch.Tensor
+    scalars: tuple  # C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n
+    meta: dict  # route_meta's compile-time parameters
+
+
+def route_args(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, *, logits: torch.Tensor | None = None,
+    routing: RoutingConfig | None = None, bias: torch.Tensor | None = None,
+    local_experts: tuple[int, int] | None = None, topk_ids: torch.Tensor | None = None,
+    topk_weights: torch.Tensor | None = None, name: str = "moe_decode",
+) -> RouteArgs:
+    """Checks a decode call's arguments (see `moe_decode`) and gathers its routing arguments."""
+    t, h = x.shape
+    e, two_i, h_w = w13.shape
+    inter = two_i // 2
+    if not 0 < t <= MAX_DECODE_TOKENS:
+        raise ValueError(f"{name} takes 1..{MAX_DECODE_TOKENS} tokens, got {t}")
+    if h_w != h or w2.shape != (e, h, inter):
+        raise ValueError(
+            f"weights {tuple(w13.shape)} / {tuple(w2.shape)} do not fit x {tuple(x.shape)}"
+        )
+    if logits is not None:
+        if routing is None:
+            raise ValueError(f"{name}: `logits` needs `routing`")
+        c = logits.shape[1]
+        routing.validate(c)
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        lo, n = local_range(c, local_experts)
+        scalars = (c, c - routing.num_null_experts, logits.stride(0),
+                   float(routing.top_p or 1.0), float(routing.routed_scaling), lo, n)  # fmt: skip
+        return RouteArgs(True, routing.top_k, logits, bias if bias is not None else logits, x, x,
+                         scalars, route_meta(routing, c, bias is not None))  # fmt: skip
+    if topk_ids is None or topk_weights is None:
+        raise ValueError(f"{name} needs `logits` + `routing` or `topk_ids` + `topk_weights`")
+    top_k = topk_ids.shape[1]
+    return RouteArgs(False, top_k, x, x, topk_ids.contiguous(), topk_weights.contiguous(),
+                     (top_k, e, top_k, 1.0, 1.0, 0, e),
+                     route_meta(RoutingConfig(top_k=top_k), top_k, False))  # fmt: skip
+
+
+def final_meta(t: int, h: int) -> dict:
+    """The last program's conversion tile (`_write_out`): all T rows, 8192 values a step."""
+    t_pow2 = triton.next_power_of_2(t)
+    return dict(FINAL_T=t_pow2, FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // t_pow2))
 
 
 def moe_decode(
@@ -224,45 +274,11 @@ def moe_decode(
     `routing.route`), or already-routed `topk_ids` [T, K] int32 (-1 = null) with
     `topk_weights` [T, K]. x [T, H], w13 [E, 2I, H], w2 [E, H, I] -> [T, H] in x.dtype.
     """
-    t, h = x.shape
-    e, two_i, h_w = w13.shape
-    inter = two_i // 2
-    if not 0 < t <= MAX_DECODE_TOKENS:
-        raise ValueError(f"moe_decode takes 1..{MAX_DECODE_TOKENS} tokens, got {t}")
-    if h_w != h or w2.shape != (e, h, inter):
-        raise ValueError(
-            f"weights {tuple(w13.shape)} / {tuple(w2.shape)} do not fit x {tuple(x.shape)}"
-        )
+    r = route_args(x, w13, w2, logits=logits, routing=routing, bias=bias,
+                   local_experts=local_experts, topk_ids=topk_ids, topk_weights=topk_weights)
     x = x.contiguous()
-    route = logits is not None
-    if route:
-        if routing is None:
-            raise ValueError("moe_decode: `logits` needs `routing`")
-        c = logits.shape[1]
-        routing.validate(c)
-        if logits.stride(1) != 1:
-            logits = logits.contiguous()
-        top_k = routing.top_k
-        meta = route_meta(routing, c, bias is not None)
-        lo, n = local_range(c, local_experts)
-        scalars = (
-            c,
-            c - routing.num_null_experts,
-            logits.stride(0),
-            float(routing.top_p or 1.0),
-            float(routing.routed_scaling),
-            lo,
-            n,
-        )
-        ids = wts = x  # unused pointers
-    else:
-        if topk_ids is None or topk_weights is None:
-            raise ValueError("moe_decode needs `logits` + `routing` or `topk_ids` + `topk_weights`")
-        top_k = topk_ids.shape[1]
-        ids, wts = topk_ids.contiguous(), topk_weights.contiguous()
-        meta = route_meta(RoutingConfig(top_k=top_k), top_k, False)
-        scalars = (top_k, e, top_k, 1.0, 1.0, 0, e)
-        logits = x
+    t, h = x.shape
+    inter = w2.shape[2]
     cfg = config or default_decode_config(_interpret() or x.device.type != "cuda")
     # One zeroed allocation: the fp32 accumulator [T, H] and the completion counter after it.
     scratch = torch.zeros(t * h + 1, dtype=torch.int32, device=x.device)
@@ -270,43 +286,13 @@ def moe_decode(
     counter = scratch[t * h :]
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
     n_ib = triton.cdiv(inter, cfg["BLOCK_I"])
-    t_pow2 = triton.next_power_of_2(t)
-    grid = (t * top_k * n_ib,)
-    _decode_kernel[grid](
-        x,
-        logits,
-        bias if bias is not None else logits,
-        ids,
-        wts,
-        w13,
-        w2,
-        acc,
-        counter,
-        out,
-        t,
-        *scalars,
-        h,
-        inter,
-        n_ib,
-        x.stride(0),
-        w13.stride(0),
-        w13.stride(1),
-        w2.stride(0),
-        w2.stride(1),
-        out.stride(0),
-        ROUTE=route,
-        BLOCK_T=max(_ROWS, t_pow2),
-        BLOCK_I=cfg["BLOCK_I"],
-        BLOCK_K=cfg["BLOCK_K"],
-        BLOCK_H=cfg["BLOCK_H"],
+    _decode_kernel[(t * r.top_k * n_ib,)](
+        x, r.logits, r.bias, r.ids, r.wts, w13, w2, acc, counter, out, t, *r.scalars, h, inter,
+        n_ib, x.stride(0), w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1),
+        out.stride(0), ROUTE=r.route, BLOCK_T=max(_ROWS, triton.next_power_of_2(t)),
+        BLOCK_I=cfg["BLOCK_I"], BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"],
         EVEN_H=h % cfg["BLOCK_K"] == 0 and h % cfg["BLOCK_H"] == 0,
-        EVEN_I=inter % cfg["BLOCK_I"] == 0,
-        UPCAST=_interpret(),
-        PRECISION=_precision(x),
-        FINAL_T=t_pow2,
-        FINAL_H=min(triton.next_power_of_2(h), _FINAL_ELEMS // t_pow2),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-        **meta,
+        EVEN_I=inter % cfg["BLOCK_I"] == 0, UPCAST=_interpret(), PRECISION=_precision(x),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **final_meta(t, h), **r.meta,
     )
     return out
