@@ -42,9 +42,9 @@ KINDS = ("decode", "staged")
 
 def _cands(kind: str) -> list[dict]:
     if kind == "staged":
-        return [dict(STAGED=True, BLOCK_N=bn, BLOCK_K=128, BLOCK_H=bh, BLOCK_KD=256, num_warps=w,
+        return [dict(STAGED=True, BLOCK_N=bn, BLOCK_K=128, BLOCK_H=bh, BLOCK_KD=bkd, num_warps=4,
                      num_stages=4)
-                for bn, bh, w in itertools.product([32, 64], [32, 64, 128], [4, 8])]  # fmt: skip
+                for bn, bh, bkd in itertools.product([32, 64], [32, 64, 128], [128, 256])]  # fmt: skip
     return [
         dict(BLOCK_I=bi, BLOCK_K=bk, BLOCK_H=bh, num_warps=4, num_stages=3)
         for bi, bk, bh in itertools.product([16, 32, 64, 128], [128, 256], [128, 256])
@@ -53,8 +53,8 @@ def _cands(kind: str) -> list[dict]:
 
 def _refine(best: dict) -> list[dict]:
     if best.get("STAGED"):
-        return [best | dict(num_stages=3), best | dict(num_stages=5), best | dict(BLOCK_K=256),
-                best | dict(BLOCK_KD=128)]  # fmt: skip
+        return [best | dict(num_warps=8), best | dict(num_stages=3), best | dict(num_stages=5),
+                best | dict(BLOCK_K=256), best | dict(maxnreg=128), best | dict(maxnreg=96)]  # fmt: skip
     return [best | dict(num_warps=8), best | dict(num_stages=2), best | dict(num_stages=4)]
 
 
