@@ -103,21 +103,21 @@ def test_layer_entry_points_take_the_decode_config(path, device: torch.device) -
 
 @pytest.mark.parametrize("path", list(PATHS))
 def test_bad_arguments_say_what_to_fix(path, device: torch.device) -> None:
-    moe_decode = PATHS[path]
+    fn = PATHS[path]
     cfg, _, x, w13, w2, logits, *_ = _problem("one_token", torch.float32, device)
     with pytest.raises(ValueError, match="tokens"):
-        moe_decode(
+        fn(
             torch.zeros(0, x.shape[1], device=device), w13, w2, logits=logits[:0], routing=cfg
         )
     big = x.expand(MAX_DECODE_TOKENS + 1, -1)
     with pytest.raises(ValueError, match="tokens"):
-        moe_decode(big, w13, w2, logits=logits.expand(big.shape[0], -1), routing=cfg)
+        fn(big, w13, w2, logits=logits.expand(big.shape[0], -1), routing=cfg)
     with pytest.raises(ValueError, match="do not fit"):
-        moe_decode(x, w13, w2[:, :-1], logits=logits, routing=cfg)
+        fn(x, w13, w2[:, :-1], logits=logits, routing=cfg)
     with pytest.raises(ValueError, match="routing"):
-        moe_decode(x, w13, w2, logits=logits)
+        fn(x, w13, w2, logits=logits)
     with pytest.raises(ValueError, match="topk_ids"):
-        moe_decode(x, w13, w2)
+        fn(x, w13, w2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
