@@ -140,3 +140,25 @@ def test_decode_replays_from_a_cuda_graph(path) -> None:
         ids, w = route_reference(logits, cfg)
         ref = experts_reference(x.float(), w13.float(), w2.float(), ids, w)
         assert rel_err(captured.float(), ref) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="thousands of work items need a GPU")
+@pytest.mark.parametrize("t", [1, 8, MAX_DECODE_TOKENS])
+def test_staged_at_a_served_shape(t: int) -> None:
+    """Qwen3-30B-A3B's expert shape (128 experts, top 8, H 2048, I 768): thousands of items wait
+    on the routed flag and on their slot's gate/up items at once. 20 calls per routing, every one
+    within tolerance (a lost atomic update or a read of h before it is written would show)."""
+    torch.manual_seed(t)
+    e, h, inter = 128, 2048, 768
+    cfg = RoutingConfig(top_k=8, renormalize=True)
+    x = torch.randn(t, h, dtype=torch.bfloat16, device="cuda")
+    w13 = torch.randn(e, 2 * inter, h, dtype=torch.bfloat16, device="cuda") / h**0.5
+    w2 = torch.randn(e, h, inter, dtype=torch.bfloat16, device="cuda") / inter**0.5
+    for skew in (0.0, 4.0):  # uniform, then most tokens on a few experts (repeated slots)
+        logits = torch.randn(t, e, device="cuda")
+        logits[:, :4] += skew
+        ids, w = route_reference(logits, cfg)
+        ref = experts_reference(x.float(), w13.float(), w2.float(), ids, w)
+        for _ in range(20):
+            out = moe_staged(x, w13, w2, logits=logits, routing=cfg)
+            assert rel_err(out.float(), ref) < TOLERANCE[torch.bfloat16]
