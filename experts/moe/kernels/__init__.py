@@ -1,5 +1,5 @@
 """Triton kernels for the sparse MoE layer: route -> align -> gate_up -> down -> combine, and
-for decode (T <= 16) `moe_decode`, all of it after the router GEMM in one launch.
+for decode (T <= 16) `moe_decode` or `moe_staged`, all of it after the router GEMM in one launch.
 
 The plain-PyTorch references (`experts.moe.kernels.reference`) import anywhere; the kernels need
 Triton and are loaded on first use, so importing this package never requires it.
@@ -27,6 +27,7 @@ _LAZY = {
     "combine": "experts.moe.kernels.grouped_gemm",
     "get_config": "experts.moe.kernels.configs",
     "moe_decode": "experts.moe.kernels.decode",
+    "moe_staged": "experts.moe.kernels.staged",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "get_config",
     "moe_decode",
     "moe_reference",
+    "moe_staged",
     "route",
     "route_reference",
 ]
