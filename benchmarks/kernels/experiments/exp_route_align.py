@@ -7,8 +7,9 @@ per-expert counts ("expert", [slots, experts] tiles) and from the slots alone ("
 
 `--static` needs no GPU: it compiles the same variants for sm_90 and prints the PTX instruction
 count, the number of `bar.sync` (each a block-wide wait in this single-program kernel), the
-registers and spilled bytes `ptxas -v` reports (the newest ptxas that ships with Triton), and how
-many reductions take a tensor in a linear layout (what went wrong on the H200 in Session 9). To
+registers and spilled bytes `ptxas -v` reports (the ptxas the installed Triton uses for sm_90,
+through `exp_static.assemble`), and how many reductions take a tensor in a linear layout (what
+went wrong on the H200 in Session 9). To
 compile with the device image's Triton: `pip install --target /tmp/t36 triton==3.6.0`, then
 `PYTHONPATH=/tmp/t36:. python -m benchmarks.kernels.experiments.exp_route_align --static`.
 """
@@ -16,11 +17,8 @@ compile with the device image's Triton: `pip install --target /tmp/t36 triton==3
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import tempfile
 from functools import partial
-from pathlib import Path
 
 import torch
 import triton
@@ -49,45 +47,22 @@ def _launch_us(fn) -> float:
 
 
 def _static(s, t: int, slots: bool, warps: int) -> str:
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.jit import mangle_type
+    from benchmarks.kernels.experiments.exp_static import assemble, compile_launch
 
     logits = torch.zeros(t, s.e)
     bias = torch.zeros(s.e) if s.with_bias else None
     _, args, consts = ra.launch_arguments(logits, s.routing, s.local_e, 16, bias, s.local, slots,
                                           False)
-    params = [q.name for q in ra._route_align_kernel.params if not q.is_constexpr]
-    signature = {n: mangle_type(a) for n, a in zip(params, args, strict=True)}
-    src = triton.compiler.ASTSource(fn=ra._route_align_kernel,
-                                    signature=signature | dict.fromkeys(consts, "constexpr"),
-                                    constexprs=consts)
-    asm = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": warps}).asm
+    asm = compile_launch(ra._route_align_kernel, args, consts | {"num_warps": warps},
+                         hints=False).asm  # fmt: skip
     ptx = asm["ptx"]
     lines = [ln.strip() for ln in ptx.splitlines()]
     n = sum(1 for ln in lines if ln and not ln.startswith(("//", ".", "$", "{", "}")))
     # reductions over a linear layout (a reshape's, lanes replicated): the layout by slot summed
     # one wrong on the H200 with Triton 3.6 (NOTES.md, Session 10)
     linear = len(re.findall(r"^\s*\}\) : \(tensor<[^>]*#linear", asm["ttgir"], re.M))
-    return (f"{n} ptx / {ptx.count('bar.sync')} bar.sync / {_registers(ptx)} / "
+    return (f"{n} ptx / {ptx.count('bar.sync')} bar.sync / {assemble(ptx)[0]} / "
             f"{linear} linear reductions")
-
-
-def _registers(ptx: str) -> str:
-    """Registers and spill bytes per thread, from `ptxas -v` on `ptx`."""
-    arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
-    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        for ptxas in ("ptxas-blackwell", "ptxas"):  # the PTX may be newer than the older one
-            run = subprocess.run([tools / ptxas, f"-arch={arch}", "-v", f.name, "-o", "/dev/null"],
-                                 capture_output=True, text=True)  # fmt: skip
-            if run.returncode == 0:
-                regs = re.search(r"Used (\d+) registers", run.stderr).group(1)
-                spill = re.search(r"(\d+) bytes spill stores", run.stderr).group(1)
-                return f"{regs} regs / {spill} B spilled"
-    return "ptxas failed"
 
 
 def main(argv: list[str]) -> None:

@@ -65,14 +65,16 @@ def catch_launch(kind: str, shape_name: str, t: int, config: dict | None) -> tup
     return kernel, grid, args, kw | {"UPCAST": False}  # as on a GPU
 
 
-def compile_launch(kernel, args, kw) -> triton.compiler.CompiledKernel:
+def compile_launch(kernel, args, kw, hints: bool = True) -> triton.compiler.CompiledKernel:
+    """Compile one launch (run-time `args`, compile-time and launch options `kw`) for sm_90; with
+    `hints`, the divisibility the launcher would give (tensors, ints that are multiples of 16)."""
     kw = dict(kw)
     options = {k: kw.pop(k) for k in _OPTIONS if k in kw}
     order = [p.name for p in kernel.params]
     runtime = [p.name for p in kernel.params if not p.is_constexpr]
     signature = {n: mangle_type(a) for n, a in zip(runtime, args, strict=True)}
-    hinted = [n for n, a in zip(runtime, args, strict=True)
-              if isinstance(a, torch.Tensor) or (type(a) is int and a and a % 16 == 0)]  # fmt: skip
+    hinted = [n for n, a in zip(runtime, args, strict=True) if hints and (
+        isinstance(a, torch.Tensor) or (type(a) is int and a and a % 16 == 0))]  # fmt: skip
     src = triton.compiler.ASTSource(
         fn=kernel, signature={n: signature.get(n, "constexpr") for n in order}, constexprs=kw,
         attrs={(order.index(n),): [["tt.divisibility", 16]] for n in hinted},
@@ -85,12 +87,16 @@ _SASS = ("LDGSTS", "LDG", "STG", "REDG", "ATOMG", "HMMA", "BAR")
 
 
 def assemble(ptx: str) -> tuple[str, dict[str, int]]:
-    """`ptxas -v` (the one that ships with Triton) on the PTX: (registers and spilled bytes per
-    thread, {SASS opcode family: count} from `cuobjdump -sass` of the cubin)."""
+    """The PTX through the `ptxas` the installed Triton uses for sm_90 (3.6: its own `ptxas`; 3.9:
+    `ptxas-blackwell`): (registers and spilled bytes per thread, {SASS opcode family: count} from
+    `cuobjdump -sass` of the cubin)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
     with tempfile.TemporaryDirectory() as tmp:
         src, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
-        run = subprocess.run([_TOOLS / "ptxas", "-arch=sm_90a", "-v", src, "-o", cubin],
+        run = subprocess.run([get_ptxas(90).path, f"-arch={arch}", "-v", src, "-o", cubin],
                              capture_output=True, text=True)  # fmt: skip
         if run.returncode:
             return f"ptxas failed: {run.stderr.strip()[:200]}", {}

@@ -28,10 +28,8 @@ import torch
 
 from experts.moe.kernels._gemm_common import _interpret, _precision, _swiglu_step
 from experts.moe.kernels._triton import tl, triton
-from experts.moe.kernels.decode import _routes, _write_out, final_meta, route_args
+from experts.moe.kernels.decode import _ROWS, _routes, _write_out, final_meta, route_args
 from experts.moe.kernels.reference import RoutingConfig
-
-_ROWS = 16  # tensor-core tile height: tokens are padded to this many rows (>= MAX_DECODE_TOKENS)
 
 
 @triton.jit
