@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from benchmarks._results import machine_description, write_section
 from benchmarks.http_load import Result, closed_loop
+from serving.serve_options import unused_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM_VERSION = "1.80.0"  # not 1.82.7/1.82.8 (compromised releases)
@@ -50,12 +50,6 @@ CELLS = [(1, "short"), (1, "long"), (32, "short"), (32, "long")]
 # target `quorum-proxy` measures the same service behind Serve's Python proxy actor instead.
 PYTHON_PROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 COMMAND = "python -m benchmarks.overhead"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def long_prompt() -> str:
@@ -199,23 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     home = quorum_home()
     work = Path(tempfile.mkdtemp(prefix="quorum-overhead-"))
     prompts = {"short": SHORT, "long": long_prompt()}
-    stub_port = free_port()
+    stub_port = unused_port()
     stub = Target("stub direct", f"http://127.0.0.1:{stub_port}/v1/chat/completions", EXPERTS[0],
                   [sys.executable, "-m", "benchmarks.stub_openai", str(stub_port)])  # fmt: skip
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
     targets: list[tuple[str, list[Target]]] = []
     wanted = args.targets.split(",")
     if "passthrough" in wanted:
-        port = free_port()
+        port = unused_port()
         targets.append(("passthrough", [Target(
             "ray serve passthrough", f"http://127.0.0.1:{port}/v1/chat/completions", EXPERTS[0],
             [sys.executable, "-m", "benchmarks.passthrough", "--port", str(port),
              "--upstream", stub_url], {"PYTHONPATH": str(ROOT)})]))  # fmt: skip
     if "litellm" in wanted:
-        targets.append(("litellm", [litellm_target(stub_url, home, free_port())]))
+        targets.append(("litellm", [litellm_target(stub_url, home, unused_port())]))
     for spec in ("static", "minilm"):  # Quorum's app without Ray Serve, by encoder
         if f"app-{spec}" in wanted:
-            port = free_port()
+            port = unused_port()
             registry = quorum_registry(stub_url, work / f"registry-{spec}.yaml", spec)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             argv_a = [sys.executable, "-m", "benchmarks.quorum_app", "--port", str(port),
@@ -229,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                             ("quorum-proxy", "quorum python-proxy", PYTHON_PROXY_ENV)):  # fmt: skip
         if key not in wanted:
             continue
-        port, src = free_port(), args.quorum_src.resolve()
+        port, src = unused_port(), args.quorum_src.resolve()
         argv_q = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port),
-                  "--metrics-port", str(free_port()), "--registry",
+                  "--metrics-port", str(unused_port()), "--registry",
                   str(quorum_registry(stub_url, work / "registry.yaml"))]  # fmt: skip
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         auto = Target(f"{label} auto", url, "auto", argv_q, {"PYTHONPATH": str(src)} | env, cwd=src)

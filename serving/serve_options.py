@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "apply_serve_env",
     "bind_port_or_free",
     "ingress_options",
+    "unused_port",
 ]
 
 log = logging.getLogger("quorum")
@@ -101,12 +103,43 @@ def apply_serve_env() -> None:
 
 def bind_port_or_free(wanted: int) -> socket.socket:
     """A socket bound to `wanted` if nothing is bound to it (probed without SO_REUSEADDR, so any
-    bound socket counts), else to a free port; the caller closes it or holds it."""
-    held = socket.socket()
-    try:
-        held.bind(("", wanted))
-    except OSError:
-        held.close()
-        held = socket.socket()
-        held.bind(("", 0))
+    bound socket counts), else to an `unused_port()`; the caller closes it or holds it."""
+    held = _try_bind(wanted) if wanted else None
+    while held is None:
+        held = _try_bind(unused_port())
     return held
+
+
+# Ports picked for a process to bind later: above Ray's worker ports (10002-19999) and below
+# Serve's direct-ingress ports (30000-31000) and Linux's ephemeral range (32768-60999).
+PICK_RANGE = range(20000, 30000)
+
+
+def unused_port(attempts: int = 200) -> int:
+    """A port nothing is bound to now, for a server that binds it later (HAProxy, a Ray agent, a
+    test's `quorum serve`).
+
+    Not the kernel's pick (`bind(0)`): that comes from the ephemeral range, which the kernel also
+    hands to every outgoing connection and every other `bind(0)`, so in the seconds before the
+    server binds, Ray or vLLM may take it (a CI run lost HAProxy's API port so:
+    "cannot bind socket (Address already in use) for [127.0.0.1:44227]"). A random port of
+    `PICK_RANGE` is taken only by someone who asks for it by number."""
+    for _ in range(attempts):
+        port = random.choice(PICK_RANGE)
+        probe = _try_bind(port)
+        if probe is not None:
+            probe.close()
+            return port
+    raise OSError(f"no free port in {PICK_RANGE.start}-{PICK_RANGE.stop - 1} ({attempts} tries)")
+
+
+def _try_bind(port: int) -> socket.socket | None:
+    """A socket bound to `port` on every interface (without SO_REUSEADDR: any bound socket, even
+    one bound to one address only, makes it fail), or None."""
+    sock = socket.socket()
+    try:
+        sock.bind(("", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock

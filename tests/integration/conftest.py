@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,15 @@ import httpx
 import pytest
 
 from experts.paths import OFFLINE_ENV
+from serving.serve_options import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server a test starts: `serving.serve_options.unused_port` (not the kernel's
+    ephemeral pick, which Ray or vLLM may take before the server binds it)."""
+    return unused_port()
 
 
 def start_quorum(port: int, *args: str, timeout: float = 900) -> tuple[subprocess.Popen, Path]:

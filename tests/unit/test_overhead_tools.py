@@ -99,6 +99,32 @@ def test_haproxy_ports_move_off_taken_defaults_and_user_ports_are_kept(monkeypat
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 
+def test_picked_ports_are_outside_the_kernels_ephemeral_range_and_skip_bound_ones():
+    """A port picked for a server that binds it later must not come from the range the kernel
+    hands out to `bind(0)` and outgoing connections (Ray and vLLM take those in the meantime: a CI
+    run lost HAProxy's port so), nor from Ray's worker or Serve's direct-ingress ports."""
+    import socket
+    from pathlib import Path
+
+    from serving.serve_options import PICK_RANGE, bind_port_or_free, unused_port
+
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low, high = map(int, ranges.read_text().split()) if ranges.exists() else (32768, 60999)
+    assert PICK_RANGE.start >= 20000 and PICK_RANGE.stop <= min(low, 30000)  # Ray, Serve, kernel
+    with socket.socket() as kernels:  # the kernel's pick is in its range: the case avoided
+        kernels.bind(("", 0))
+        assert low <= kernels.getsockname()[1] <= high
+    picked = {unused_port() for _ in range(50)}
+    assert picked <= set(PICK_RANGE) and len(picked) > 40  # random, so two tests rarely meet
+    port = unused_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))  # bound to one address: the port still counts as taken
+        with bind_port_or_free(port) as moved:
+            assert moved.getsockname()[1] != port and moved.getsockname()[1] in PICK_RANGE
+    with bind_port_or_free(0) as any_port:  # 0: any free port, also from the picked range
+        assert any_port.getsockname()[1] in PICK_RANGE
+
+
 def test_serve_yaml_carries_the_ingress_options():
     from pathlib import Path
 
