@@ -2,12 +2,14 @@
 # The decode-row work of one H200 session, as two device calls (NOTES.md Session 14): call 1
 # `bash benchmarks/kernels/experiments/decode_round.sh tune`, copy its $OUT/td1/NVIDIA_H200.json
 # into experts/moe/kernels/configs/ on the machine that launched it, then call 2
-# `bash benchmarks/kernels/experiments/decode_round.sh bench`. Exits 3 on any GPU but an H200.
+# `bash benchmarks/kernels/experiments/decode_round.sh bench`. Exits 3 on any GPU but an H200. The
+# GPU tests get 240 s: a staged kernel that never finishes (a wait nobody releases) must not eat
+# the call.
 G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || exit 3
 export PYTHONPATH=.
 date -u +%H:%M:%S
 if [ "$1" = tune ]; then
-  python -m pytest tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
+  timeout 240 python -m pytest tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
   date -u +%H:%M:%S
   python -m benchmarks.kernels.tune_decode --out $OUT/td8 --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -4 > $OUT/td8.log
   cp $OUT/td8/NVIDIA_H200.json experts/moe/kernels/configs/NVIDIA_H200.json; date -u +%H:%M:%S
