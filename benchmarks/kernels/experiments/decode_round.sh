@@ -10,7 +10,7 @@ export PYTHONPATH=.
 date -u +%H:%M:%S
 if [ "$1" = tune ]; then
   timeout 240 python -m pytest tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
-  KINDS="decode staged"; [ "${PIPESTATUS[0]}" = 0 ] || KINDS=decode  # a failing staged path is not tuned
+  RC=${PIPESTATUS[0]}; KINDS="decode staged"; [ "$RC" = 0 ] || KINDS=decode  # a failing staged path is not tuned
   date -u +%H:%M:%S
   python -m benchmarks.kernels.tune_decode --out $OUT/td8 --kinds $KINDS --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -4 > $OUT/td8.log
   cp $OUT/td8/NVIDIA_H200.json experts/moe/kernels/configs/NVIDIA_H200.json; date -u +%H:%M:%S
