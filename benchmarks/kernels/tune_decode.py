@@ -9,7 +9,8 @@ then each one-launch kind over a small tile sweep and a refinement around its be
 `decode` (`experts.moe.kernels.decode.moe_decode`) and `staged` (`experts.moe.kernels.staged`,
 ordered gate/up and down work items). When the best of them is at least 3% faster, it is written
 as the bucket's "decode" entry of DIR/<device>.json (copy it to experts/moe/kernels/configs/);
-otherwise any old "decode" entry is dropped. The winner is then run 50 times against
+otherwise any old "decode" entry is dropped. The checked-in "decode" entry is timed beside the
+swept kinds (reported as `current`), so `--kinds staged` alone cannot drop a faster one. The winner is then run 50 times against
 `torch._grouped_mm`'s layer (its fp32 atomics must never lose an update). The report gives each
 kind's best time, chosen or not.
 """
@@ -73,6 +74,7 @@ def tune_case(
     p = make_params(shape, False, dev)
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev)
     base = get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)
+    current = base.get("decode")
     base = {k: v for k, v in base.items() if k != "decode"}
     skews = (None, skew_offsets(p.router))
 
@@ -92,6 +94,8 @@ def tune_case(
             scores = [(kind_t, kind_best)] + [(total(base | {"decode": c}), c)
                                               for c in _refine(kind_best)]  # fmt: skip
             per_kind[kind] = min(scores, key=lambda s: s[0])
+        if current is not None:  # a sweep of fewer kinds must not drop a faster checked-in entry
+            per_kind["current"] = (total(base | {"decode": current}), current)
         best_t, best = min(per_kind.values(), key=lambda s: s[0])
         worst = 0.0
         for skew in skews:
