@@ -10,9 +10,9 @@ then each one-launch kind over a small tile sweep and a refinement around its be
 ordered gate/up and down work items). When the best of them is at least 3% faster, it is written
 as the bucket's "decode" entry of DIR/<device>.json (copy it to experts/moe/kernels/configs/);
 otherwise any old "decode" entry is dropped. The checked-in "decode" entry is timed beside the
-swept kinds (reported as `current`), so `--kinds staged` alone cannot drop a faster one. The winner is then run 50 times against
-`torch._grouped_mm`'s layer (its fp32 atomics must never lose an update). The report gives each
-kind's best time, chosen or not.
+swept kinds (reported as `current`), so `--kinds staged` alone cannot drop a faster one. The
+winner is then run 50 times against `torch._grouped_mm`'s layer (its fp32 atomics must never
+lose an update). The report gives each kind's best time, chosen or not.
 """
 
 from __future__ import annotations
