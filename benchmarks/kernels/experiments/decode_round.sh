@@ -9,32 +9,35 @@
 # and the bench at T 1 and 8, each step under a timeout; it runs on any GPU (its own config file).
 G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || [ "$1" = one ] || exit 3
 export PYTHONPATH=.
-date -u +%H:%M:%S
+stamp() { date -u +%H:%M:%S; }
+gpu_tests() {  # LIMIT_S TEST_FILE...: their status is the function's
+  local limit=$1; shift
+  timeout "$limit" python -m pytest "$@" --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
+  return "${PIPESTATUS[0]}"
+}
+tune_bucket() {  # KINDS LIMIT_S (0: none) NAME T SHAPE...: tuned, then copied into the configs
+  local kinds=$1 limit=$2 name=$3 t=$4; shift 4
+  timeout "$limit" python -m benchmarks.kernels.tune_decode --out $OUT/$name --kinds $kinds --shapes "$@" --tokens $t 2>&1 | grep -v Warn | tail -4 > $OUT/$name.log
+  cp $OUT/$name/NVIDIA_H*.json experts/moe/kernels/configs/; stamp
+}
+tune_buckets() {  # KINDS LIMIT_T8_S LIMIT_T1_S: the four buckets of the missed decode rows
+  tune_bucket "$1" "$2" td8 8 qwen3-30b-a3b olmoe-1b-7b
+  tune_bucket "$1" "$3" td1 1 deepseek-v3 mixtral-8x7b-tp2
+}
+stamp
 if [ "$1" = one ]; then  # one call of at most 600 s: the staged path's tests, tuning, the decode rows
-  timeout 120 python -m pytest tests/kernels/test_decode.py --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
-  RC=${PIPESTATUS[0]}; date -u +%H:%M:%S
-  if [ "$RC" = 0 ]; then
-    timeout 150 python -m benchmarks.kernels.tune_decode --out $OUT/td8 --kinds staged --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -4 > $OUT/td8.log
-    cp $OUT/td8/NVIDIA_H*.json experts/moe/kernels/configs/; date -u +%H:%M:%S
-    timeout 110 python -m benchmarks.kernels.tune_decode --out $OUT/td1 --kinds staged --shapes deepseek-v3 mixtral-8x7b-tp2 --tokens 1 2>&1 | grep -v Warn | tail -4 > $OUT/td1.log
-    cp $OUT/td1/NVIDIA_H*.json experts/moe/kernels/configs/; date -u +%H:%M:%S
-  fi
+  gpu_tests 120 tests/kernels/test_decode.py && tune_buckets staged 150 110
   python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
-  date -u +%H:%M:%S
-elif [ "$1" = tune ]; then
-  timeout 240 python -m pytest tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py --confcutdir=tests/kernels -q -x 2>&1 | tail -5 | tee $OUT/tests.txt
-  RC=${PIPESTATUS[0]}; KINDS="decode staged"; [ "$RC" = 0 ] || KINDS=decode  # a failing staged path is not tuned
-  date -u +%H:%M:%S
-  python -m benchmarks.kernels.tune_decode --out $OUT/td8 --kinds $KINDS --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -4 > $OUT/td8.log
-  cp $OUT/td8/NVIDIA_H200.json experts/moe/kernels/configs/NVIDIA_H200.json; date -u +%H:%M:%S
-  python -m benchmarks.kernels.tune_decode --out $OUT/td1 --kinds $KINDS --shapes deepseek-v3 mixtral-8x7b-tp2 --tokens 1 2>&1 | grep -v Warn | tail -4 > $OUT/td1.log
-  date -u +%H:%M:%S
+  stamp
+elif [ "$1" = tune ]; then  # a failing staged path is not tuned
+  if gpu_tests 240 tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py
+  then tune_buckets "decode staged" 0 0; else tune_buckets decode 0 0; fi
 else
   python -m benchmarks.kernels.tune_flags --out $OUT/flags --tokens 1 8 2>&1 | grep -v Warn | tail -20 > $OUT/tune_flags.log
   cp $OUT/flags/NVIDIA_H200.json experts/moe/kernels/configs/NVIDIA_H200.json
-  date -u +%H:%M:%S
+  stamp
   python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
-  date -u +%H:%M:%S
+  stamp
   for c in "qwen3-30b-a3b 8" "olmoe-1b-7b 8" "deepseek-v3 1"; do python -m benchmarks.kernels.experiments.profile_decode $c 2>&1 | grep -v Warn | tail -15; done > $OUT/profile.txt
-  date -u +%H:%M:%S
+  stamp
 fi
