@@ -7,7 +7,7 @@
 # the call. `one` is the short form for a session with less device time left: the decode tests,
 # `tune_decode --kinds staged` (the checked-in entry timed beside it) on the four missed buckets,
 # and the bench at T 1 and 8, each step under a timeout; it runs on any GPU (its own config file).
-G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || [ "$1" = one ] || exit 3
+G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || [ "$1" = one ] || [ "$1" = short ] || exit 3
 export PYTHONPATH=.
 stamp() { date -u +%H:%M:%S; }
 gpu_tests() {  # LIMIT_S TEST_FILE...: their status is the function's
@@ -17,8 +17,8 @@ gpu_tests() {  # LIMIT_S TEST_FILE...: their status is the function's
 }
 tune_bucket() {  # KINDS LIMIT_S (0: none) NAME T SHAPE...: tuned, then copied into the configs
   local kinds=$1 limit=$2 name=$3 t=$4; shift 4
-  timeout "$limit" python -m benchmarks.kernels.tune_decode --out $OUT/$name --kinds $kinds --shapes "$@" --tokens $t 2>&1 | grep -v Warn | tail -4 > $OUT/$name.log
-  cp $OUT/$name/NVIDIA_H*.json experts/moe/kernels/configs/; stamp
+  timeout "$limit" python -m benchmarks.kernels.tune_decode --out /tmp/$name --kinds $kinds --shapes "$@" --tokens $t 2>&1 | grep -v Warn | tail -4 > $OUT/$name.log
+  cp /tmp/$name/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/$name/NVIDIA_H*.json $OUT/; stamp
 }
 tune_buckets() {  # KINDS LIMIT_T8_S LIMIT_T1_S: the four buckets of the missed decode rows
   tune_bucket "$1" "$2" td8 8 qwen3-30b-a3b olmoe-1b-7b
@@ -27,6 +27,12 @@ tune_buckets() {  # KINDS LIMIT_T8_S LIMIT_T1_S: the four buckets of the missed 
 stamp
 if [ "$1" = one ]; then  # one call of at most 600 s: the staged path's tests, tuning, the decode rows
   gpu_tests 120 tests/kernels/test_decode.py && tune_buckets staged 150 110
+  python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
+  stamp
+elif [ "$1" = short ]; then  # `one` without the tests (they passed on an H100), then ROUTE_WARPS at T=8 (at most 8 files back)
+  tune_buckets staged 150 110
+  timeout 120 python -m benchmarks.kernels.tune_flags --out /tmp/flags --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -20 > $OUT/tune_flags.log
+  cp /tmp/flags/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/flags/NVIDIA_H*.json $OUT/; stamp
   python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
   stamp
 elif [ "$1" = tune ]; then  # a failing staged path is not tuned
