@@ -10,12 +10,13 @@ launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; 
 route_align's warp count, 8 or 16 against the default 4), over uniform plus skewed routing;
 rounds alternate the order and each time is the best of the rounds. The fastest combination
 replaces the checked-in one when its summed time is at least 1% lower (`_tables.pick`: a tie
-keeps what is checked in). Every combination's output stays within the bf16 tolerance of `torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and
-SLOT_LAYOUT change no arithmetic, so a combination must also give the bits of the same
-combination without them; ROUTE_WARPS may change the order of the softmax's sums (a last-bit
-difference in the routing weights), so it is held to the tolerance only. (Session 11 also tried
-an atomic combine here, Session 12 a prefetch of `down`'s first tiles; both were slower and live
-on the branches `atomic-combine` and `down-prefetch`.)
+keeps what is checked in). Every combination's output stays within the bf16 tolerance of
+`torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and SLOT_LAYOUT change no
+arithmetic, so a combination must also give the bits of the same combination without them;
+ROUTE_WARPS may change the order of the softmax's sums (a last-bit difference in the routing
+weights), so it is held to the tolerance only. (Session 11 also tried an atomic combine here,
+Session 12 a prefetch of `down`'s first tiles; both were slower and live on the branches
+`atomic-combine` and `down-prefetch`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
 DIR/tune_flags.json, the per-variant times.
 """
