@@ -47,9 +47,13 @@ class RayNode:
             return []
 
 
+class NodeStartFailed(RuntimeError):
+    """`ray start` exited, or did not say it started in time; its log's tail is the message."""
+
+
 def _start(name: str, ip: str, args: list[str], folder: Path, env: dict[str, str],
-           timeout: float = 120, nice: int = 0) -> RayNode:  # fmt: skip
-    log = folder / f"ray-{name}.log"
+           timeout: float = 120, nice: int = 0, log_name: str | None = None) -> RayNode:  # fmt: skip
+    log = folder / (log_name or f"ray-{name}.log")
     # HAProxy's own ports, per node: these nodes share one machine (and may meet another Serve).
     haproxy_ports = {key: str(free_port()) for key in HAPROXY_PORTS}
     proc = subprocess.Popen(
@@ -65,12 +69,22 @@ def _start(name: str, ip: str, args: list[str], folder: Path, env: dict[str, str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray node {name} exited with {proc.returncode}:\n{_tail(log)}")
+            _kill_group(proc)  # what it started before failing (a raylet, agents)
+            raise NodeStartFailed(f"ray node {name} exited with {proc.returncode}:\n{_tail(log)}")
         if "Ray runtime started" in log.read_text(errors="replace"):
             return node
         time.sleep(0.5)
     kill_node(node)
-    raise RuntimeError(f"ray node {name} did not start within {timeout:g}s:\n{_tail(log)}")
+    _kill_group(proc)
+    raise NodeStartFailed(f"ray node {name} did not start within {timeout:g}s:\n{_tail(log)}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `ray start` led (start_new_session), its orphans included."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(log: Path) -> str:
@@ -88,17 +102,31 @@ class Cluster:
     gcs: str
     dashboard: str
 
-    def add_worker(self, name: str, ip: str, num_cpus: int, resources: dict[str, float]) -> RayNode:
+    def add_worker(self, name: str, ip: str, num_cpus: int, resources: dict[str, float],
+                   attempts: int = 3) -> RayNode:  # fmt: skip
         """A worker node at loopback address `ip` (e.g. 127.0.0.3) joining the cluster.
+
+        A node that fails to start is started again, up to `attempts` times in all, as a node's
+        supervisor (systemd, Kubernetes) would: on a loaded machine a joining raylet can miss the
+        fixed 30 s Ray gives it to register with the GCS, and `ray start` then exits with "The
+        current node timed out during startup" (a CI run's node-loss test, 2026-12-06). Each
+        attempt has its own log, ray-NAME.log, ray-NAME-2.log, ...
 
         Its processes run at a lower CPU priority (nice 10) than the head's: the nodes share this
         machine's cores, and a worker's vLLM engine starting again after a node loss would
         otherwise take CPU from the head's engine, which a separate machine never does (in CI
         with equal priority, requests after the node's return timed out while its engine
         loaded; benchmarks/RESULTS.md, section `node-loss`)."""
-        return _start(name, ip, ["--address", self.gcs, "--num-cpus", str(num_cpus),
-                                 "--resources", json.dumps(resources)], self.folder, self.env,
-                      nice=10)  # fmt: skip
+        args = ["--address", self.gcs, "--num-cpus", str(num_cpus),
+                "--resources", json.dumps(resources)]  # fmt: skip
+        for attempt in range(1, attempts + 1):
+            log_name = f"ray-{name}.log" if attempt == 1 else f"ray-{name}-{attempt}.log"
+            try:
+                return _start(name, ip, args, self.folder, self.env, nice=10, log_name=log_name)
+            except NodeStartFailed:
+                if attempt == attempts:
+                    raise
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
 
     def deploy(self, config: Path, timeout: float = 120) -> None:
         """`serve deploy`: the cluster's Serve controller takes the config and starts the app."""
