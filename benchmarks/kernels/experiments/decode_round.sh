@@ -20,6 +20,15 @@ tune_bucket() {  # KINDS LIMIT_S (0: none) NAME T SHAPE...: tuned, then copied i
   timeout "$limit" python -m benchmarks.kernels.tune_decode --out /tmp/$name --kinds $kinds --shapes "$@" --tokens $t 2>&1 | grep -v Warn | tail -4 > $OUT/$name.log
   cp /tmp/$name/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/$name/NVIDIA_H*.json $OUT/; stamp
 }
+tune_flags_at() {  # LIMIT_S (0: none) TUNE_FLAGS_ARG...: tuned, then copied into the configs
+  local limit=$1; shift
+  timeout "$limit" python -m benchmarks.kernels.tune_flags --out /tmp/flags "$@" 2>&1 | grep -v Warn | tail -20 > $OUT/tune_flags.log
+  cp /tmp/flags/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/flags/NVIDIA_H*.json $OUT/; stamp
+}
+bench_decode() {  # the decode rows (T 1 and 8) into $OUT/bench
+  python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
+  stamp
+}
 tune_buckets() {  # KINDS LIMIT_T8_S LIMIT_T1_S: the four buckets of the missed decode rows
   tune_bucket "$1" "$2" td8 8 qwen3-30b-a3b olmoe-1b-7b
   tune_bucket "$1" "$3" td1 1 deepseek-v3 mixtral-8x7b-tp2
@@ -27,23 +36,17 @@ tune_buckets() {  # KINDS LIMIT_T8_S LIMIT_T1_S: the four buckets of the missed 
 stamp
 if [ "$1" = one ]; then  # one call of at most 600 s: the staged path's tests, tuning, the decode rows
   gpu_tests 120 tests/kernels/test_decode.py && tune_buckets staged 150 110
-  python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
-  stamp
+  bench_decode
 elif [ "$1" = short ]; then  # `one` without the tests (they passed on an H100), then ROUTE_WARPS at T=8 (at most 8 files back)
   tune_buckets staged 150 110
-  timeout 120 python -m benchmarks.kernels.tune_flags --out /tmp/flags --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8 2>&1 | grep -v Warn | tail -20 > $OUT/tune_flags.log
-  cp /tmp/flags/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/flags/NVIDIA_H*.json $OUT/; stamp
-  python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
-  stamp
+  tune_flags_at 120 --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8
+  bench_decode
 elif [ "$1" = tune ]; then  # a failing staged path is not tuned
   if gpu_tests 240 tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py
   then tune_buckets "decode staged" 0 0; else tune_buckets decode 0 0; fi
 else
-  python -m benchmarks.kernels.tune_flags --out $OUT/flags --tokens 1 8 2>&1 | grep -v Warn | tail -20 > $OUT/tune_flags.log
-  cp $OUT/flags/NVIDIA_H200.json experts/moe/kernels/configs/NVIDIA_H200.json
-  stamp
-  python -m benchmarks.kernels.bench_moe --out $OUT/bench --tokens 1 8 2>&1 | tail -40 > $OUT/bench.log
-  stamp
+  tune_flags_at 0 --tokens 1 8
+  bench_decode
   for c in "qwen3-30b-a3b 8" "olmoe-1b-7b 8" "deepseek-v3 1"; do python -m benchmarks.kernels.experiments.profile_decode $c 2>&1 | grep -v Warn | tail -15; done > $OUT/profile.txt
   stamp
 fi
