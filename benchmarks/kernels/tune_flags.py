@@ -1,5 +1,5 @@
-"""Decide, per shape and decode bucket, the aligned path's layer settings PDL, SLOT_LAYOUT and
-ROUTE_WARPS.
+"""Decide, per shape and decode bucket, the aligned path's layer settings PDL, SLOT_LAYOUT,
+ROUTE_WARPS and ROUTE_IN_GEMM.
 
     python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
 
@@ -7,14 +7,15 @@ For each (shape, T) whose tuned entry takes the aligned path (no "decode" entry)
 whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with the checked-in
 entry stripped of the settings and with each combination of them (PDL: programmatic dependent
 launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; ROUTE_WARPS:
-route_align's warp count, 8 or 16 against the default 4), over uniform plus skewed routing;
+route_align's warp count, 8 or 16 against the default 4; ROUTE_IN_GEMM: no route_align, the
+gate/up GEMM routes, `routed_gate_up`), over uniform plus skewed routing;
 rounds alternate the order and each time is the best of the rounds. The fastest combination
 replaces the checked-in one when its summed time is at least 1% lower (`_tables.pick`: a tie
 keeps what is checked in). Every combination's output stays within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and SLOT_LAYOUT change no
 arithmetic, so a combination must also give the bits of the same combination without them;
-ROUTE_WARPS may change the order of the softmax's sums (a last-bit difference in the routing
-weights), so it is held to the tolerance only. (Session 11 also tried an atomic combine here,
+ROUTE_WARPS and ROUTE_IN_GEMM may change the order of the softmax's sums (a last-bit difference
+in the routing weights), so they are held to the tolerance only. (Session 11 also tried an atomic combine here,
 Session 12 a prefetch of `down`'s first tiles; both were slower and live on the branches
 `atomic-combine` and `down-prefetch`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
@@ -42,7 +43,10 @@ from experts.moe.kernels.reference import TOLERANCE, rel_err
 logger = logging.getLogger(__name__)
 MARGIN = 0.99  # settings must save at least 1% of the checked-in settings' time to replace them
 #: each layer setting and the values tried besides leaving it unset
-FLAGS: dict[str, tuple] = {"PDL": (True,), "SLOT_LAYOUT": (True,), "ROUTE_WARPS": (8, 16)}
+FLAGS: dict[str, tuple] = {"PDL": (True,), "SLOT_LAYOUT": (True,), "ROUTE_WARPS": (8, 16),
+                           "ROUTE_IN_GEMM": (True,)}
+#: settings of route_align, which a variant with ROUTE_IN_GEMM does not launch
+ROUTE_ALIGN = ("SLOT_LAYOUT", "ROUTE_WARPS")
 #: settings that change no arithmetic: a variant must give the bits of itself without them
 EXACT = ("PDL", "SLOT_LAYOUT")
 
@@ -58,6 +62,8 @@ def flag_variants(flags) -> dict[str, dict]:
     out = {}
     for combo in itertools.product(*choices):
         settings = {f: v for f, v in combo if v is not None}
+        if settings.get("ROUTE_IN_GEMM") and any(f in settings for f in ROUTE_ALIGN):
+            continue  # the same launches as without them
         out[_name(settings)] = settings
     return out
 

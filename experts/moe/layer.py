@@ -7,6 +7,8 @@ At decode, where the tuned config for the bucket has a "decode" entry, the whole
 router GEMM is one launch instead (`experts.moe.kernels.decode`: routing, both GEMMs and an atomic
 combine in one kernel; it removes the gaps between dependent launches), or with "STAGED": true in
 that entry one launch of ordered gate/up and down work items (`experts.moe.kernels.staged`).
+With "ROUTE_IN_GEMM" the gate/up GEMM routes its own tokens instead of a routing launch before it
+(`experts.moe.kernels.routed_gate_up`).
 
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
 can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
@@ -27,20 +29,40 @@ def _config(x: torch.Tensor, w13: torch.Tensor, top_k: int, config: dict | None)
     return config or get_config(x.shape[0], e, h, two_i // 2, top_k, x.device)
 
 
+def _layer_flags(cfg: dict) -> dict:
+    return {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False)}
+
+
+def _down_combine(
+    hid: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+    layout: tuple[torch.Tensor, ...], t: int, top_k: int, cfg: dict,
+) -> torch.Tensor:
+    from experts.moe.kernels.grouped_gemm import combine, down
+
+    sorted_ids, block_expert, num_padded, slot_pos = layout
+    bm = _layer_flags(cfg)
+    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
+             cfg["down"] | bm)  # [P, H]
+    return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
+
+
 def _experts_aligned(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
     layout: tuple[torch.Tensor, ...], cfg: dict,
 ) -> torch.Tensor:
-    from experts.moe.kernels.grouped_gemm import combine, down, gate_up
+    from experts.moe.kernels.grouped_gemm import gate_up
 
-    sorted_ids, block_expert, num_padded, slot_pos = layout
+    sorted_ids, block_expert, num_padded, _ = layout
     t, top_k = topk_weights.shape
-    bm = {"BLOCK_M": cfg["BLOCK_M"], "PDL": cfg.get("PDL", False)}
     hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
-                  cfg["gate_up"] | bm)  # [P, I]
-    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
-             cfg["down"] | bm)  # [P, H]
-    return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
+                  cfg["gate_up"] | _layer_flags(cfg))  # [P, I]
+    return _down_combine(hid, w2, topk_weights, layout, t, top_k, cfg)
+
+
+def _routes_in_gemm(num_tokens: int, cfg: dict) -> bool:
+    """Whether a config's "ROUTE_IN_GEMM" applies (`experts.moe.kernels.routed_gate_up`)."""
+    return (bool(cfg.get("ROUTE_IN_GEMM")) and num_tokens <= cfg["BLOCK_M"]
+            and not cfg["gate_up"].get("TMA") and not cfg["down"].get("TMA"))
 
 
 def _decode_path(cfg: dict):
@@ -108,6 +130,12 @@ def moe_from_logits(
     if cfg.get("decode") and x.shape[0] <= MAX_DECODE_TOKENS:  # one launch after the router
         return _decode_path(cfg["decode"])(x, w13, w2, logits=logits, routing=routing, bias=bias,
                                            local_experts=local_experts, config=cfg["decode"])
+    if _routes_in_gemm(x.shape[0], cfg):  # decode: gate/up routes, no routing launch at all
+        from experts.moe.kernels.routed_gate_up import gate_up_routed
+
+        hid, wts, *layout = gate_up_routed(x, w13, logits, routing,
+                                           cfg["gate_up"] | _layer_flags(cfg), bias, local_experts)
+        return _down_combine(hid, w2, wts, tuple(layout), x.shape[0], routing.top_k, cfg)
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
                                       num_warps=cfg.get("ROUTE_WARPS"),

@@ -90,6 +90,8 @@ def _down_kernel(
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     ex = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if ex < 0:  # an empty block of the layout by slot (`routed_gate_up`)
+        return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     sid = tl.load(sorted_ids_ptr + rows)
     tmask = sid < M
