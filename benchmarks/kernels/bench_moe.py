@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
 
         body = args.results_from.read_text()
         gpu = body.split(";", 1)[0].removeprefix("GPU: ")
-        write_section("kernels", "Sparse MoE layer (Triton kernels)",
+        h200 = "H200" in gpu  # each GPU's table has its own section
+        write_section("kernels-h200" if h200 else "kernels",
+                      "Sparse MoE layer (Triton kernels)" + (", H200" if h200 else ""),
                       "python -m benchmarks.kernels.bench_moe --out DIR", f"1x {gpu}", body)
         return
     records = run(args)
