@@ -53,6 +53,17 @@ class Params:
     skew: torch.Tensor | None  # [E] logit offset in the router's dtype; None = uniform routing
 
 
+def buckets(names, tokens):
+    """(shape name, T, its config-table key `configs.shape_key`) for every shape of `names` and
+    every T of `tokens`: the cases a tuner walks."""
+    from experts.moe.kernels.configs import shape_key
+
+    for name in names:
+        s = SHAPES[name]
+        for t in tokens:
+            yield name, t, shape_key(s.local_e, s.h, s.inter, s.top_k)
+
+
 def skew_offsets(router: torch.Tensor, seed: int = 1) -> torch.Tensor:
     """Zipf-like expert popularity for `router` [E, H]: logit offset -1.5 * log(1 + rank), ranks in
     random order, on the router's device and in its dtype (`logits_of` adds them as its bias)."""

@@ -29,11 +29,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
+from benchmarks.kernels._moe_common import (
+    SHAPES,
+    buckets,
+    grouped_mm_layer,
+    make_params,
+    skew_offsets,
+)
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import pick, write_table
 from benchmarks.kernels._timing import graph_time
-from experts.moe.kernels.configs import get_config, shape_key, tuned_table
+from experts.moe.kernels.configs import get_config, tuned_table
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -131,24 +137,22 @@ def main(argv: list[str] | None = None) -> None:
     table = tuned_table(dev)
     report = []
     start = time.time()
-    for name in args.shapes:
+    for name, t, key in buckets(args.shapes, args.tokens):
         s = SHAPES[name]
-        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
-        for t in args.tokens:
-            best, timing = tune_case(name, t, dev, tuple(args.kinds))
-            entry = table.setdefault(key, {}).setdefault(
-                str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev)
-            )
-            entry.pop("decode", None)
-            if best is not None:
-                entry["decode"] = best
-            report.append(dict(shape=name, T=t, decode=best, **timing))
-            logger.warning(
-                "%s T=%d: %s (%.0fs)", name, t, json.dumps(report[-1]), time.time() - start
-            )
-            write_table(table, args.out, dev)
-            (args.out / "tune_decode.json").write_text(json.dumps(report, indent=1))
-            torch.cuda.empty_cache()
+        best, timing = tune_case(name, t, dev, tuple(args.kinds))
+        entry = table.setdefault(key, {}).setdefault(
+            str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev)
+        )
+        entry.pop("decode", None)
+        if best is not None:
+            entry["decode"] = best
+        report.append(dict(shape=name, T=t, decode=best, **timing))
+        logger.warning(
+            "%s T=%d: %s (%.0fs)", name, t, json.dumps(report[-1]), time.time() - start
+        )
+        write_table(table, args.out, dev)
+        (args.out / "tune_decode.json").write_text(json.dumps(report, indent=1))
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

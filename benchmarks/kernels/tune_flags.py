@@ -33,11 +33,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
+from benchmarks.kernels._moe_common import (
+    SHAPES,
+    buckets,
+    grouped_mm_layer,
+    make_params,
+    skew_offsets,
+)
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import pick, write_table
 from benchmarks.kernels._timing import best_of_rounds
-from experts.moe.kernels.configs import get_config, shape_key, tuned_table
+from experts.moe.kernels.configs import get_config, tuned_table
 from experts.moe.kernels.reference import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
@@ -132,25 +138,23 @@ def main(argv: list[str] | None = None) -> None:
     dev = torch.device("cuda")
     table = tuned_table(dev)
     report = []
-    for name in args.shapes:
+    for name, t, key in buckets(args.shapes, args.tokens):
         s = SHAPES[name]
-        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
-        for t in args.tokens:
-            found = tune_case(name, t, args.rounds, dev)
-            if found is None:
-                logger.warning("%s T=%d: the decode kernel's bucket, skipped", name, t)
-                continue
-            flags, rep = found
-            entry = table.setdefault(key, {}).setdefault(
-                str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev))
-            for f in FLAGS:
-                entry.pop(f, None)
-            entry.update(flags)
-            report.append(rep)
-            logger.warning("%s T=%d: %s", name, t, json.dumps(rep))
-            write_table(table, args.out, dev)
-            (args.out / "tune_flags.json").write_text(json.dumps(report, indent=1))
-            torch.cuda.empty_cache()
+        found = tune_case(name, t, args.rounds, dev)
+        if found is None:
+            logger.warning("%s T=%d: the decode kernel's bucket, skipped", name, t)
+            continue
+        flags, rep = found
+        entry = table.setdefault(key, {}).setdefault(
+            str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev))
+        for f in FLAGS:
+            entry.pop(f, None)
+        entry.update(flags)
+        report.append(rep)
+        logger.warning("%s T=%d: %s", name, t, json.dumps(rep))
+        write_table(table, args.out, dev)
+        (args.out / "tune_flags.json").write_text(json.dumps(report, indent=1))
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ import torch
 from benchmarks.kernels._moe_common import (
     SHAPES,
     TOKENS,
+    buckets,
     logits_of,
     make_params,
     skew_offsets,
     to_local,
 )
 from benchmarks.kernels._tables import write_table
-from experts.moe.kernels.configs import shape_key, tuned_table
+from experts.moe.kernels.configs import tuned_table
 
 logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
@@ -117,19 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     # Start from the checked-in table, so a partial sweep updates only the cases it ran.
     table = tuned_table(dev)
     start = time.time()
-    for name in args.shapes:
-        s = SHAPES[name]
-        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
-        for t in args.tokens:
-            if time.time() - start > args.budget_s:
-                logger.warning("budget spent; skipping %s T=%d", name, t)
-                continue
-            cfg, timing = tune_case(name, t, dev)
-            table.setdefault(key, {})[str(t)] = cfg
-            logger.warning("%s T=%d: %s %s (%.0fs)", name, t, json.dumps(cfg), timing,
-                           time.time() - start)
-            write_table(table, args.out, dev)
-            torch.cuda.empty_cache()
+    for name, t, key in buckets(args.shapes, args.tokens):
+        if time.time() - start > args.budget_s:
+            logger.warning("budget spent; skipping %s T=%d", name, t)
+            continue
+        cfg, timing = tune_case(name, t, dev)
+        table.setdefault(key, {})[str(t)] = cfg
+        logger.warning("%s T=%d: %s %s (%.0fs)", name, t, json.dumps(cfg), timing,
+                       time.time() - start)
+        write_table(table, args.out, dev)
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels._moe_common import SHAPES, grouped_mm_layer, make_params, skew_offsets
+from benchmarks.kernels._moe_common import (
+    SHAPES,
+    buckets,
+    grouped_mm_layer,
+    make_params,
+    skew_offsets,
+)
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import pick, write_table
 from benchmarks.kernels.tune_flags import run_variants
@@ -96,25 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     dev = torch.device("cuda")
     table = tuned_table(dev)
     report = []
-    for name in args.shapes:
-        s = SHAPES[name]
-        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
-        for t in args.tokens:
-            for which in args.which:  # in turn: down is swept with the gate/up just chosen
-                found = tune_case(name, t, which, args.rounds, dev, table)
-                if found is None:
-                    logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
-                    break
-                tile, rep = found
-                table[key][str(t)][which] = tile
-                report.append(rep)
-                best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
-                logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",
-                               name, t, which, rep["chosen"], rep[f"{rep['chosen']}_us"],
-                               rep["entry_us"], best[:-3], rep[best])
-                write_table(table, args.out, dev)
-                (args.out / "tune_routed.json").write_text(json.dumps(report, indent=1))
-                torch.cuda.empty_cache()
+    for name, t, key in buckets(args.shapes, args.tokens):
+        for which in args.which:  # in turn: down is swept with the gate/up just chosen
+            found = tune_case(name, t, which, args.rounds, dev, table)
+            if found is None:
+                logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
+                break
+            tile, rep = found
+            table[key][str(t)][which] = tile
+            report.append(rep)
+            best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
+            logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",
+                           name, t, which, rep["chosen"], rep[f"{rep['chosen']}_us"],
+                           rep["entry_us"], best[:-3], rep[best])
+            write_table(table, args.out, dev)
+            (args.out / "tune_routed.json").write_text(json.dumps(report, indent=1))
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

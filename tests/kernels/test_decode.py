@@ -11,12 +11,12 @@ from experts.moe.kernels.reference import (
     TOLERANCE,
     RoutingConfig,
     experts_reference,
-    localize,
     rel_err,
     route_reference,
 )
 from experts.moe.kernels.staged import moe_staged
 from experts.moe.layer import moe_experts, moe_from_logits
+from tests.kernels._problems import decode_problem
 
 PATHS = {"decode": moe_decode, "staged": moe_staged}
 
@@ -38,22 +38,7 @@ CASES = {
 
 
 def _problem(name: str, dtype: torch.dtype, device: torch.device):
-    cfg, c, shard, t, h, inter = CASES[name]
-    g = torch.Generator().manual_seed(len(name))
-    e = shard[1] if shard else c - cfg.num_null_experts
-    x = torch.randn(t, h, generator=g).to(dtype)
-    w13 = (torch.randn(e, 2 * inter, h, generator=g) * h**-0.5).to(dtype)
-    w2 = (torch.randn(e, h, inter, generator=g) * inter**-0.5).to(dtype)
-    logits = torch.randn(t, c, generator=g) * 2
-    if name == "all_one_expert":
-        logits[:, 3] += 50.0
-    bias = torch.randn(c, generator=g) * 0.1 if cfg.n_groups > 1 else None
-    ids, w = route_reference(logits, cfg, bias)
-    if shard is not None:
-        ids, w = localize(ids, w, *shard)
-    ref = experts_reference(x.float(), w13.float(), w2.float(), ids, w)
-    on = lambda v: None if v is None else v.to(device)  # noqa: E731
-    return cfg, shard, on(x), on(w13), on(w2), on(logits), on(bias), on(ids), on(w), ref
+    return decode_problem(name, CASES[name], dtype, device)
 
 
 @pytest.mark.parametrize("path", list(PATHS))

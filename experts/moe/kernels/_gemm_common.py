@@ -49,3 +49,25 @@ def _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, row_mask, kmask, nmask,
 def _precision(t: torch.Tensor) -> str:
     # float32 inputs get true fp32 products (the default would round them to tf32).
     return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def _swiglu_tile(x_ptr, w13_ptr, ex, rows, row_mask, offs_n, nmask, N, K, stride_xm, stride_we,
+                 stride_wn, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """silu(x Wg[ex].T) * (x Wu[ex].T) [ROWS, BLOCK_N] in fp32 for x rows `rows` (those under
+    `row_mask`; the others give 0) and the columns `offs_n` of I = N, over the whole K = H."""
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :]  # [R, BK]
+    g_ptrs = (w13_ptr + ex.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
+              + offs_k[:, None])  # [BK, BN]  # fmt: skip
+    u_ptrs = g_ptrs + N * stride_wn
+    acc_g = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        acc_g, acc_u = _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, row_mask,
+                                    offs_k < K - k0 * BLOCK_K, nmask, EVEN, UPCAST, PRECISION)
+        a_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+        u_ptrs += BLOCK_K
+    return acc_g / (1.0 + tl.exp(-acc_g)) * acc_u

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _swiglu_step
+from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _swiglu_tile
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
@@ -82,24 +82,10 @@ def _gate_up_routed_kernel(
                             block_expert_ptr, num_padded_ptr, slot_pos_ptr, BLOCK_M, TOP_K)
     if lead:
         tok = tl.arange(0, BLOCK_M)  # row r of the block is token r
-        tmask = tok < T
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = offs_n < N
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = x_ptr + tok[:, None].to(tl.int64) * stride_xm + offs_k[None, :]  # [BM, BK]
-        g_ptrs = (w_ptr + ex.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
-                  + offs_k[:, None])  # [BK, BN]  # fmt: skip
-        u_ptrs = g_ptrs + N * stride_wn
-        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-            acc_g, acc_u = _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, tmask,
-                                        offs_k < K - k0 * BLOCK_K, nmask, EVEN, UPCAST,
-                                        PRECISION)  # fmt: skip
-            a_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
-            u_ptrs += BLOCK_K
-        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # rows of unrouted tokens: 0, never read
+        h = _swiglu_tile(x_ptr, w_ptr, ex, tok, tok < T, offs_n, nmask, N, K, stride_xm,
+                         stride_we, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, EVEN, UPCAST, PRECISION)
         h_ptrs = h_ptr + (p * BLOCK_M + tok)[:, None].to(tl.int64) * stride_hm + offs_n[None, :]
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=nmask[None, :])
 

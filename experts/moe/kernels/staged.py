@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _precision, _swiglu_step
+from experts.moe.kernels._gemm_common import _interpret, _precision, _swiglu_tile
 from experts.moe.kernels._triton import tl, triton
 from experts.moe.kernels.decode import _ROWS, _routes, _write_out, final_meta, route_args
 from experts.moe.kernels.reference import RoutingConfig
@@ -73,20 +73,9 @@ def _gate_up_item(
         tmask = rows < T
         offs_n = (item % n_nb) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = offs_n < I
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = x_ptr + rows[:, None] * stride_xt + offs_k[None, :]  # [R, BK]
-        g_ptrs = (w13_ptr + ex.to(tl.int64) * stride_w13e + offs_n[None, :] * stride_w13n
-                  + offs_k[:, None])  # [BK, BN]  # fmt: skip
-        u_ptrs = g_ptrs + I * stride_w13n
-        acc_g = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        acc_u = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        for k0 in range(0, tl.cdiv(H, BLOCK_K)):
-            acc_g, acc_u = _swiglu_step(a_ptrs, g_ptrs, u_ptrs, acc_g, acc_u, tmask,
-                                        offs_k < H - k0 * BLOCK_K, nmask, EVEN, UPCAST, PRECISION)
-            a_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
-            u_ptrs += BLOCK_K
-        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+        h = _swiglu_tile(x_ptr, w13_ptr, ex, rows, tmask, offs_n, nmask, I, H, stride_xt,
+                         stride_w13e, stride_w13n, ROWS, BLOCK_N, BLOCK_K, EVEN, UPCAST,
+                         PRECISION)  # fmt: skip
         h_ptrs = h_ptr + (p * T + rows[:, None]).to(tl.int64) * I + offs_n[None, :]
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=tmask[:, None] & nmask[None, :])
     tl.debug_barrier()  # every thread's stores before the release
