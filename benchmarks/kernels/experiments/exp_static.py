@@ -1,7 +1,9 @@
-"""Experiment: what a one-launch decode kernel compiles to for sm_90, on a machine without a GPU.
+"""Experiment: what a decode-path kernel compiles to for sm_90, on a machine without a GPU.
 
-`python -m benchmarks.kernels.experiments.exp_static {decode,staged} SHAPE T [--config JSON]`:
-calls the wrapper (`decode.moe_decode` or `staged.moe_staged`) on CPU tensors of the shape with
+`python -m benchmarks.kernels.experiments.exp_static {decode,staged,gate_up,routed} SHAPE T
+[--config JSON]`: calls the wrapper (`decode.moe_decode`, `staged.moe_staged`, `grouped_gemm.gate_up`
+or `routed_gate_up.gate_up_routed`; the last two default to the checked-in H200 entry's gate/up
+tile, `--config` a gate/up entry with "BLOCK_M") on CPU tensors of the shape with
 the kernel's launch caught, compiles that launch with Triton for sm_90 (with the divisibility
 hints the launcher would give: tensors and multiples of 16), and prints the kernel's shared
 memory, the registers and spilled bytes `ptxas -v` reports, the count of each global-memory,
@@ -27,12 +29,35 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import mangle_type
 
 from benchmarks.kernels._moe_common import SHAPES
-from experts.moe.kernels import decode, staged
+from experts.moe.kernels import decode, grouped_gemm, routed_gate_up, staged
 
-KERNELS = {"decode": (decode, "_decode_kernel", decode.moe_decode),
-           "staged": (staged, "_staged_kernel", staged.moe_staged)}  # fmt: skip
+
+def _one_launch(wrapper):
+    def call(x, w13, w2, logits, s, bias, config):
+        wrapper(x, w13, w2, logits=logits, routing=s.routing, bias=bias, local_experts=s.local,
+                config=config)  # fmt: skip
+    return call
+
+
+def _gate_up(x, w13, w2, logits, s, bias, config):  # the aligned path's gate/up, slot layout
+    m = x.shape[0] * s.top_k
+    bm = config["BLOCK_M"]
+    sorted_ids = torch.zeros(m * bm, dtype=torch.int32)
+    grouped_gemm.gate_up(x, w13, sorted_ids, torch.zeros(m, dtype=torch.int32),
+                         torch.zeros(1, dtype=torch.int32), s.top_k, config)  # fmt: skip
+
+
+def _routed(x, w13, w2, logits, s, bias, config):
+    routed_gate_up.gate_up_routed(x, w13, logits, s.routing, config, bias, s.local)
+
+
+KERNELS = {"decode": (decode, "_decode_kernel", _one_launch(decode.moe_decode)),
+           "staged": (staged, "_staged_kernel", _one_launch(staged.moe_staged)),
+           "gate_up": (grouped_gemm, "_gate_up_kernel", _gate_up),
+           "routed": (routed_gate_up, "_gate_up_routed_kernel", _routed)}  # fmt: skip
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
-_COUNTED = ("ld.global", "st.global", "atom.", "red.", "cp.async", "mma", "ldmatrix", "bar.sync")
+_COUNTED = ("ld.global", "st.global", "atom.", "red.", "cp.async", "mma", "ldmatrix", "bar.sync",
+            "shfl")
 
 
 class _Catch:
@@ -57,8 +82,7 @@ def catch_launch(kind: str, shape_name: str, t: int, config: dict | None) -> tup
     kernel, catch = getattr(module, name), _Catch()
     setattr(module, name, catch)
     try:
-        wrapper(x, w13, w2, logits=logits, routing=s.routing, bias=bias, local_experts=s.local,
-                config=config)  # fmt: skip
+        wrapper(x, w13, w2, logits, s, bias, config)
     finally:
         setattr(module, name, kernel)
     grid, args, kw = catch.launches[0]
@@ -126,6 +150,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="the decode entry, as JSON (default: the wrapper's GPU default)")
     args = ap.parse_args(argv)
     config = args.config
+    if config is None and args.kind in ("gate_up", "routed"):  # the checked-in H200 entry's
+        from experts.moe.kernels.configs import _load, shape_key
+
+        s = SHAPES[args.shape]
+        entry = _load("NVIDIA_H200")[shape_key(s.local_e, s.h, s.inter, s.top_k)][str(args.tokens)]
+        config = entry["gate_up"] | {"BLOCK_M": entry["BLOCK_M"]}
     if config is None:  # the GPU default, not the interpreter's that a CPU call would pick
         default = (staged.default_staged_config if args.kind == "staged"
                    else decode.default_decode_config)  # fmt: skip
@@ -137,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
           f"grid {grid[0]}, config {json.dumps(config)}")
     registers, sass = assemble(ptx)
     print(f"shared memory {compiled.metadata.shared} B, {registers}")
-    print("PTX:", json.dumps(instruction_counts(ptx)))
+    body = [line for line in ptx.splitlines() if re.match(r"\s+[a-z@]", line)]
+    print(f"PTX: {len(body)} instruction lines;", json.dumps(instruction_counts(ptx)))
     print("SASS:", json.dumps(sass))
 
 
