@@ -15,9 +15,10 @@ keeps what is checked in). Every combination's output stays within the bf16 tole
 `torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and SLOT_LAYOUT change no
 arithmetic, so a combination must also give the bits of the same combination without them;
 ROUTE_WARPS and ROUTE_IN_GEMM may change the order of the softmax's sums (a last-bit difference
-in the routing weights), so they are held to the tolerance only. (Session 11 also tried an atomic combine here,
-Session 12 a prefetch of `down`'s first tiles; both were slower and live on the branches
-`atomic-combine` and `down-prefetch`.)
+in the routing weights), so they are held to the tolerance only. (Session 11 also tried an
+atomic combine here, Session 12 a prefetch of `down`'s first tiles, Session 17 a combine by
+`down`'s last programs; all were slower and live on the branches `atomic-combine`,
+`down-prefetch` and `combine-in-down`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
 DIR/tune_flags.json, the per-variant times.
 """
