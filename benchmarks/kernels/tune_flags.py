@@ -1,5 +1,5 @@
 """Decide, per shape and decode bucket, the aligned path's layer settings PDL, SLOT_LAYOUT,
-ROUTE_WARPS and ROUTE_IN_GEMM.
+ROUTE_WARPS, ROUTE_IN_GEMM and COMBINE_IN_DOWN.
 
     python -m benchmarks.kernels.tune_flags --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
 
@@ -8,14 +8,15 @@ whole layer (router GEMM to output, replayed from a CUDA graph, L2 flushed) with
 entry stripped of the settings and with each combination of them (PDL: programmatic dependent
 launches, `grouped_gemm._launch`; SLOT_LAYOUT: `route_align(slot_layout=True)`; ROUTE_WARPS:
 route_align's warp count, 8 or 16 against the default 4; ROUTE_IN_GEMM: no route_align, the
-gate/up GEMM routes, `routed_gate_up`), over uniform plus skewed routing;
+gate/up GEMM routes, `routed_gate_up`; COMBINE_IN_DOWN, with it: no combine launch, down's last
+programs combine), over uniform plus skewed routing;
 rounds alternate the order and each time is the best of the rounds. The fastest combination
 replaces the checked-in one when its summed time is at least 1% lower (`_tables.pick`: a tie
 keeps what is checked in). Every combination's output stays within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 20 repeated calls per routing. PDL and SLOT_LAYOUT change no
 arithmetic, so a combination must also give the bits of the same combination without them;
-ROUTE_WARPS and ROUTE_IN_GEMM may change the order of the softmax's sums (a last-bit difference
-in the routing weights), so they are held to the tolerance only. (Session 11 also tried an atomic combine here,
+ROUTE_WARPS, ROUTE_IN_GEMM and COMBINE_IN_DOWN may change the order of a sum (the softmax's, the
+combine's: a last-bit difference), so they are held to the tolerance only. (Session 11 also tried an atomic combine here,
 Session 12 a prefetch of `down`'s first tiles; both were slower and live on the branches
 `atomic-combine` and `down-prefetch`.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 MARGIN = 0.99  # settings must save at least 1% of the checked-in settings' time to replace them
 #: each layer setting and the values tried besides leaving it unset
 FLAGS: dict[str, tuple] = {"PDL": (True,), "SLOT_LAYOUT": (True,), "ROUTE_WARPS": (8, 16),
-                           "ROUTE_IN_GEMM": (True,)}
+                           "ROUTE_IN_GEMM": (True,), "COMBINE_IN_DOWN": (True,)}
 #: settings of route_align, which a variant with ROUTE_IN_GEMM does not launch
 ROUTE_ALIGN = ("SLOT_LAYOUT", "ROUTE_WARPS")
 #: settings that change no arithmetic: a variant must give the bits of itself without them
@@ -64,6 +65,8 @@ def flag_variants(flags) -> dict[str, dict]:
         settings = {f: v for f, v in combo if v is not None}
         if settings.get("ROUTE_IN_GEMM") and any(f in settings for f in ROUTE_ALIGN):
             continue  # the same launches as without them
+        if settings.get("COMBINE_IN_DOWN") and not settings.get("ROUTE_IN_GEMM"):
+            continue  # only that path has it
         out[_name(settings)] = settings
     return out
 

@@ -7,8 +7,8 @@ At decode, where the tuned config for the bucket has a "decode" entry, the whole
 router GEMM is one launch instead (`experts.moe.kernels.decode`: routing, both GEMMs and an atomic
 combine in one kernel; it removes the gaps between dependent launches), or with "STAGED": true in
 that entry one launch of ordered gate/up and down work items (`experts.moe.kernels.staged`).
-With "ROUTE_IN_GEMM" the gate/up GEMM routes its own tokens instead of a routing launch before it
-(`experts.moe.kernels.routed_gate_up`).
+With "ROUTE_IN_GEMM" the gate/up GEMM routes its own tokens instead of a routing launch before it,
+and with "COMBINE_IN_DOWN" as well, down's last programs combine (`experts.moe.kernels.routed_gate_up`).
 
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
 can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
@@ -57,6 +57,27 @@ def _experts_aligned(
     hid = gate_up(x, w13, sorted_ids, block_expert, num_padded, top_k,
                   cfg["gate_up"] | _layer_flags(cfg))  # [P, I]
     return _down_combine(hid, w2, topk_weights, layout, t, top_k, cfg)
+
+
+def _routed_in_gemm(
+    x: torch.Tensor, logits: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+    routing: RoutingConfig, bias: torch.Tensor | None, cfg: dict,
+    local_experts: tuple[int, int] | None,
+) -> torch.Tensor:
+    """The "ROUTE_IN_GEMM" path: gate/up routes; with "COMBINE_IN_DOWN" down also combines."""
+    from experts.moe.kernels.routed_gate_up import combine_tiles, down_combine, gate_up_routed
+
+    t, top_k = x.shape[0], routing.top_k
+    flags = _layer_flags(cfg)
+    fused = bool(cfg.get("COMBINE_IN_DOWN"))
+    hid, wts, sorted_ids, block_expert, num_padded, slot_pos, counts = gate_up_routed(
+        x, w13, logits, routing, cfg["gate_up"] | flags, bias, local_experts,
+        counters=combine_tiles(w2.shape[1], cfg["down"]) if fused else 0)
+    if fused:
+        return down_combine(hid, w2, wts, sorted_ids, block_expert, slot_pos, counts, t, top_k,
+                            cfg["down"] | flags)
+    return _down_combine(hid, w2, wts, (sorted_ids, block_expert, num_padded, slot_pos), t,
+                         top_k, cfg)
 
 
 def _routes_in_gemm(num_tokens: int, cfg: dict) -> bool:
@@ -131,11 +152,7 @@ def moe_from_logits(
         return _decode_path(cfg["decode"])(x, w13, w2, logits=logits, routing=routing, bias=bias,
                                            local_experts=local_experts, config=cfg["decode"])
     if _routes_in_gemm(x.shape[0], cfg):  # decode: gate/up routes, no routing launch at all
-        from experts.moe.kernels.routed_gate_up import gate_up_routed
-
-        hid, wts, *layout = gate_up_routed(x, w13, logits, routing,
-                                           cfg["gate_up"] | _layer_flags(cfg), bias, local_experts)
-        return _down_combine(hid, w2, wts, tuple(layout), x.shape[0], routing.top_k, cfg)
+        return _routed_in_gemm(x, logits, w13, w2, routing, bias, cfg, local_experts)
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
                                       num_warps=cfg.get("ROUTE_WARPS"),

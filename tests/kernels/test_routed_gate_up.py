@@ -1,6 +1,6 @@
-"""The gate/up GEMM that routes its own tokens (`routed_gate_up`, a config's "ROUTE_IN_GEMM"): the
-layer through it against the plain-PyTorch reference, and its layout against what `down` and
-`combine` need."""
+"""The gate/up GEMM that routes its own tokens (`routed_gate_up`, a config's "ROUTE_IN_GEMM", with
+"COMBINE_IN_DOWN" the down GEMM that combines): the layer through them against the plain-PyTorch
+reference, and the layout against what `down` and `combine` need."""
 
 from __future__ import annotations
 
@@ -55,11 +55,12 @@ def _problem(name: str, dtype: torch.dtype, device: torch.device):
     return cfg, shard, on(x), on(w13), on(w2), on(logits), on(bias), ids, w, ref
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["combine", "combine_in_down"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(CASES))
-def test_layer_routed_in_gemm_matches_reference(name, dtype, device: torch.device) -> None:
+def test_layer_routed_in_gemm_matches_reference(name, dtype, fused, device: torch.device) -> None:
     routing, shard, x, w13, w2, logits, bias, *_, ref = _problem(name, dtype, device)
-    cfg = dict(BLOCK_M=16, gate_up=GEMM, down=GEMM, ROUTE_IN_GEMM=True)
+    cfg = dict(BLOCK_M=16, gate_up=GEMM, down=GEMM, ROUTE_IN_GEMM=True, COMBINE_IN_DOWN=fused)
     out = moe_from_logits(x, logits, w13, w2, routing, bias, cfg, local_experts=shard)
     assert out.dtype == dtype and out.shape == x.shape
     assert rel_err(out.float().cpu(), ref) < TOLERANCE[dtype]  # inf if a row was left unwritten
@@ -73,7 +74,7 @@ def test_layout_by_slot_reads_each_expert_once(name, device: torch.device) -> No
     routing, shard, x, w13, *_, logits, bias, ids, w, _ = _problem(name, torch.float32, device)
     t, k = ids.shape
     cfg = GEMM | {"BLOCK_M": 16}
-    _, wts, sorted_ids, block_expert, num_padded, slot_pos = (
+    _, wts, sorted_ids, block_expert, num_padded, slot_pos, _ = (
         v.cpu() for v in gate_up_routed(x, w13, logits, routing, cfg, bias, shard)
     )
     m = t * k
@@ -97,3 +98,16 @@ def test_too_many_tokens_for_the_block_is_refused(device: torch.device) -> None:
                                                                  device)
     with pytest.raises(ValueError, match="tokens"):
         gate_up_routed(x, w13, logits, routing, GEMM | {"BLOCK_M": 8}, bias, shard)
+
+
+def test_combine_in_down_twice_in_a_row_reuses_nothing(device: torch.device) -> None:
+    """The check-in counters are zeroed by each call's gate/up: calls with other inputs give their
+    own answers (those of the path with a combine launch), each combined exactly once."""
+    cfg = dict(BLOCK_M=16, gate_up=GEMM, down=GEMM, ROUTE_IN_GEMM=True)
+    for name in ("decode_batch", "qwen3_like"):
+        routing, shard, x, w13, w2, logits, bias, *_ = _problem(name, torch.float32, device)
+        for xi in (x, -2 * x, x.flip(0)):
+            fused = moe_from_logits(xi, logits, w13, w2, routing, bias,
+                                    cfg | {"COMBINE_IN_DOWN": True}, shard)
+            plain = moe_from_logits(xi, logits, w13, w2, routing, bias, cfg, shard)
+            assert rel_err(fused.cpu(), plain.cpu()) < 1e-6

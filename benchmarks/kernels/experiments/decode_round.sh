@@ -43,7 +43,7 @@ elif [ "$1" = short ]; then  # `one` without the tests (they passed on an H100),
   tune_flags_at 120 --shapes qwen3-30b-a3b olmoe-1b-7b --tokens 8
   bench_decode
 elif [ "$1" = routed ]; then  # ROUTE_IN_GEMM (NOTES Session 17): its GPU tests, tune_flags at the aligned decode buckets, the decode rows
-  gpu_tests 150 tests/kernels/test_routed_gate_up.py tests/kernels/test_moe_layer.py && tune_flags_at 300 --shapes qwen3-30b-a3b olmoe-1b-7b deepseek-v3 --tokens 1 8
+  gpu_tests 150 tests/kernels/test_routed_gate_up.py tests/kernels/test_moe_layer.py tests/kernels/test_grouped_gemm.py && tune_flags_at 300 --shapes qwen3-30b-a3b olmoe-1b-7b deepseek-v3 --tokens 1 8 --rounds 5
   bench_decode
 elif [ "$1" = tune ]; then  # a failing staged path is not tuned
   if gpu_tests 240 tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py

@@ -6,8 +6,9 @@ the smallest bucket >= T wins. A layer config is
 a GEMM entry with "TMA": true reads its tiles through tensor descriptors (`grouped_gemm_tma`).
 Layer-level flags, each set only where it was measured faster: "decode" (the one-launch decode
 kernel's tiles, or with "STAGED": true in it the staged kernel's, `staged`), "PDL" (programmatic dependent launches), "SLOT_LAYOUT" (route_align's layout
-from the slots alone), "ROUTE_WARPS" (route_align's warp count) and "ROUTE_IN_GEMM" (no
-route_align: the gate/up GEMM routes its own tokens, `routed_gate_up`).
+from the slots alone), "ROUTE_WARPS" (route_align's warp count), "ROUTE_IN_GEMM" (no
+route_align: the gate/up GEMM routes its own tokens, `routed_gate_up`) and with it
+"COMBINE_IN_DOWN" (no combine launch: down's last programs combine).
 """
 
 from __future__ import annotations

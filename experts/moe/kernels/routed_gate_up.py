@@ -25,6 +25,7 @@ import torch
 
 from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _swiglu_step
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
+from experts.moe.kernels.grouped_gemm import _down_tile
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
@@ -53,14 +54,15 @@ def _write_block_layout(
 @triton.jit
 def _gate_up_routed_kernel(
     x_ptr, w_ptr, h_ptr, logits_ptr, bias_ptr, wts_ptr, sorted_ids_ptr, block_expert_ptr,
-    num_padded_ptr, slot_pos_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n,
-    N, K, stride_xm, stride_we, stride_wn, stride_hm,
+    num_padded_ptr, slot_pos_ptr, counts_ptr, n_counts, T, C, E_REAL, stride_lt, top_p, scaling,
+    local_lo, local_n, N, K, stride_xm, stride_we, stride_wn, stride_hm,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
     GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    COUNTS_PAD: tl.constexpr,
 ):
     if PDL:  # launched before the router GEMM ended: wait for the logits, let `down` start
         gdc_wait()
@@ -80,6 +82,9 @@ def _gate_up_routed_kernel(
     if pid_n == 0:
         _write_block_layout(p, rows, w, inr, flat, ex, same, lead, M, wts_ptr, sorted_ids_ptr,
                             block_expert_ptr, num_padded_ptr, slot_pos_ptr, BLOCK_M, TOP_K)
+        if p == 0:  # `down_combine`'s check-in counters, zero before it starts
+            c = tl.arange(0, COUNTS_PAD)
+            tl.store(counts_ptr + c, tl.zeros([COUNTS_PAD], tl.int32), mask=c < n_counts)
     if lead:
         tok = tl.arange(0, BLOCK_M)  # row r of the block is token r
         tmask = tok < T
@@ -99,20 +104,55 @@ def _gate_up_routed_kernel(
             a_ptrs += BLOCK_K
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
-        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # rows of unrouted tokens: 0, never read
+        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
         h_ptrs = h_ptr + (p * BLOCK_M + tok)[:, None].to(tl.int64) * stride_hm + offs_n[None, :]
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=nmask[None, :])
+
+
+@triton.jit
+def _down_combine_kernel(
+    h_ptr, w_ptr, y_ptr, out_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr, slot_pos_ptr,
+    counts_ptr, T, M, N, K, num_pid_m, stride_hm, stride_we, stride_wn, stride_ym, stride_om,
+    TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr,
+):
+    """`grouped_gemm.down` over the layout by slot, then the combine of its columns by the last
+    program of each column block to check in (no combine launch)."""
+    if PDL:
+        gdc_wait()
+    pid_m, pid_n = _pid_to_tile(tl.program_id(0), num_pid_m, N, BLOCK_N, GROUP_M)
+    ex = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if ex >= 0:
+        _down_tile(h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, ex, pid_m, pid_n, M, N, K,
+                   stride_hm, stride_we, stride_wn, stride_ym, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                   UPCAST, PRECISION)  # fmt: skip
+    tl.debug_barrier()  # every thread's stores before the check-in
+    if tl.atomic_add(counts_ptr + pid_n, 1, sem="acq_rel") == num_pid_m - 1:
+        tok = tl.arange(0, BLOCK_T)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = offs_n < N
+        acc = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
+        for j in tl.static_range(TOP_K):  # slot order, as `grouped_gemm.combine` sums
+            pos = tl.load(slot_pos_ptr + tok * TOP_K + j, mask=tok < T, other=-1)  # [BT]
+            acc += tl.load(y_ptr + tl.where(pos >= 0, pos, 0)[:, None].to(tl.int64) * stride_ym
+                           + offs_n[None, :], mask=(pos >= 0)[:, None] & nmask[None, :],
+                           other=0.0, cache_modifier=".cg").to(tl.float32)  # fmt: skip
+        tl.store(out_ptr + tok[:, None] * stride_om + offs_n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=(tok < T)[:, None] & nmask[None, :])
 
 
 def gate_up_routed(
     x: torch.Tensor, w13: torch.Tensor, logits: torch.Tensor, routing: RoutingConfig, cfg: dict,
     bias: torch.Tensor | None = None, local_experts: tuple[int, int] | None = None,
+    counters: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """Route `logits` [T, C] (as `routing.route`) and run gate/up on the slots, one launch.
 
     `cfg` is the gate/up GEMM entry plus "BLOCK_M" (>= T) and optionally "PDL". Returns (h [P, I],
     topk_weights [T * K] fp32, sorted_ids [P], block_expert [T * K], num_padded [1],
-    slot_pos [T * K]) with P = T * K * BLOCK_M: what `down` and `combine` take.
+    slot_pos [T * K]) with P = T * K * BLOCK_M: what `down` and `combine` take; and
+    `counters` int32 zeros for `down_combine` (one per column block of its output).
     """
     t, hid = x.shape
     c = logits.shape[1]
@@ -131,17 +171,55 @@ def gate_up_routed(
     block_expert = torch.empty(m, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
+    counts = torch.empty(max(counters, 1), dtype=torch.int32, device=dev)
     opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     if cfg.get("PDL"):
         opts["launch_pdl"] = True
     _gate_up_routed_kernel[(m * triton.cdiv(n, bn),)](
         x, w13, h, logits, bias if bias is not None else logits, wts, sorted_ids, block_expert,
-        num_padded, slot_pos, t, c, c - routing.num_null_experts, logits.stride(0),
+        num_padded, slot_pos, counts, counters, t, c, c - routing.num_null_experts, logits.stride(0),
         float(routing.top_p or 1.0), float(routing.routed_scaling), *local_range(c, local_experts),
         n, hid, x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_T=triton.next_power_of_2(t), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], EVEN=hid % cfg["BLOCK_K"] == 0 and n % bn == 0,
         UPCAST=_interpret(), PRECISION=_precision(x), PDL=bool(cfg.get("PDL")),
+        COUNTS_PAD=triton.next_power_of_2(max(counters, 1)),
         **route_meta(routing, c, bias is not None), **opts,
     )
-    return h, wts, sorted_ids, block_expert, num_padded, slot_pos
+    return h, wts, sorted_ids, block_expert, num_padded, slot_pos, counts
+
+
+def combine_tiles(hidden: int, cfg: dict) -> int:
+    """How many counters `down_combine` with the down entry `cfg` needs (`gate_up_routed`'s
+    `counters`)."""
+    return triton.cdiv(hidden, cfg["BLOCK_N"])
+
+
+def down_combine(
+    h: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
+    block_expert: torch.Tensor, slot_pos: torch.Tensor, counts: torch.Tensor, num_tokens: int,
+    top_k: int, cfg: dict,
+) -> torch.Tensor:
+    """`down` then `combine` in one launch over `gate_up_routed`'s layout -> [T, H]: the last
+    program of each column block (counted on `counts`, zeroed by `gate_up_routed`) sums that
+    block's slots in token order. `cfg`: the down entry plus "BLOCK_M" and optionally "PDL"."""
+    p, k = h.shape
+    n = w2.shape[1]
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    if counts.numel() < combine_tiles(n, cfg):
+        raise ValueError(f"down_combine needs {combine_tiles(n, cfg)} counters, got {counts.numel()}")
+    y = torch.empty(p, n, dtype=h.dtype, device=h.device)
+    out = torch.empty(num_tokens, n, dtype=h.dtype, device=h.device)
+    num_pid_m = p // bm
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    if cfg.get("PDL"):
+        opts["launch_pdl"] = True
+    _down_combine_kernel[(num_pid_m * triton.cdiv(n, bn),)](
+        h, w2, y, out, topk_weights, sorted_ids, block_expert, slot_pos, counts, num_tokens,
+        topk_weights.numel(), n, k, num_pid_m, h.stride(0), w2.stride(0), w2.stride(1),
+        y.stride(0), out.stride(0), TOP_K=top_k, BLOCK_T=triton.next_power_of_2(num_tokens),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
+        EVEN_K=k % cfg["BLOCK_K"] == 0, UPCAST=_interpret(), PRECISION=_precision(h),
+        PDL=bool(cfg.get("PDL")), **opts,
+    )
+    return out
