@@ -9,9 +9,10 @@ not be the best: fewer, larger programs route fewer times. For each (shape, T) w
 entry sets "ROUTE_IN_GEMM", it times the whole layer (router GEMM to output, replayed from a
 CUDA graph, L2 flushed; `tune_flags.run_variants`) with the entry and with each candidate tile
 of the GEMMs named by `--which`, over uniform plus skewed routing, best of `--rounds`
-alternating rounds. A candidate replaces the entry's tile when its summed time is at least 1%
-lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
-`torch._grouped_mm`'s layer in 5 calls per routing. Writes DIR/<device>.json (copy it to
+alternating rounds; the gate/up sweep also tries the entry's tile with "PERSISTENT" (a few
+programs per SM, each routing once and looping over its items). A candidate replaces the
+entry's tile when its summed time is at least 1% lower (`_tables.pick`), and only when its
+output is within the bf16 tolerance of `torch._grouped_mm`'s layer in 5 calls per routing. Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
 """
 
@@ -41,6 +42,7 @@ from experts.moe.kernels.reference import TOLERANCE, rel_err
 logger = logging.getLogger(__name__)
 MARGIN = 0.99
 SMEM_LIMIT = 220 * 1024
+PERSISTENT = (2, 4, 8)  # programs per SM tried with the entry's gate/up tile
 
 
 def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
@@ -66,6 +68,10 @@ def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, tab
         return None
     cfgs = {"entry": entry} | {k: entry | {which: v} for k, v in
                                candidates(which, entry["BLOCK_M"]).items()}
+    if which == "gate_up":  # the entry's tile with a few programs per SM, each routing once
+        for per_sm in PERSISTENT:
+            cfgs[f"gate_up:entry/persistent{per_sm}"] = entry | {
+                "gate_up": entry["gate_up"] | {"PERSISTENT": per_sm}}
     p = make_params(shape, False, dev)
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev,
                     generator=torch.Generator(dev).manual_seed(t))

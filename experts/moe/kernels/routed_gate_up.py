@@ -51,27 +51,14 @@ def _write_block_layout(
 
 
 @triton.jit
-def _gate_up_routed_kernel(
-    x_ptr, w_ptr, h_ptr, logits_ptr, bias_ptr, wts_ptr, sorted_ids_ptr, block_expert_ptr,
-    num_padded_ptr, slot_pos_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n,
-    N, K, stride_xm, stride_we, stride_wn, stride_hm,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
-    N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
-    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+def _routed_item(
+    p, pid_n, rows, karange, ids, w, T, M, N, K, x_ptr, w_ptr, h_ptr, wts_ptr, sorted_ids_ptr,
+    block_expert_ptr, num_padded_ptr, slot_pos_ptr, stride_xm, stride_we, stride_wn, stride_hm,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    if PDL:  # launched before the router GEMM ended: wait for the logits, let `down` start
-        gdc_wait()
-        gdc_launch_dependents()
-    M = T * TOP_K
-    p, pid_n = _pid_to_tile(tl.program_id(0), M, N, BLOCK_N, GROUP_M)
-    rows, karange, ids, w = _route_block(
-        logits_ptr, bias_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n, 0,
-        TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
-        GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
-    )
+    """Slot p's layout entries (when pid_n == 0) and, when p leads its expert, the gate/up tile
+    pid_n of that expert for every token routed to it."""
     inr = (rows < T)[:, None] & (karange < TOP_K)[None, :]  # [BT, KP]
     flat = rows[:, None] * TOP_K + karange[None, :]
     ex = tl.sum(tl.where(inr & (flat == p), ids, 0))  # slot p's expert, -1 when null
@@ -90,13 +77,60 @@ def _gate_up_routed_kernel(
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=nmask[None, :])
 
 
+@triton.jit
+def _gate_up_routed_kernel(
+    x_ptr, w_ptr, h_ptr, logits_ptr, bias_ptr, wts_ptr, sorted_ids_ptr, block_expert_ptr,
+    num_padded_ptr, slot_pos_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n,
+    N, K, stride_xm, stride_we, stride_wn, stride_hm,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
+    N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):
+    if PDL:  # launched before the router GEMM ended: wait for the logits, let `down` start
+        gdc_wait()
+        gdc_launch_dependents()
+    M = T * TOP_K
+    rows, karange, ids, w = _route_block(
+        logits_ptr, bias_ptr, T, C, E_REAL, stride_lt, top_p, scaling, local_lo, local_n, 0,
+        TOP_K, K_PAD, BLOCK_T, BLOCK_C, SIGMOID, HAS_BIAS, RENORM, N_GROUPS, TOPK_GROUPS, G_PAD,
+        GROUP_SIZE, MOGE_GROUPS, USE_TOP_P,
+    )
+    if PERSISTENT:  # routed once; (slot, column block) items taken in turn, slots fastest
+        for item in range(tl.program_id(0), M * tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+            _routed_item(item % M, item // M, rows, karange, ids, w, T, M, N, K, x_ptr, w_ptr,
+                         h_ptr, wts_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                         slot_pos_ptr, stride_xm, stride_we, stride_wn, stride_hm, TOP_K,
+                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN, UPCAST, PRECISION)  # fmt: skip
+    else:
+        p, pid_n = _pid_to_tile(tl.program_id(0), M, N, BLOCK_N, GROUP_M)
+        _routed_item(p, pid_n, rows, karange, ids, w, T, M, N, K, x_ptr, w_ptr, h_ptr, wts_ptr,
+                     sorted_ids_ptr, block_expert_ptr, num_padded_ptr, slot_pos_ptr, stride_xm,
+                     stride_we, stride_wn, stride_hm, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, EVEN,
+                     UPCAST, PRECISION)  # fmt: skip
+
+
+def _programs(items: int, per_sm: int, device: torch.device) -> int:
+    """The grid: one program per item, or with `per_sm` (the config's "PERSISTENT") that many
+    programs per SM (4 SMs on the CPU interpreter, so its tests take several items each)."""
+    if not per_sm:
+        return items
+    sms = (torch.cuda.get_device_properties(device).multi_processor_count
+           if device.type == "cuda" else 4)  # fmt: skip
+    return min(items, per_sm * sms)
+
+
 def gate_up_routed(
     x: torch.Tensor, w13: torch.Tensor, logits: torch.Tensor, routing: RoutingConfig, cfg: dict,
     bias: torch.Tensor | None = None, local_experts: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Route `logits` [T, C] (as `routing.route`) and run gate/up on the slots, one launch.
 
-    `cfg` is the gate/up GEMM entry plus "BLOCK_M" (>= T) and optionally "PDL". Returns (h [P, I],
+    `cfg` is the gate/up GEMM entry plus "BLOCK_M" (>= T) and optionally "PDL", and optionally
+    "PERSISTENT": programs per SM, each routing once and taking items in turn. Returns (h [P, I],
     topk_weights [T * K] fp32, sorted_ids [P], block_expert [T * K], num_padded [1],
     slot_pos [T * K]) with P = T * K * BLOCK_M: what `down` and `combine` take.
     """
@@ -120,7 +154,8 @@ def gate_up_routed(
     opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     if cfg.get("PDL"):
         opts["launch_pdl"] = True
-    _gate_up_routed_kernel[(m * triton.cdiv(n, bn),)](
+    grid = (_programs(m * triton.cdiv(n, bn), cfg.get("PERSISTENT", 0), dev),)
+    _gate_up_routed_kernel[grid](
         x, w13, h, logits, bias if bias is not None else logits, wts, sorted_ids, block_expert,
         num_padded, slot_pos, t, c, c - routing.num_null_experts, logits.stride(0),
         float(routing.top_p or 1.0), float(routing.routed_scaling), *local_range(c, local_experts),
@@ -128,6 +163,6 @@ def gate_up_routed(
         BLOCK_T=triton.next_power_of_2(t), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], EVEN=hid % cfg["BLOCK_K"] == 0 and n % bn == 0,
         UPCAST=_interpret(), PRECISION=_precision(x), PDL=bool(cfg.get("PDL")),
-        **route_meta(routing, c, bias is not None), **opts,
+        PERSISTENT=bool(cfg.get("PERSISTENT")), **route_meta(routing, c, bias is not None), **opts,
     )
     return h, wts, sorted_ids, block_expert, num_padded, slot_pos
