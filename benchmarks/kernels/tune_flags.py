@@ -17,8 +17,8 @@ arithmetic, so a combination must also give the bits of the same combination wit
 ROUTE_WARPS and ROUTE_IN_GEMM may change the order of the softmax's sums (a last-bit difference
 in the routing weights), so they are held to the tolerance only. (Session 11 also tried an
 atomic combine here, Session 12 a prefetch of `down`'s first tiles, Session 17 a combine by
-`down`'s last programs; all were slower and live on the branches `atomic-combine`,
-`down-prefetch` and `combine-in-down`.)
+`down`'s last programs; all were slower; NOTES.md Sessions 11, 12 and 17 say where their code
+is.)
 Writes DIR/<device>.json (copy it to experts/moe/kernels/configs/) and
 DIR/tune_flags.json, the per-variant times.
 """
