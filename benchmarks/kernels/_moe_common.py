@@ -64,6 +64,16 @@ def buckets(names, tokens):
             yield name, t, shape_key(s.local_e, s.h, s.inter, s.top_k)
 
 
+def table_entry(table: dict, name: str, t: int, key: str, device: torch.device) -> dict:
+    """A tuner's entry for shape `name` at T in its copy of the table (`key` from `buckets`):
+    the one there, else the config the layer would take now (`configs.get_config`), added."""
+    from experts.moe.kernels.configs import get_config
+
+    s = SHAPES[name]
+    return table.setdefault(key, {}).setdefault(
+        str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, device))
+
+
 def skew_offsets(router: torch.Tensor, seed: int = 1) -> torch.Tensor:
     """Zipf-like expert popularity for `router` [E, H]: logit offset -1.5 * log(1 + rank), ranks in
     random order, on the router's device and in its dtype (`logits_of` adds them as its bias)."""

@@ -35,6 +35,7 @@ from benchmarks.kernels._moe_common import (
     grouped_mm_layer,
     make_params,
     skew_offsets,
+    table_entry,
 )
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import pick, write_table
@@ -138,11 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     report = []
     start = time.time()
     for name, t, key in buckets(args.shapes, args.tokens):
-        s = SHAPES[name]
         best, timing = tune_case(name, t, dev, tuple(args.kinds))
-        entry = table.setdefault(key, {}).setdefault(
-            str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev)
-        )
+        entry = table_entry(table, name, t, key, dev)
         entry.pop("decode", None)
         if best is not None:
             entry["decode"] = best

@@ -40,6 +40,7 @@ from benchmarks.kernels._moe_common import (
     grouped_mm_layer,
     make_params,
     skew_offsets,
+    table_entry,
 )
 from benchmarks.kernels._moe_common import triton_layer as layer
 from benchmarks.kernels._tables import pick, write_table
@@ -98,35 +99,56 @@ def tune_case(name: str, t: int, rounds: int, dev: torch.device) -> tuple[dict, 
         return None
     base = {k: v for k, v in entry.items() if k not in FLAGS}
     cfgs = {k: base | v for k, v in VARIANTS.items()}
+    totals, errs, outputs = measure(name, t, cfgs, rounds, dev, calls=20)
+    same_bits = {k: all(torch.equal(o[k], o[exact_twin(VARIANTS[k])]) for o in outputs)
+                 for k in cfgs}  # fmt: skip
+    ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and same_bits[k] for k in cfgs}
+    checked_in = _name({f: entry[f] for f in FLAGS if f in entry})
+    incumbent = checked_in if ok.get(checked_in) else "entry"
+    chosen = choose(name, t, totals, errs, ok, incumbent)
+    report = dict(shape=name, T=t, chosen=chosen,
+                  **{f"{k}_same_bits": same_bits[k] for k in cfgs}, **timings(totals, errs))
+    return VARIANTS[chosen], report
+
+
+def measure(name: str, t: int, cfgs: dict[str, dict], rounds: int, dev: torch.device,
+            calls: int) -> tuple[dict, dict, list[dict]]:  # fmt: skip
+    """Each layer config of `cfgs` at shape `name`, T tokens (one seeded x), over uniform then
+    skewed routing: ({config: summed best-of-rounds seconds}, {config: worst error against
+    `torch._grouped_mm`'s layer over `calls` repeated calls per routing}, [each routing's
+    {config: output}])."""
+    shape = SHAPES[name]
     p = make_params(shape, False, dev)
     x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev,
                     generator=torch.Generator(dev).manual_seed(t))
     totals = dict.fromkeys(cfgs, 0.0)
     errs = dict.fromkeys(cfgs, 0.0)
-    same_bits = dict.fromkeys(cfgs, True)
+    outputs = []
     with torch.no_grad():
         for skew in (None, skew_offsets(p.router)):
             p.skew = skew
             ref = grouped_mm_layer(x, shape, p)
             outs, times = run_variants(x, shape, p, cfgs, rounds)
-            for k in cfgs:
-                same_bits[k] &= torch.equal(outs[k], outs[exact_twin(VARIANTS[k])])
+            outputs.append(outs)
             for k, c in cfgs.items():
-                for _ in range(20):
+                for _ in range(calls):
                     errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))
             for k, v in times.items():
                 totals[k] += v
-    ok = {k: errs[k] < TOLERANCE[torch.bfloat16] and same_bits[k] for k in cfgs}
+    return totals, errs, outputs
+
+
+def choose(name: str, t: int, totals: dict, errs: dict, ok: dict, incumbent: str) -> str:
+    """The config `pick` keeps among those `ok` (the "entry" must be one of them)."""
     if not ok["entry"]:
         raise SystemExit(f"{name} T={t}: the checked-in entry is off by {errs['entry']:.2e}")
-    checked_in = _name({f: entry[f] for f in FLAGS if f in entry})
-    incumbent = checked_in if ok.get(checked_in) else "entry"
-    chosen = pick({k: totals[k] for k in cfgs if ok[k]}, incumbent, MARGIN)
-    report = dict(shape=name, T=t, chosen=chosen,
-                  **{f"{k}_same_bits": same_bits[k] for k in cfgs},
-                  **{f"{k}_us": totals[k] * 1e6 / 2 for k in cfgs},
-                  **{f"{k}_worst_err": errs[k] for k in cfgs})
-    return VARIANTS[chosen], report
+    return pick({k: totals[k] for k in totals if ok[k]}, incumbent, MARGIN)
+
+
+def timings(totals: dict, errs: dict) -> dict:
+    """The report's per-config fields: mean time over the two routings (us), worst error."""
+    return {**{f"{k}_us": v * 1e6 / 2 for k, v in totals.items()},
+            **{f"{k}_worst_err": v for k, v in errs.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,14 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     table = tuned_table(dev)
     report = []
     for name, t, key in buckets(args.shapes, args.tokens):
-        s = SHAPES[name]
         found = tune_case(name, t, args.rounds, dev)
         if found is None:
             logger.warning("%s T=%d: the decode kernel's bucket, skipped", name, t)
             continue
         flags, rep = found
-        entry = table.setdefault(key, {}).setdefault(
-            str(t), get_config(t, s.local_e, s.h, s.inter, s.top_k, dev))
+        entry = table_entry(table, name, t, key, dev)
         for f in FLAGS:
             entry.pop(f, None)
         entry.update(flags)

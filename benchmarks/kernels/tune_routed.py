@@ -7,7 +7,7 @@ There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
 not be the best: fewer, larger programs route fewer times. For each (shape, T) whose checked-in
 entry sets "ROUTE_IN_GEMM", it times the whole layer (router GEMM to output, replayed from a
-CUDA graph, L2 flushed; `tune_flags.run_variants`) with the entry and with each candidate tile
+CUDA graph, L2 flushed; `tune_flags.measure`) with the entry and with each candidate tile
 of the GEMMs named by `--which`, over uniform plus skewed routing, best of `--rounds`
 alternating rounds. A candidate replaces the entry's tile when its summed time is at least 1%
 lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
@@ -25,21 +25,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels._moe_common import (
-    SHAPES,
-    buckets,
-    grouped_mm_layer,
-    make_params,
-    skew_offsets,
-)
-from benchmarks.kernels._moe_common import triton_layer as layer
-from benchmarks.kernels._tables import pick, write_table
-from benchmarks.kernels.tune_flags import run_variants
-from experts.moe.kernels.configs import get_config, shape_key, tuned_table
-from experts.moe.kernels.reference import TOLERANCE, rel_err
+from benchmarks.kernels._moe_common import SHAPES, buckets, table_entry
+from benchmarks.kernels._tables import write_table
+from benchmarks.kernels.tune_flags import choose, measure, timings
+from experts.moe.kernels.configs import tuned_table
+from experts.moe.kernels.reference import TOLERANCE
 
 logger = logging.getLogger(__name__)
-MARGIN = 0.99
 SMEM_LIMIT = 220 * 1024
 
 
@@ -56,38 +48,17 @@ def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
     return out
 
 
-def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, table: dict):
-    """(the GEMM entry to write, report) for one bucket of `table` (the entry as tuned so far);
+def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, entry: dict):
+    """(the GEMM entry to write, report) for one bucket whose entry, as tuned so far, is `entry`;
     None unless it takes ROUTE_IN_GEMM."""
-    shape = SHAPES[name]
-    entry = table.get(shape_key(shape.local_e, shape.h, shape.inter, shape.top_k), {}).get(
-        str(t)) or get_config(t, shape.local_e, shape.h, shape.inter, shape.top_k, dev)
     if not entry.get("ROUTE_IN_GEMM") or ("decode" in entry and t <= 16):
         return None
     cfgs = {"entry": entry} | {k: entry | {which: v} for k, v in
                                candidates(which, entry["BLOCK_M"]).items()}
-    p = make_params(shape, False, dev)
-    x = torch.randn(t, shape.h, dtype=torch.bfloat16, device=dev,
-                    generator=torch.Generator(dev).manual_seed(t))
-    totals = dict.fromkeys(cfgs, 0.0)
-    errs = dict.fromkeys(cfgs, 0.0)
-    with torch.no_grad():
-        for skew in (None, skew_offsets(p.router)):
-            p.skew = skew
-            ref = grouped_mm_layer(x, shape, p)
-            _, times = run_variants(x, shape, p, cfgs, rounds)
-            for k, c in cfgs.items():
-                for _ in range(5):
-                    errs[k] = max(errs[k], rel_err(layer(x, shape, p, c), ref))
-            for k, v in times.items():
-                totals[k] += v
+    totals, errs, _ = measure(name, t, cfgs, rounds, dev, calls=5)
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] for k in cfgs}
-    if not ok["entry"]:
-        raise SystemExit(f"{name} T={t}: the checked-in entry is off by {errs['entry']:.2e}")
-    chosen = pick({k: totals[k] for k in cfgs if ok[k]}, "entry", MARGIN)
-    report = dict(shape=name, T=t, gemm=which, chosen=chosen,
-                  **{f"{k}_us": totals[k] * 1e6 / 2 for k in cfgs},
-                  **{f"{k}_worst_err": errs[k] for k in cfgs})
+    chosen = choose(name, t, totals, errs, ok, "entry")
+    report = dict(shape=name, T=t, gemm=which, chosen=chosen, **timings(totals, errs))
     return cfgs[chosen][which], report
 
 
@@ -103,13 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     table = tuned_table(dev)
     report = []
     for name, t, key in buckets(args.shapes, args.tokens):
+        entry = table_entry(table, name, t, key, dev)
         for which in args.which:  # in turn: down is swept with the gate/up just chosen
-            found = tune_case(name, t, which, args.rounds, dev, table)
+            found = tune_case(name, t, which, args.rounds, dev, entry)
             if found is None:
                 logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
                 break
             tile, rep = found
-            table[key][str(t)][which] = tile
+            entry[which] = tile
             report.append(rep)
             best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
             logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",

@@ -117,16 +117,20 @@ class Cluster:
         otherwise take CPU from the head's engine, which a separate machine never does (in CI
         with equal priority, requests after the node's return timed out while its engine
         loaded; benchmarks/RESULTS.md, section `node-loss`)."""
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
         args = ["--address", self.gcs, "--num-cpus", str(num_cpus),
                 "--resources", json.dumps(resources)]  # fmt: skip
-        for attempt in range(1, attempts + 1):
+        def start(attempt: int) -> RayNode:
             log_name = f"ray-{name}.log" if attempt == 1 else f"ray-{name}-{attempt}.log"
+            return _start(name, ip, args, self.folder, self.env, nice=10, log_name=log_name)
+
+        for attempt in range(1, attempts):
             try:
-                return _start(name, ip, args, self.folder, self.env, nice=10, log_name=log_name)
+                return start(attempt)
             except NodeStartFailed:
-                if attempt == attempts:
-                    raise
-        raise ValueError(f"attempts must be at least 1, not {attempts}")
+                continue  # started again below, with its own log
+        return start(attempts)  # the last attempt's failure is the caller's
 
     def deploy(self, config: Path, timeout: float = 120) -> None:
         """`serve deploy`: the cluster's Serve controller takes the config and starts the app."""

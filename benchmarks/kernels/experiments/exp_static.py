@@ -151,10 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     config = args.config
     if config is None and args.kind in ("gate_up", "routed"):  # the checked-in H200 entry's
-        from experts.moe.kernels.configs import _load, shape_key
+        from experts.moe.kernels.configs import shape_key, tuned_table
 
         s = SHAPES[args.shape]
-        entry = _load("NVIDIA_H200")[shape_key(s.local_e, s.h, s.inter, s.top_k)][str(args.tokens)]
+        key = shape_key(s.local_e, s.h, s.inter, s.top_k)
+        entry = tuned_table("NVIDIA_H200")[key][str(args.tokens)]
         config = entry["gate_up"] | {"BLOCK_M": entry["BLOCK_M"]}
     if config is None:  # the GPU default, not the interpreter's that a CPU call would pick
         default = (staged.default_staged_config if args.kind == "staged"

@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -58,8 +59,8 @@ def main() -> None:
 
 def timeline(path: str) -> None:
     """Each layer kernel's median (start, end) within a replay, from a Chrome trace."""
-    events = sorted((e for e in json.load(open(path))["traceEvents"] if e.get("cat") == "kernel"),
-                    key=lambda e: e["ts"])
+    trace = json.loads(Path(path).read_text())["traceEvents"]
+    events = sorted((e for e in trace if e.get("cat") == "kernel"), key=lambda e: e["ts"])
     replays, cur = [], None
     for e in events:
         if "zero" in e["name"] or "fill" in e["name"].lower():  # the L2 flush before each replay

@@ -40,10 +40,12 @@ def _load(device_name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def tuned_table(device: torch.device) -> dict:
-    """A copy of the checked-in table for `device` (empty when there is none): what a tuner starts
-    from and edits, leaving the cached one untouched."""
-    return json.loads(json.dumps(_load(device_key(device))))
+def tuned_table(device: torch.device | str) -> dict:
+    """A copy of the checked-in table for `device` (or a file-name form of a device's name, like
+    "NVIDIA_H200"; empty when there is none): what a tuner starts from and edits, leaving the
+    cached one untouched."""
+    name = device if isinstance(device, str) else device_key(device)
+    return json.loads(json.dumps(_load(name)))
 
 
 def _gemm(bn: int, bk: int, group_m: int, warps: int, stages: int) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _swiglu_tile
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
+from experts.moe.kernels.grouped_gemm import _launch
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import _route_block, local_range, route_meta
 
@@ -117,9 +118,6 @@ def gate_up_routed(
     block_expert = torch.empty(m, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
-    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    if cfg.get("PDL"):
-        opts["launch_pdl"] = True
     _gate_up_routed_kernel[(m * triton.cdiv(n, bn),)](
         x, w13, h, logits, bias if bias is not None else logits, wts, sorted_ids, block_expert,
         num_padded, slot_pos, t, c, c - routing.num_null_experts, logits.stride(0),
@@ -128,6 +126,6 @@ def gate_up_routed(
         BLOCK_T=triton.next_power_of_2(t), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], EVEN=hid % cfg["BLOCK_K"] == 0 and n % bn == 0,
         UPCAST=_interpret(), PRECISION=_precision(x), PDL=bool(cfg.get("PDL")),
-        **route_meta(routing, c, bias is not None), **opts,
+        **route_meta(routing, c, bias is not None), **_launch(cfg),
     )
     return h, wts, sorted_ids, block_expert, num_padded, slot_pos
