@@ -1,7 +1,7 @@
 """Sweep the GEMM tiles of the decode buckets that take the ROUTE_IN_GEMM path.
 
     python -m benchmarks.kernels.tune_routed --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
-        [--which gate_up down]
+        [--which gate_up down ranked]
 
 There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
@@ -11,7 +11,9 @@ CUDA graph, L2 flushed; `tune_flags.measure`) with the entry and with each candi
 of the GEMMs named by `--which`, over uniform plus skewed routing, best of `--rounds`
 alternating rounds. A candidate replaces the entry's tile when its summed time is at least 1%
 lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
-`torch._grouped_mm`'s layer in 5 calls per routing. Writes DIR/<device>.json (copy it to
+`torch._grouped_mm`'s layer in 5 calls per routing. `--which ranked` tries the gate/up tiles with
+the entry's routing done by counting (`"RANKED"`, `routed_gate_up._route_slot`; plain top-k only)
+against the entry as it is. Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
 """
 
@@ -53,13 +55,17 @@ def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, ent
     None unless it takes ROUTE_IN_GEMM."""
     if not entry.get("ROUTE_IN_GEMM") or ("decode" in entry and t <= 16):
         return None
-    cfgs = {"entry": entry} | {k: entry | {which: v} for k, v in
-                               candidates(which, entry["BLOCK_M"]).items()}
+    gemm = "gate_up" if which == "ranked" else which
+    cands = candidates(gemm, entry["BLOCK_M"])
+    if which == "ranked":  # every tile, and the entry's own, routing by counting
+        cands = {f"ranked/{k}": v | {"RANKED": True} for k, v in
+                 ({"entry": entry["gate_up"]} | cands).items()}
+    cfgs = {"entry": entry} | {k: entry | {gemm: v} for k, v in cands.items()}
     totals, errs, _ = measure(name, t, cfgs, rounds, dev, calls=5)
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] for k in cfgs}
     chosen = choose(name, t, totals, errs, ok, "entry")
     report = dict(shape=name, T=t, gemm=which, chosen=chosen, **timings(totals, errs))
-    return cfgs[chosen][which], report
+    return cfgs[chosen][gemm], report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
-    ap.add_argument("--which", nargs="+", default=["gate_up"], choices=["gate_up", "down"])
+    ap.add_argument("--which", nargs="+", default=["gate_up"],
+                    choices=["gate_up", "down", "ranked"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
                 break
             tile, rep = found
-            entry[which] = tile
+            entry["gate_up" if which == "ranked" else which] = tile
             report.append(rep)
             best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
             logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",

@@ -12,7 +12,7 @@ from experts.moe.kernels.reference import (
     RoutingConfig,
     rel_err,
 )
-from experts.moe.kernels.routed_gate_up import gate_up_routed
+from experts.moe.kernels.routed_gate_up import gate_up_routed, ranks_apply
 from experts.moe.layer import moe_from_logits
 from tests.kernels._problems import decode_problem
 
@@ -39,24 +39,30 @@ def _problem(name: str, dtype: torch.dtype, device: torch.device):
     return (*head, ids.cpu(), w.cpu(), ref)
 
 
+def _ranked_cases(names) -> list:
+    """(name, ranked) for each case, and ranked=True too where `_route_slot` applies."""
+    return [(n, r) for n in names for r in (False, True) if not r or ranks_apply(CASES[n][0])]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", list(CASES))
-def test_layer_routed_in_gemm_matches_reference(name, dtype, device: torch.device) -> None:
+@pytest.mark.parametrize(("name", "ranked"), _ranked_cases(CASES))
+def test_layer_routed_in_gemm_matches_reference(name, ranked, dtype, device: torch.device) -> None:
     routing, shard, x, w13, w2, logits, bias, *_, ref = _problem(name, dtype, device)
-    cfg = dict(BLOCK_M=16, gate_up=GEMM, down=GEMM, ROUTE_IN_GEMM=True)
+    cfg = dict(BLOCK_M=16, gate_up=GEMM | {"RANKED": ranked}, down=GEMM, ROUTE_IN_GEMM=True)
     out = moe_from_logits(x, logits, w13, w2, routing, bias, cfg, local_experts=shard)
     assert out.dtype == dtype and out.shape == x.shape
     assert rel_err(out.float().cpu(), ref) < TOLERANCE[dtype]  # inf if a row was left unwritten
 
 
-@pytest.mark.parametrize("name", ["decode_batch", "null_top_p", "qwen3_like", "all_one_expert"])
-def test_layout_by_slot_reads_each_expert_once(name, device: torch.device) -> None:
+@pytest.mark.parametrize(("name", "ranked"), _ranked_cases(
+    ["decode_batch", "null_top_p", "qwen3_like", "all_one_expert", "prime_e_odd_dims"]))
+def test_layout_by_slot_reads_each_expert_once(name, ranked, device: torch.device) -> None:
     """One block per slot, led by the expert's first slot: every routed (token, expert) pair is in
     exactly one block row, each expert in one block, `slot_pos` points at that row and the weights
     are the reference's."""
     routing, shard, x, w13, *_, logits, bias, ids, w, _ = _problem(name, torch.float32, device)
     t, k = ids.shape
-    cfg = GEMM | {"BLOCK_M": 16}
+    cfg = GEMM | {"BLOCK_M": 16, "RANKED": ranked}
     _, wts, sorted_ids, block_expert, num_padded, slot_pos = (
         v.cpu() for v in gate_up_routed(x, w13, logits, routing, cfg, bias, shard)
     )

@@ -7,7 +7,8 @@ a GEMM entry with "TMA": true reads its tiles through tensor descriptors (`group
 Layer-level flags, each set only where it was measured faster: "decode" (the one-launch decode
 kernel's tiles, or with "STAGED": true in it the staged kernel's, `staged`), "PDL" (programmatic dependent launches), "SLOT_LAYOUT" (route_align's layout
 from the slots alone), "ROUTE_WARPS" (route_align's warp count) and "ROUTE_IN_GEMM" (no
-route_align: the gate/up GEMM routes its own tokens, `routed_gate_up`).
+route_align: the gate/up GEMM routes its own tokens, `routed_gate_up`; there the gate/up entry's
+"RANKED": true has it route plain top-k by counting instead of K arg-max rounds).
 """
 
 from __future__ import annotations
