@@ -1,7 +1,7 @@
 """Sweep the GEMM tiles of the decode buckets that take the ROUTE_IN_GEMM path.
 
     python -m benchmarks.kernels.tune_routed --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
-        [--which gate_up down ranked]
+        [--which gate_up down ranked prefetch]
 
 There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
@@ -13,7 +13,9 @@ alternating rounds. A candidate replaces the entry's tile when its summed time i
 lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 5 calls per routing. `--which ranked` tries the gate/up tiles with
 the entry's routing done by counting (`"RANKED"`, `routed_gate_up._route_slot`; plain top-k only)
-against the entry as it is. Writes DIR/<device>.json (copy it to
+against the entry as it is. `--which prefetch` tries instead which of `down`'s programs prefetch
+their weight tile before they wait (the down entry's "PREFETCH", `experts.moe.kernels.routed_down`).
+Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
 """
 
@@ -50,13 +52,31 @@ def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
     return out
 
 
+def prefetch_candidates(down: dict, dev: torch.device) -> dict[str, dict]:
+    """{label: down entry} with "PREFETCH" (`experts.moe.kernels.routed_down`): the programs
+    lo * SMs .. (lo + n) * SMs - 1 prefetch their tile, with and without "EVICT_LAST"; without
+    it where `down` has it."""
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    keys = ("PREFETCH", "PREFETCH_FROM", "EVICT_LAST")
+    base = {k: v for k, v in down.items() if k not in keys}
+    out = {}
+    for (lo, n), last in itertools.product([(0, 1), (0, 2), (1, 1), (2, 1)], [False, True]):
+        out[f"prefetch:{lo}+{n}/sm{'/last' if last else ''}"] = base | {
+            "PREFETCH": n * sms, "PREFETCH_FROM": lo * sms, "EVICT_LAST": last}
+    if "PREFETCH" in down:
+        out["prefetch:none"] = base
+    return out
+
+
 def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, entry: dict):
     """(the GEMM entry to write, report) for one bucket whose entry, as tuned so far, is `entry`;
     None unless it takes ROUTE_IN_GEMM."""
     if not entry.get("ROUTE_IN_GEMM") or ("decode" in entry and t <= 16):
         return None
-    gemm = "gate_up" if which == "ranked" else which
+    gemm = {"ranked": "gate_up", "prefetch": "down"}.get(which, which)
     cands = candidates(gemm, entry["BLOCK_M"])
+    if which == "prefetch":
+        cands = prefetch_candidates(entry["down"], dev)
     if which == "ranked":  # every tile, and the entry's own, routing by counting
         cands = {f"ranked/{k}": v | {"RANKED": True} for k, v in
                  ({"entry": entry["gate_up"]} | cands).items()}
@@ -74,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
     ap.add_argument("--which", nargs="+", default=["gate_up"],
-                    choices=["gate_up", "down", "ranked"])
+                    choices=["gate_up", "down", "ranked", "prefetch"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                 logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
                 break
             tile, rep = found
-            entry["gate_up" if which == "ranked" else which] = tile
+            entry[{"ranked": "gate_up", "prefetch": "down"}.get(which, which)] = tile
             report.append(rep)
             best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
             logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",

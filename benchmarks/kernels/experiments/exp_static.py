@@ -1,9 +1,10 @@
 """Experiment: what a decode-path kernel compiles to for sm_90, on a machine without a GPU.
 
-`python -m benchmarks.kernels.experiments.exp_static {decode,staged,gate_up,routed} SHAPE T
-[--config JSON]`: calls the wrapper (`decode.moe_decode`, `staged.moe_staged`, `grouped_gemm.gate_up`
-or `routed_gate_up.gate_up_routed`; the last two default to the checked-in H200 entry's gate/up
-tile, `--config` a gate/up entry with "BLOCK_M") on CPU tensors of the shape with
+`python -m benchmarks.kernels.experiments.exp_static {decode,staged,gate_up,routed,down,down_prefetch}
+SHAPE T [--config JSON]`: calls the wrapper (`decode.moe_decode`, `staged.moe_staged`,
+`grouped_gemm.gate_up`, `routed_gate_up.gate_up_routed`, `grouped_gemm.down` or
+`routed_down.down_prefetched`; the last four default to the checked-in H200 entry's GEMM tile and
+PDL, `--config` a GEMM entry with "BLOCK_M") on CPU tensors of the shape with
 the kernel's launch caught, compiles that launch with Triton for sm_90 (with the divisibility
 hints the launcher would give: tensors and multiples of 16), and prints the kernel's shared
 memory, the registers and spilled bytes `ptxas -v` reports, the count of each global-memory,
@@ -29,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import mangle_type
 
 from benchmarks.kernels._moe_common import SHAPES
-from experts.moe.kernels import decode, grouped_gemm, routed_gate_up, staged
+from experts.moe.kernels import decode, grouped_gemm, routed_down, routed_gate_up, staged
 
 
 def _one_launch(wrapper):
@@ -51,11 +52,30 @@ def _routed(x, w13, w2, logits, s, bias, config):
     routed_gate_up.gate_up_routed(x, w13, logits, s.routing, config, bias, s.local)
 
 
+def _down_args(x, w2, s, config):  # the layout by slot's down operands
+    m, bm = x.shape[0] * s.top_k, config["BLOCK_M"]
+    h = torch.zeros(m * bm, s.inter, dtype=x.dtype)
+    return (h, w2, torch.zeros(m), torch.zeros(m * bm, dtype=torch.int32),
+            torch.zeros(m, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), config)
+
+
+def _down(x, w13, w2, logits, s, bias, config):
+    grouped_gemm.down(*_down_args(x, w2, s, config))
+
+
+def _down_prefetch(x, w13, w2, logits, s, bias, config):
+    routed_down.down_prefetched(*_down_args(x, w2, s, {"PREFETCH": 264} | config), logits,
+                                s.routing, bias, s.local)
+
+
 KERNELS = {"decode": (decode, "_decode_kernel", _one_launch(decode.moe_decode)),
            "staged": (staged, "_staged_kernel", _one_launch(staged.moe_staged)),
            "gate_up": (grouped_gemm, "_gate_up_kernel", _gate_up),
-           "routed": (routed_gate_up, "_gate_up_routed_kernel", _routed)}  # fmt: skip
+           "routed": (routed_gate_up, "_gate_up_routed_kernel", _routed),
+           "down": (grouped_gemm, "_down_kernel", _down),
+           "down_prefetch": (routed_down, "_down_prefetch_kernel", _down_prefetch)}  # fmt: skip
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
+_LAUNCH_ONLY = ("launch_pdl",)
 _COUNTED = ("ld.global", "st.global", "atom.", "red.", "cp.async", "mma", "ldmatrix", "bar.sync",
             "shfl")
 
@@ -94,6 +114,8 @@ def compile_launch(kernel, args, kw, hints: bool = True) -> triton.compiler.Comp
     `hints`, the divisibility the launcher would give (tensors, ints that are multiples of 16)."""
     kw = dict(kw)
     options = {k: kw.pop(k) for k in _OPTIONS if k in kw}
+    for k in _LAUNCH_ONLY:  # a launch option, not a compile option
+        kw.pop(k, None)
     order = [p.name for p in kernel.params]
     runtime = [p.name for p in kernel.params if not p.is_constexpr]
     signature = {n: mangle_type(a) for n, a in zip(runtime, args, strict=True)}
@@ -150,13 +172,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="the decode entry, as JSON (default: the wrapper's GPU default)")
     args = ap.parse_args(argv)
     config = args.config
-    if config is None and args.kind in ("gate_up", "routed"):  # the checked-in H200 entry's
+    if config is None and args.kind not in ("decode", "staged"):  # the checked-in H200 entry's
         from experts.moe.kernels.configs import shape_key, tuned_table
 
         s = SHAPES[args.shape]
         key = shape_key(s.local_e, s.h, s.inter, s.top_k)
         entry = tuned_table("NVIDIA_H200")[key][str(args.tokens)]
-        config = entry["gate_up"] | {"BLOCK_M": entry["BLOCK_M"]}
+        gemm = "gate_up" if args.kind in ("gate_up", "routed") else "down"
+        config = entry[gemm] | {"BLOCK_M": entry["BLOCK_M"], "PDL": entry.get("PDL", False)}
     if config is None:  # the GPU default, not the interpreter's that a CPU call would pick
         default = (staged.default_staged_config if args.kind == "staged"
                    else decode.default_decode_config)  # fmt: skip
