@@ -50,12 +50,17 @@ def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
     return out
 
 
+def gemm_of(which: str) -> str:
+    """The GEMM entry a `--which` choice writes."""
+    return "gate_up" if which == "ranked" else which
+
+
 def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, entry: dict):
     """(the GEMM entry to write, report) for one bucket whose entry, as tuned so far, is `entry`;
     None unless it takes ROUTE_IN_GEMM."""
     if not entry.get("ROUTE_IN_GEMM") or ("decode" in entry and t <= 16):
         return None
-    gemm = "gate_up" if which == "ranked" else which
+    gemm = gemm_of(which)
     cands = candidates(gemm, entry["BLOCK_M"])
     if which == "ranked":  # every tile, and the entry's own, routing by counting
         cands = {f"ranked/{k}": v | {"RANKED": True} for k, v in
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 logger.warning("%s T=%d: no ROUTE_IN_GEMM entry, skipped", name, t)
                 break
             tile, rep = found
-            entry["gate_up" if which == "ranked" else which] = tile
+            entry[gemm_of(which)] = tile
             report.append(rep)
             best = min((k for k in rep if k.endswith("_us")), key=rep.__getitem__)
             logger.warning("%s T=%d %s: chosen %s (%.1f us; entry %.1f us, fastest %s %.1f)",

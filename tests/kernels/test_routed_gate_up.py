@@ -30,6 +30,9 @@ CASES = {
     "deepseek_shard": (DSV3, 256, (96, 64), 3, 32, 32),
     "moge": (RoutingConfig(top_k=4, moge_groups=2, renormalize=True), 8, None, 4, 32, 32),
     "all_one_expert": (RoutingConfig(top_k=1), 6, None, 16, 32, 32),
+    "null_no_top_p": (RoutingConfig(top_k=4, renormalize=True, num_null_experts=3), 12, None, 6,
+                      32, 32),
+    "softmax_shard": (RoutingConfig(top_k=4, renormalize=True), 32, (8, 16), 5, 32, 32),
 }
 GEMM = dict(BLOCK_N=16, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
 
@@ -55,7 +58,8 @@ def test_layer_routed_in_gemm_matches_reference(name, ranked, dtype, device: tor
 
 
 @pytest.mark.parametrize(("name", "ranked"), _ranked_cases(
-    ["decode_batch", "null_top_p", "qwen3_like", "all_one_expert", "prime_e_odd_dims"]))
+    ["decode_batch", "null_top_p", "qwen3_like", "all_one_expert", "prime_e_odd_dims",
+     "null_no_top_p", "softmax_shard"]))
 def test_layout_by_slot_reads_each_expert_once(name, ranked, device: torch.device) -> None:
     """One block per slot, led by the expert's first slot: every routed (token, expert) pair is in
     exactly one block row, each expert in one block, `slot_pos` points at that row and the weights

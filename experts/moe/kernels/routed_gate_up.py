@@ -17,7 +17,8 @@ With `"RANKED": true` in the gate/up entry and plain top-k routing (no groups, n
 program routes by counting instead (`_route_slot`): the place of each column in its slot's
 token's order names the slot's expert, and each token's place for that expert says whether it
 chose it; that is about five dependent reductions instead of K arg-max rounds, and the routing
-weight is computed only by the programs that write it.
+weight is computed only by the programs that write it. Without a bias it orders the logits, not
+their softmax: the same order but for ties the softmax's rounding makes between distinct logits.
 
 `down` (which skips empty blocks) and `combine` then run unchanged. The outputs are those of
 `route_align` + `gate_up` laid out by slot instead of by expert. A layer config selects this with
@@ -89,7 +90,7 @@ def _route_slot(
     p's column, and each token's place for that column tells whether (and in which slot) it chose
     it. A column's place is the number of columns that beat it (a higher selection score, or an
     equal one and a lower index: the order the iterated arg-max of `routing._route_block` picks
-    them in). Returns the [BT, KP] tiles `_write_block_layout` takes (but the weights), slot p's
+    them in). Returns the [BT, KP] tiles `_write_block_layout` takes (all but the weights), slot p's
     expert and lead, and token t's places and column for `_slot_weight`."""
     rows = tl.arange(0, BLOCK_T)  # [BT]
     cols = tl.arange(0, BLOCK_C)  # [BC]
@@ -97,10 +98,10 @@ def _route_slot(
     cmask = cols < C
     t = p // TOP_K
     choice = _selection(logits_ptr, bias_ptr, rows, cols, rmask, cmask, stride_lt, SIGMOID,
-                           HAS_BIAS)  # [BT, BC]
+                        HAS_BIAS)  # [BT, BC]
     one = tl.arange(0, 1)
     ct = _selection(logits_ptr, bias_ptr, t + one, cols, one == 0, cmask, stride_lt, SIGMOID,
-                       HAS_BIAS)  # [1, BC]: token t's row, loaded beside the others
+                    HAS_BIAS)  # [1, BC]: token t's row, loaded beside the others
     ct = tl.reshape(ct, [BLOCK_C])
     beats = (ct[:, None] > ct[None, :]) | (
         (ct[:, None] == ct[None, :]) & (cols[:, None] < cols[None, :]))  # [BC, BC]: a beats b
