@@ -34,7 +34,13 @@ from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precisio
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
 from experts.moe.kernels.grouped_gemm import _launch
 from experts.moe.kernels.reference import RoutingConfig
-from experts.moe.kernels.routing import _route_block, local_range, route_meta
+from experts.moe.kernels.routing import (
+    _logit_rows,
+    _route_block,
+    _scores,
+    local_range,
+    route_meta,
+)
 
 
 @triton.jit
@@ -64,18 +70,10 @@ def _selection(logits_ptr, bias_ptr, rows, cols, rmask, cmask, stride_lt,
     """Selection scores [R, BC] of the logit rows `rows` (those under `rmask`; the others 0),
     -inf past C. Without a bias the logits themselves: they order the columns as their softmax or
     sigmoid does."""
-    s = tl.load(
-        logits_ptr + rows[:, None] * stride_lt + cols[None, :],
-        mask=rmask[:, None] & cmask[None, :], other=-float("inf"),
-    ).to(tl.float32)
-    s = tl.where(rmask[:, None], s, 0.0)
+    s = _logit_rows(logits_ptr, rows, cols, rmask, cmask, stride_lt)
     if HAS_BIAS:
-        if SIGMOID:
-            scores = 1.0 / (1.0 + tl.exp(-s))
-        else:
-            e = tl.where(cmask[None, :], tl.exp(s - tl.max(s, axis=1)[:, None]), 0.0)
-            scores = e / tl.sum(e, axis=1)[:, None]
-        s = scores + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        s = _scores(s, cmask, SIGMOID) + tl.load(bias_ptr + cols, mask=cmask,
+                                                 other=0.0).to(tl.float32)[None, :]
     return tl.where(cmask[None, :], s, -float("inf"))
 
 
@@ -129,13 +127,9 @@ def _slot_weight(
     places `_route_slot` gave its columns; renormalised over all K slots, as the reference."""
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    s = tl.load(logits_ptr + (p // TOP_K) * stride_lt + cols, mask=cmask,
-                other=-float("inf")).to(tl.float32)  # fmt: skip
-    if SIGMOID:
-        sc = tl.where(cmask, 1.0 / (1.0 + tl.exp(-s)), 0.0)
-    else:
-        sc = tl.where(cmask, tl.exp(s - tl.max(s)), 0.0)
-        sc = sc / tl.sum(sc)
+    one = tl.arange(0, 1)
+    sc = tl.reshape(_scores(_logit_rows(logits_ptr, p // TOP_K + one, cols, one == 0, cmask,
+                                        stride_lt), cmask, SIGMOID), [BLOCK_C])
     w = tl.sum(tl.where(cols == col, sc, 0.0))
     if RENORM:
         w = w / (tl.sum(tl.where(place_t < TOP_K, sc, 0.0)) + 1e-20)

@@ -23,6 +23,31 @@ from experts.moe.kernels.reference import RoutingConfig
 
 
 @triton.jit
+def _logit_rows(logits_ptr, rows, cols, rmask, cmask, stride_t):
+    """Logits [R, BC] of `rows` in fp32: -inf past C, 0 on rows outside `rmask` (finite, never
+    stored)."""
+    s = tl.load(
+        logits_ptr + rows[:, None] * stride_t + cols[None, :],
+        mask=rmask[:, None] & cmask[None, :], other=-float("inf"),
+    ).to(tl.float32)
+    return tl.where(rmask[:, None], s, 0.0)
+
+
+@triton.jit
+def _scores(s, cmask, SIGMOID: tl.constexpr):
+    """Router scores [R, BC] of logit rows `s`: softmax over the first C columns or sigmoid, 0
+    past C."""
+    if SIGMOID:
+        scores = 1.0 / (1.0 + tl.exp(-s))
+    else:
+        mx = tl.max(s, axis=1)
+        p = tl.exp(s - mx[:, None])
+        p = tl.where(cmask[None, :], p, 0.0)
+        scores = p / tl.sum(p, axis=1)[:, None]
+    return tl.where(cmask[None, :], scores, 0.0)
+
+
+@triton.jit
 def _route_block(
     logits_ptr, bias_ptr, T, C, E_REAL, stride_t, top_p, scaling, local_lo, local_n, pid,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -34,19 +59,8 @@ def _route_block(
     cols = tl.arange(0, BLOCK_C)  # [BC]
     rmask = rows < T
     cmask = cols < C
-    s = tl.load(
-        logits_ptr + rows[:, None] * stride_t + cols[None, :],
-        mask=rmask[:, None] & cmask[None, :], other=-float("inf"),
-    ).to(tl.float32)  # [BT, BC]
-    s = tl.where(rmask[:, None], s, 0.0)  # rows past T: finite, never stored
-    if SIGMOID:
-        scores = 1.0 / (1.0 + tl.exp(-s))
-    else:
-        mx = tl.max(s, axis=1)
-        p = tl.exp(s - mx[:, None])
-        p = tl.where(cmask[None, :], p, 0.0)
-        scores = p / tl.sum(p, axis=1)[:, None]
-    scores = tl.where(cmask[None, :], scores, 0.0)
+    s = _logit_rows(logits_ptr, rows, cols, rmask, cmask, stride_t)  # [BT, BC]
+    scores = _scores(s, cmask, SIGMOID)
     choice = scores
     if HAS_BIAS:
         choice = choice + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
