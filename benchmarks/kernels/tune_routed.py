@@ -1,7 +1,7 @@
 """Sweep the GEMM tiles of the decode buckets that take the ROUTE_IN_GEMM path.
 
     python -m benchmarks.kernels.tune_routed --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
-        [--which gate_up down ranked]
+        [--which gate_up down ranked gate_up_tma down_tma]
 
 There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
@@ -13,7 +13,8 @@ alternating rounds. A candidate replaces the entry's tile when its summed time i
 lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 5 calls per routing. `--which ranked` tries the gate/up tiles with
 the entry's routing done by counting (`"RANKED"`, `routed_gate_up._route_slot`; plain top-k only)
-against the entry as it is. Writes DIR/<device>.json (copy it to
+against the entry as it is; `gate_up_tma` and `down_tma` try the tiles read through tensor
+descriptors (`"TMA"`, `grouped_gemm_tma`). Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
 """
 
@@ -50,21 +51,29 @@ def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
     return out
 
 
+#: --which choices that try a flag on a GEMM entry: (GEMM, flags), each tile and the entry's own
+VARIANTS = {"ranked": ("gate_up", {"RANKED": True}), "gate_up_tma": ("gate_up", {"TMA": True}),
+            "down_tma": ("down", {"TMA": True})}
+TILE = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+
 def gemm_of(which: str) -> str:
     """The GEMM entry a `--which` choice writes."""
-    return "gate_up" if which == "ranked" else which
+    return VARIANTS[which][0] if which in VARIANTS else which
 
 
 def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, entry: dict):
     """(the GEMM entry to write, report) for one bucket whose entry, as tuned so far, is `entry`;
-    None unless it takes ROUTE_IN_GEMM."""
+    None unless it takes ROUTE_IN_GEMM. Every candidate keeps the entry's flags (RANKED, TMA)."""
     if not entry.get("ROUTE_IN_GEMM") or ("decode" in entry and t <= 16):
         return None
     gemm = gemm_of(which)
+    flags = {k: v for k, v in entry[gemm].items() if k not in TILE}
     cands = candidates(gemm, entry["BLOCK_M"])
-    if which == "ranked":  # every tile, and the entry's own, routing by counting
-        cands = {f"ranked/{k}": v | {"RANKED": True} for k, v in
-                 ({"entry": entry["gate_up"]} | cands).items()}
+    if which in VARIANTS:  # every tile, and the entry's own, with the variant's flag
+        flags |= VARIANTS[which][1]
+        cands = {f"{which}/{k}": v for k, v in ({"entry": entry[gemm]} | cands).items()}
+    cands = {k: v | flags for k, v in cands.items()}
     cfgs = {"entry": entry} | {k: entry | {gemm: v} for k, v in cands.items()}
     totals, errs, _ = measure(name, t, cfgs, rounds, dev, calls=5)
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] for k in cfgs}
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
     ap.add_argument("--which", nargs="+", default=["gate_up"],
-                    choices=["gate_up", "down", "ranked"])
+                    choices=["gate_up", "down", *VARIANTS])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")

@@ -61,8 +61,7 @@ def _experts_aligned(
 
 def _routes_in_gemm(num_tokens: int, cfg: dict) -> bool:
     """Whether a config's "ROUTE_IN_GEMM" applies (`experts.moe.kernels.routed_gate_up`)."""
-    return (bool(cfg.get("ROUTE_IN_GEMM")) and num_tokens <= cfg["BLOCK_M"]
-            and not cfg["gate_up"].get("TMA") and not cfg["down"].get("TMA"))
+    return bool(cfg.get("ROUTE_IN_GEMM")) and num_tokens <= cfg["BLOCK_M"]
 
 
 def _decode_path(cfg: dict):

@@ -57,6 +57,20 @@ def test_layer_routed_in_gemm_matches_reference(name, ranked, dtype, device: tor
     assert rel_err(out.float().cpu(), ref) < TOLERANCE[dtype]  # inf if a row was left unwritten
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("name", "ranked"), _ranked_cases(
+    ["decode_batch", "prime_e_odd_dims", "null_top_p", "softmax_shard", "deepseek_shard"]))
+def test_layer_routed_in_gemm_with_tma_matches_reference(name, ranked, dtype,
+                                                         device: torch.device) -> None:
+    """The gate/up weight tiles through a tensor descriptor, and `down_tma` on the layout by slot
+    (its empty blocks skipped)."""
+    routing, shard, x, w13, w2, logits, bias, *_, ref = _problem(name, dtype, device)
+    tma = GEMM | {"TMA": True}
+    cfg = dict(BLOCK_M=16, gate_up=tma | {"RANKED": ranked}, down=tma, ROUTE_IN_GEMM=True)
+    out = moe_from_logits(x, logits, w13, w2, routing, bias, cfg, local_experts=shard)
+    assert rel_err(out.float().cpu(), ref) < TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize(("name", "ranked"), _ranked_cases(
     ["decode_batch", "null_top_p", "qwen3_like", "all_one_expert", "prime_e_odd_dims",
      "null_no_top_p", "softmax_shard"]))

@@ -71,3 +71,13 @@ def _swiglu_tile(x_ptr, w13_ptr, ex, rows, row_mask, offs_n, nmask, N, K, stride
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
     return acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+
+
+def _launch(cfg: dict) -> dict:
+    """Launch options. With `"PDL": true` the kernel is a programmatic dependent launch (Hopper
+    and later): it may start while the kernel before it finishes, and waits for that kernel's
+    writes with `gdc_wait` before reading them, so the launch gap overlaps the previous tail."""
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    if cfg.get("PDL"):
+        opts["launch_pdl"] = True
+    return opts

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision
+from experts.moe.kernels._gemm_common import _interpret, _launch, _pid_to_tile, _precision
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
 
 
@@ -139,16 +139,6 @@ def _combine_kernel(
     ).to(tl.float32)  # [KP, BN]
     tl.store(out_ptr + t * stride_om + offs_n, tl.sum(vals, axis=0).to(out_ptr.dtype.element_ty),
              mask=offs_n < N)
-
-
-def _launch(cfg: dict) -> dict:
-    """Launch options. With `"PDL": true` the kernel is a programmatic dependent launch (Hopper
-    and later): it may start while the kernel before it finishes, and waits for that kernel's
-    writes with `gdc_wait` before reading them, so the launch gap overlaps the previous tail."""
-    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    if cfg.get("PDL"):
-        opts["launch_pdl"] = True
-    return opts
 
 
 def gate_up(

@@ -23,16 +23,23 @@ their softmax: the same order but for ties the softmax's rounding makes between 
 `down` (which skips empty blocks) and `combine` then run unchanged. The outputs are those of
 `route_align` + `gate_up` laid out by slot instead of by expert. A layer config selects this with
 `"ROUTE_IN_GEMM": true` (written by `benchmarks/kernels/tune_flags.py` only where measured
-faster); it needs T <= BLOCK_M and a non-TMA gate/up entry.
+faster); it needs T <= BLOCK_M. With `"TMA": true` in the gate/up entry the weight tiles come
+through a tensor descriptor (`grouped_gemm_tma`), and `down` may take a TMA entry too.
 """
 
 from __future__ import annotations
 
 import torch
 
-from experts.moe.kernels._gemm_common import _interpret, _pid_to_tile, _precision, _swiglu_tile
+from experts.moe.kernels._gemm_common import (
+    _interpret,
+    _launch,
+    _pid_to_tile,
+    _precision,
+    _swiglu_tile,
+)
 from experts.moe.kernels._triton import gdc_launch_dependents, gdc_wait, tl, triton
-from experts.moe.kernels.grouped_gemm import _launch
+from experts.moe.kernels.grouped_gemm_tma import _swiglu_tile_tma, gate_up_descriptor
 from experts.moe.kernels.reference import RoutingConfig
 from experts.moe.kernels.routing import (
     _logit_rows,
@@ -145,7 +152,7 @@ def _gate_up_routed_kernel(
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
     N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, G_PAD: tl.constexpr,
     GROUP_SIZE: tl.constexpr, MOGE_GROUPS: tl.constexpr, USE_TOP_P: tl.constexpr,
-    RANKED: tl.constexpr,
+    RANKED: tl.constexpr, TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -182,8 +189,13 @@ def _gate_up_routed_kernel(
         tok = tl.arange(0, BLOCK_M)  # row r of the block is token r
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = offs_n < N
-        h = _swiglu_tile(x_ptr, w_ptr, ex, tok, tok < T, offs_n, nmask, N, K, stride_xm,
-                         stride_we, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, EVEN, UPCAST, PRECISION)
+        if TMA:  # w_ptr is `grouped_gemm_tma.gate_up_descriptor`'s
+            h = _swiglu_tile_tma(x_ptr, w_ptr, ex, tok, tok < T, pid_n, N, K, stride_xm, BLOCK_M,
+                                 BLOCK_N, BLOCK_K, EVEN, UPCAST, PRECISION)
+        else:
+            h = _swiglu_tile(x_ptr, w_ptr, ex, tok, tok < T, offs_n, nmask, N, K, stride_xm,
+                             stride_we, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, EVEN, UPCAST,
+                             PRECISION)
         h_ptrs = h_ptr + (p * BLOCK_M + tok)[:, None].to(tl.int64) * stride_hm + offs_n[None, :]
         tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=nmask[None, :])
 
@@ -220,15 +232,16 @@ def gate_up_routed(
     block_expert = torch.empty(m, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     slot_pos = torch.empty(m, dtype=torch.int32, device=dev)
+    tma = bool(cfg.get("TMA"))
     _gate_up_routed_kernel[(m * triton.cdiv(n, bn),)](
-        x, w13, h, logits, bias if bias is not None else logits, wts, sorted_ids, block_expert,
+        x, gate_up_descriptor(w13, cfg) if tma else w13, h, logits, bias if bias is not None else logits, wts, sorted_ids, block_expert,
         num_padded, slot_pos, t, c, c - routing.num_null_experts, logits.stride(0),
         float(routing.top_p or 1.0), float(routing.routed_scaling), *local_range(c, local_experts),
         n, hid, x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_T=triton.next_power_of_2(t), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], EVEN=hid % cfg["BLOCK_K"] == 0 and n % bn == 0,
         UPCAST=_interpret(), PRECISION=_precision(x), PDL=bool(cfg.get("PDL")),
-        RANKED=bool(cfg.get("RANKED")) and ranks_apply(routing),
+        RANKED=bool(cfg.get("RANKED")) and ranks_apply(routing), TMA=tma,
         **route_meta(routing, c, bias is not None), **_launch(cfg),
     )
     return h, wts, sorted_ids, block_expert, num_padded, slot_pos
