@@ -1,7 +1,7 @@
 """Sweep the GEMM tiles of the decode buckets that take the ROUTE_IN_GEMM path.
 
     python -m benchmarks.kernels.tune_routed --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
-        [--which gate_up down ranked gate_up_tma down_tma]
+        [--which gate_up down ranked gate_up_tma down_tma prefetch]
 
 There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
@@ -14,7 +14,9 @@ lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 5 calls per routing. `--which ranked` tries the gate/up tiles with
 the entry's routing done by counting (`"RANKED"`, `routed_gate_up._route_slot`; plain top-k only)
 against the entry as it is; `gate_up_tma` and `down_tma` try the tiles read through tensor
-descriptors (`"TMA"`, `grouped_gemm_tma`). Writes DIR/<device>.json (copy it to
+descriptors (`"TMA"`, `grouped_gemm_tma`). `--which prefetch` tries instead which of `down`'s
+programs prefetch their weight tile before they wait (the down entry's "PREFETCH",
+`experts.moe.kernels.routed_down`). Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
 """
 
@@ -59,7 +61,23 @@ TILE = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 
 def gemm_of(which: str) -> str:
     """The GEMM entry a `--which` choice writes."""
-    return VARIANTS[which][0] if which in VARIANTS else which
+    return "down" if which == "prefetch" else VARIANTS[which][0] if which in VARIANTS else which
+
+
+def prefetch_candidates(down: dict, dev: torch.device) -> dict[str, dict]:
+    """{label: down entry} with "PREFETCH" (`experts.moe.kernels.routed_down`): the programs
+    lo * SMs .. (lo + n) * SMs - 1 prefetch their tile, with and without "EVICT_LAST"; without
+    it where `down` has it."""
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    keys = ("PREFETCH", "PREFETCH_FROM", "EVICT_LAST")
+    base = {k: v for k, v in down.items() if k not in keys}
+    out = {}
+    for (lo, n), last in itertools.product([(0, 1), (0, 2), (1, 1), (2, 1)], [False, True]):
+        out[f"prefetch:{lo}+{n}/sm{'/last' if last else ''}"] = base | {
+            "PREFETCH": n * sms, "PREFETCH_FROM": lo * sms, "EVICT_LAST": last}
+    if "PREFETCH" in down:
+        out["prefetch:none"] = base
+    return out
 
 
 def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, entry: dict):
@@ -74,6 +92,8 @@ def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, ent
         flags |= VARIANTS[which][1]
         cands = {f"{which}/{k}": v for k, v in ({"entry": entry[gemm]} | cands).items()}
     cands = {k: v | flags for k, v in cands.items()}
+    if which == "prefetch":  # the entry's tile, prefetching in each window
+        cands = prefetch_candidates(entry["down"], dev)
     cfgs = {"entry": entry} | {k: entry | {gemm: v} for k, v in cands.items()}
     totals, errs, _ = measure(name, t, cfgs, rounds, dev, calls=5)
     ok = {k: errs[k] < TOLERANCE[torch.bfloat16] for k in cfgs}
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
     ap.add_argument("--which", nargs="+", default=["gate_up"],
-                    choices=["gate_up", "down", *VARIANTS])
+                    choices=["gate_up", "down", *VARIANTS, "prefetch"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")

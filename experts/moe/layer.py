@@ -8,7 +8,8 @@ router GEMM is one launch instead (`experts.moe.kernels.decode`: routing, both G
 combine in one kernel; it removes the gaps between dependent launches), or with "STAGED": true in
 that entry one launch of ordered gate/up and down work items (`experts.moe.kernels.staged`).
 With "ROUTE_IN_GEMM" the gate/up GEMM routes its own tokens instead of a routing launch before it
-(`experts.moe.kernels.routed_gate_up`).
+(`experts.moe.kernels.routed_gate_up`), and there a down entry's "PREFETCH" has `down`'s first
+programs pull their weight tiles into L2 while gate/up finishes (`experts.moe.kernels.routed_down`).
 
 No step waits on the host: every buffer size follows from (T, E, top_k, BLOCK_M), so the layer
 can be captured in a CUDA graph (decode latency is mostly launch overhead otherwise).
@@ -35,14 +36,22 @@ def _layer_flags(cfg: dict) -> dict:
 
 def _down_combine(
     hid: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-    layout: tuple[torch.Tensor, ...], t: int, top_k: int, cfg: dict,
+    layout: tuple[torch.Tensor, ...], t: int, top_k: int, cfg: dict, routed: tuple = (),
 ) -> torch.Tensor:
+    """`down`, then `combine`. `routed` = (logits, routing, bias, local_experts) for the layout by
+    slot of `routed_gate_up`, where a down entry's "PREFETCH" applies (`routed_down`)."""
     from experts.moe.kernels.grouped_gemm import combine, down
 
     sorted_ids, block_expert, num_padded, slot_pos = layout
     bm = _layer_flags(cfg)
-    y = down(hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
-             cfg["down"] | bm)  # [P, H]
+    args = (hid, w2, topk_weights.reshape(-1), sorted_ids, block_expert, num_padded,
+            cfg["down"] | bm)
+    if routed and cfg["down"].get("PREFETCH"):
+        from experts.moe.kernels.routed_down import down_prefetched
+
+        y = down_prefetched(*args, *routed)  # [P, H]
+    else:
+        y = down(*args)  # [P, H]
     return combine(y, slot_pos, t, top_k, pdl=bm["PDL"])  # [T, H]
 
 
@@ -134,7 +143,8 @@ def moe_from_logits(
 
         hid, wts, *layout = gate_up_routed(x, w13, logits, routing,
                                            cfg["gate_up"] | _layer_flags(cfg), bias, local_experts)
-        return _down_combine(hid, w2, wts, tuple(layout), x.shape[0], routing.top_k, cfg)
+        return _down_combine(hid, w2, wts, tuple(layout), x.shape[0], routing.top_k, cfg,
+                             (logits, routing, bias, local_experts))
     if x.shape[0] * routing.top_k <= MAX_FUSED_SLOTS:  # decode: one launch instead of four
         _, wts, *layout = route_align(logits, routing, e, cfg["BLOCK_M"], bias, local_experts,
                                       num_warps=cfg.get("ROUTE_WARPS"),

@@ -103,16 +103,21 @@ def test_pdl_launches_give_the_same_output_eager_and_in_a_graph(t: int) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs a Hopper or newer GPU")
-@pytest.mark.parametrize("layout", ["SLOT_LAYOUT", "ROUTE_IN_GEMM"])
+@pytest.mark.parametrize("layout", ["SLOT_LAYOUT", "ROUTE_IN_GEMM", "PREFETCH"])
 @pytest.mark.parametrize("t", [1, 8])
 def test_slot_layout_with_pdl_replays_from_a_graph(t: int, layout: str) -> None:
-    """The layouts by slot (route_align's, and the gate/up GEMM's own) with PDL, replayed from a
-    CUDA graph with fresh inputs: within tolerance of the reference every time."""
+    """The layouts by slot (route_align's, and the gate/up GEMM's own, with and without `down`'s
+    prefetch) with PDL, replayed from a CUDA graph with fresh inputs: within tolerance of the
+    reference every time."""
     from experts.moe.layer import moe_from_logits
 
     routing, x, logits, w13, w2 = _gpu_problem(t)
     gemm = dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
-    cfg = dict(BLOCK_M=16, gate_up=gemm, down=gemm, PDL=True) | {layout: True}
+    cfg = dict(BLOCK_M=16, gate_up=gemm, down=gemm, PDL=True)
+    if layout == "PREFETCH":
+        cfg |= dict(ROUTE_IN_GEMM=True, down=gemm | {"PREFETCH": 256})
+    else:
+        cfg[layout] = True
 
     def reference() -> torch.Tensor:
         ids, w = route_reference(logits, routing)

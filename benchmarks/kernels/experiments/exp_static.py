@@ -1,10 +1,10 @@
 """Experiment: what a decode-path kernel compiles to for sm_90, on a machine without a GPU.
 
-`python -m benchmarks.kernels.experiments.exp_static {decode,staged,gate_up,routed,down} SHAPE T
-[--config JSON]`: calls the wrapper (`decode.moe_decode`, `staged.moe_staged`,
-`grouped_gemm.gate_up`, `routed_gate_up.gate_up_routed` or `grouped_gemm.down` on the layout by
-slot; the last three default to the checked-in H200 entry's GEMM tile and PDL, `--config` a GEMM
-entry with "BLOCK_M", and "RANKED" for `routed`) on CPU tensors of the shape with
+`python -m benchmarks.kernels.experiments.exp_static {decode,staged,gate_up,routed,down,down_prefetch}
+SHAPE T [--config JSON]`: calls the wrapper (`decode.moe_decode`, `staged.moe_staged`,
+`grouped_gemm.gate_up`, `routed_gate_up.gate_up_routed`, `grouped_gemm.down` or
+`routed_down.down_prefetched`; the last four default to the checked-in H200 entry's GEMM tile and
+PDL, `--config` a GEMM entry with "BLOCK_M", and "RANKED" for `routed`) on CPU tensors of the shape with
 the kernel's launch caught, compiles that launch with Triton for sm_90 (with the divisibility
 hints the launcher would give: tensors and multiples of 16), and prints the kernel's shared
 memory, the registers and spilled bytes `ptxas -v` reports, the count of each global-memory,
@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import mangle_type
 
 from benchmarks.kernels._moe_common import SHAPES
-from experts.moe.kernels import decode, grouped_gemm, routed_gate_up, staged
+from experts.moe.kernels import decode, grouped_gemm, routed_down, routed_gate_up, staged
 
 
 def _one_launch(wrapper):
@@ -63,12 +63,17 @@ def _down(x, w13, w2, logits, s, bias, config):
     grouped_gemm.down(*_down_args(x, w2, s, config))
 
 
+def _down_prefetch(x, w13, w2, logits, s, bias, config):
+    routed_down.down_prefetched(*_down_args(x, w2, s, {"PREFETCH": 264} | config), logits,
+                                s.routing, bias, s.local)
+
 
 KERNELS = {"decode": (decode, "_decode_kernel", _one_launch(decode.moe_decode)),
            "staged": (staged, "_staged_kernel", _one_launch(staged.moe_staged)),
            "gate_up": (grouped_gemm, "_gate_up_kernel", _gate_up),
            "routed": (routed_gate_up, "_gate_up_routed_kernel", _routed),
-           "down": (grouped_gemm, "_down_kernel", _down)}  # fmt: skip
+           "down": (grouped_gemm, "_down_kernel", _down),
+           "down_prefetch": (routed_down, "_down_prefetch_kernel", _down_prefetch)}  # fmt: skip
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
 _LAUNCH_ONLY = ("launch_pdl",)
 _COUNTED = ("ld.global", "st.global", "atom.", "red.", "cp.async", "mma", "ldmatrix", "bar.sync",

@@ -92,6 +92,19 @@ def _down_kernel(
     ex = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     if ex < 0:  # an empty block of the layout by slot (`routed_gate_up`)
         return
+    _down_gemm(h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, ex, pid_m, pid_n, M, N, K,
+               stride_hm, stride_we, stride_wn, stride_ym, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+               UPCAST, PRECISION)
+
+
+@triton.jit
+def _down_gemm(
+    h_ptr, w_ptr, y_ptr, weights_ptr, sorted_ids_ptr, ex, pid_m, pid_n, M, N, K,
+    stride_hm, stride_we, stride_wn, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Rows of block pid_m (a live block of expert ex) x columns of block pid_n of y, weighted."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     sid = tl.load(sorted_ids_ptr + rows)
     tmask = sid < M
