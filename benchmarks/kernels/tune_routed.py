@@ -1,7 +1,7 @@
 """Sweep the GEMM tiles of the decode buckets that take the ROUTE_IN_GEMM path.
 
     python -m benchmarks.kernels.tune_routed --out DIR [--shapes ...] [--tokens 8] [--rounds 3]
-        [--which gate_up down ranked gate_up_tma down_tma prefetch]
+        [--which gate_up down ranked gate_up_tma down_tma gate_up_wide down_wide prefetch]
 
 There the gate/up kernel routes every token in each program before it streams
 (`experts.moe.kernels.routed_gate_up`), so the tiles `tune_moe` chose for the plain kernel need
@@ -14,7 +14,8 @@ lower (`_tables.pick`), and only when its output is within the bf16 tolerance of
 `torch._grouped_mm`'s layer in 5 calls per routing. `--which ranked` tries the gate/up tiles with
 the entry's routing done by counting (`"RANKED"`, `routed_gate_up._route_slot`; plain top-k only)
 against the entry as it is; `gate_up_tma` and `down_tma` try the tiles read through tensor
-descriptors (`"TMA"`, `grouped_gemm_tma`). `--which prefetch` tries instead which of `down`'s
+descriptors (`"TMA"`, `grouped_gemm_tma`); `gate_up_wide` and `down_wide` try BLOCK_K 512.
+`--which prefetch` tries instead which of `down`'s
 programs prefetch their weight tile before they wait (the down entry's "PREFETCH",
 `experts.moe.kernels.routed_down`). Writes DIR/<device>.json (copy it to
 experts/moe/kernels/configs/) and DIR/tune_routed.json, the per-candidate times.
@@ -40,12 +41,15 @@ logger = logging.getLogger(__name__)
 SMEM_LIMIT = 220 * 1024
 
 
-def candidates(which: str, block_m: int = 16) -> dict[str, dict]:
+def candidates(which: str, block_m: int = 16, wide: bool = False) -> dict[str, dict]:
     """{label: tile} for the GEMM `which`: BLOCK_N, BLOCK_K, warps, stages within shared memory
-    (gate/up streams two weight tiles per step, down one)."""
+    (gate/up streams two weight tiles per step, down one). `wide`: BLOCK_K 512 instead, with
+    BLOCK_N from 16, so that each weight row is read in 1 KB runs instead of 256-512 B."""
     n_b = 2 if which == "gate_up" else 1
     out = {}
-    for bn, bk, w, s in itertools.product([32, 64, 128], [128, 256], [4, 8], [3, 4, 5]):
+    space = ([16, 32, 64], [512], [4, 8], [2, 3, 4]) if wide else (
+        [32, 64, 128], [128, 256], [4, 8], [3, 4, 5])
+    for bn, bk, w, s in itertools.product(*space):
         if s * (block_m * bk + n_b * bk * bn) * 2 > SMEM_LIMIT:
             continue
         out[f"{which}:{bn}x{bk}/w{w}/s{s}"] = dict(BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
@@ -59,9 +63,14 @@ VARIANTS = {"ranked": ("gate_up", {"RANKED": True}), "gate_up_tma": ("gate_up", 
 TILE = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 
 
+#: --which choices that sweep other tiles of a GEMM: the wide-K tiles of `candidates`
+WIDE = {"gate_up_wide": "gate_up", "down_wide": "down"}
+
+
 def gemm_of(which: str) -> str:
     """The GEMM entry a `--which` choice writes."""
-    return "down" if which == "prefetch" else VARIANTS[which][0] if which in VARIANTS else which
+    return ("down" if which == "prefetch" else VARIANTS[which][0] if which in VARIANTS
+            else WIDE.get(which, which))
 
 
 def prefetch_candidates(down: dict, dev: torch.device) -> dict[str, dict]:
@@ -87,11 +96,14 @@ def tune_case(name: str, t: int, which: str, rounds: int, dev: torch.device, ent
         return None
     gemm = gemm_of(which)
     flags = {k: v for k, v in entry[gemm].items() if k not in TILE}
-    cands = candidates(gemm, entry["BLOCK_M"])
+    cands = candidates(gemm, entry["BLOCK_M"], wide=which in WIDE)
     if which in VARIANTS:  # every tile, and the entry's own, with the variant's flag
         flags |= VARIANTS[which][1]
         cands = {f"{which}/{k}": v for k, v in ({"entry": entry[gemm]} | cands).items()}
-    cands = {k: v | flags for k, v in cands.items()}
+    if which in WIDE:  # a tensor descriptor's box is at most 256 elements a side
+        flags.pop("TMA", None)
+    cands = {k: v | flags for k, v in cands.items()
+             if not (v | flags).get("TMA") or v["BLOCK_K"] <= 256}
     if which == "prefetch":  # the entry's tile, prefetching in each window
         cands = prefetch_candidates(entry["down"], dev)
     cfgs = {"entry": entry} | {k: entry | {gemm: v} for k, v in cands.items()}
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
     ap.add_argument("--which", nargs="+", default=["gate_up"],
-                    choices=["gate_up", "down", *VARIANTS, "prefetch"])
+                    choices=["gate_up", "down", *VARIANTS, *WIDE, "prefetch"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")

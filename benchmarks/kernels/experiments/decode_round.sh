@@ -8,7 +8,7 @@
 # `tune_decode --kinds staged` (the checked-in entry timed beside it) on the four missed buckets,
 # and the bench at T 1 and 8, each step under a timeout; it runs on any GPU (its own config file),
 # as do `short` and `routed` (the gate/up GEMM that routes its own tokens: tests, tune_flags, bench).
-G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || [ "$1" = one ] || [ "$1" = short ] || [ "$1" = routed ] || [ "$1" = routed-full ] || [ "$1" = ranked ] || [ "$1" = tma ] || [ "$1" = prefetch ] || [ "$1" = tma+prefetch ] || exit 3
+G=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "GPU: $G"; echo "$G" | grep -q H200 || [ "$1" = one ] || [ "$1" = short ] || [ "$1" = routed ] || [ "$1" = routed-full ] || [ "$1" = ranked ] || [ "$1" = tma ] || [ "$1" = prefetch ] || exit 3
 export PYTHONPATH=.
 stamp() { date -u +%H:%M:%S; }
 gpu_tests() {  # LIMIT_S TEST_FILE...: their status is the function's
@@ -53,9 +53,9 @@ elif [ "$1" = ranked ]; then  # the routed gate/up routing by counting (NOTES Se
   fi
   bench_decode
   mkdir -p /tmp/trc; for s in qwen3-30b-a3b olmoe-1b-7b; do python -m benchmarks.kernels.experiments.profile_decode $s 8 --trace /tmp/trc 2>&1 | grep -v Warn | tail -12; done > $OUT/profile.txt
-elif [ "$1" = tma ]; then  # branch decode-tma (NOTES Session 18): TMA weight tiles on the routed decode path: tests, tune_routed --which gate_up_tma down_tma, the decode rows (any GPU)
+elif [ "$1" = tma ]; then  # (NOTES Sessions 18-19) the routed gate/up's weight rows in 1 KB runs (BLOCK_K 512), then its weight tiles through TMA: tests, tune_routed --which gate_up_wide gate_up_tma, the decode rows (any GPU)
   if gpu_tests 150 tests/kernels/test_routed_gate_up.py tests/kernels/test_grouped_gemm.py tests/kernels/test_moe_layer.py; then
-    timeout 300 python -m benchmarks.kernels.tune_routed --out /tmp/tr --which gate_up_tma down_tma --shapes qwen3-30b-a3b olmoe-1b-7b deepseek-v3 --tokens 1 8 2>&1 | grep "T=" > $OUT/tune_routed.log
+    timeout 330 python -m benchmarks.kernels.tune_routed --out /tmp/tr --which gate_up_wide gate_up_tma --shapes qwen3-30b-a3b olmoe-1b-7b deepseek-v3 --tokens 1 8 2>&1 | grep "T=" > $OUT/tune_routed.log
     cp /tmp/tr/tune_routed.json $OUT/; cp /tmp/tr/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/tr/NVIDIA_H*.json $OUT/; stamp
   fi
   bench_decode
@@ -65,13 +65,6 @@ elif [ "$1" = prefetch ]; then  # down's programs prefetch their W2 tile (NOTES 
     cp /tmp/tr/tune_routed.json $OUT/; cp /tmp/tr/NVIDIA_H*.json experts/moe/kernels/configs/; cp /tmp/tr/NVIDIA_H*.json $OUT/; stamp
   fi
   bench_decode
-elif [ "$1" = tma+prefetch ]; then  # both rounds in one call, each from the checked-in configs, packed into $OUT/rounds.tgz (at most 8 files come back)
-  O=$OUT; cp -r experts/moe/kernels/configs /tmp/configs0
-  for r in tma prefetch; do
-    mkdir -p $O/$r; OUT=$O/$r bash "$0" $r
-    rm -rf experts/moe/kernels/configs; cp -r /tmp/configs0 experts/moe/kernels/configs
-  done
-  (cd $O && tar czf rounds.tgz tma prefetch && rm -rf tma prefetch)
 elif [ "$1" = tune ]; then  # a failing staged path is not tuned
   if gpu_tests 240 tests/kernels/test_decode.py tests/kernels/test_route_align.py tests/kernels/test_moe_layer.py
   then tune_buckets "decode staged" 0 0; else tune_buckets decode 0 0; fi
