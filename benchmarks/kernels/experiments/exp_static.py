@@ -63,7 +63,6 @@ def _down(x, w13, w2, logits, s, bias, config):
     grouped_gemm.down(*_down_args(x, w2, s, config))
 
 
-
 KERNELS = {"decode": (decode, "_decode_kernel", _one_launch(decode.moe_decode)),
            "staged": (staged, "_staged_kernel", _one_launch(staged.moe_staged)),
            "gate_up": (grouped_gemm, "_gate_up_kernel", _gate_up),
