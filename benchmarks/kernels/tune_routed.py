@@ -67,10 +67,14 @@ TILE = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 WIDE = {"gate_up_wide": "gate_up", "down_wide": "down"}
 
 
+#: the GEMM entry each `--which` choice writes
+GEMM_OF = {"gate_up": "gate_up", "down": "down", "prefetch": "down", **WIDE,
+           **{k: gemm for k, (gemm, _) in VARIANTS.items()}}
+
+
 def gemm_of(which: str) -> str:
     """The GEMM entry a `--which` choice writes."""
-    return ("down" if which == "prefetch" else VARIANTS[which][0] if which in VARIANTS
-            else WIDE.get(which, which))
+    return GEMM_OF[which]
 
 
 def prefetch_candidates(down: dict, dev: torch.device) -> dict[str, dict]:
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--tokens", nargs="+", type=int, default=[8])
     ap.add_argument("--which", nargs="+", default=["gate_up"],
-                    choices=["gate_up", "down", *VARIANTS, *WIDE, "prefetch"])
+                    choices=list(GEMM_OF))
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
